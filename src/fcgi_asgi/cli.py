@@ -1,0 +1,153 @@
+"""The ``fcgi-asgi`` command line: maps options onto :class:`Config` and runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import Config, ConfigError
+from .lifespan import LifespanFailure
+from .listeners import ListenError
+from .server import run
+
+__all__ = ["build_parser", "main"]
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for ``fcgi-asgi APP [options]``."""
+    p = argparse.ArgumentParser(
+        prog="fcgi-asgi",
+        description="Serve an ASGI 3 application over FastCGI, behind nginx, lighttpd, "
+        "Apache httpd, Caddy or h2o.",
+        epilog="With no --socket, --host/--port or --fd, a listening socket on fd 0 "
+        "(FCGI_LISTENSOCK_FILENO, as lighttpd's bin-path and spawn-fcgi provide) is used.",
+    )
+    p.add_argument("app", metavar="APP", help='the ASGI app as "module:attribute"')
+    where = p.add_argument_group("where to listen")
+    where.add_argument("--socket", metavar="PATH", help="unix socket path to bind")
+    where.add_argument("--host", help="TCP host to bind (default 127.0.0.1 with --port)")
+    where.add_argument("--port", type=int, help="TCP port to bind")
+    where.add_argument("--fd", type=int, help="inherited listening socket file descriptor")
+    where.add_argument(
+        "--backlog",
+        type=int,
+        default=2048,
+        help="listen backlog, capped by the kernel's somaxconn (default: %(default)s)",
+    )
+    app = p.add_argument_group("the application")
+    app.add_argument(
+        "--factory", action="store_true", help="APP is a callable that returns the ASGI app"
+    )
+    app.add_argument(
+        "--app-dir", metavar="DIR", help="directory put first on sys.path before importing APP"
+    )
+    app.add_argument(
+        "--root-path",
+        metavar="PATH",
+        help="the prefix the app is mounted at (ASGI root_path), e.g. /app",
+    )
+    app.add_argument(
+        "--lifespan",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="run the ASGI lifespan protocol (default: %(default)s)",
+    )
+    run_ = p.add_argument_group("running")
+    run_.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop; auto uses uvloop when installed (default: %(default)s)",
+    )
+    run_.add_argument(
+        "--log-level", choices=LOG_LEVELS, default="info", help="log level (default: %(default)s)"
+    )
+    run_.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log one line per request (default: on)",
+    )
+    run_.add_argument(
+        "--timeout-graceful-shutdown",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long running requests may take to finish "
+        "before they are cancelled (default: %(default)s)",
+    )
+    limits = p.add_argument_group("limits")
+    limits.add_argument(
+        "--max-params-size",
+        type=int,
+        default=1 << 20,
+        metavar="BYTES",
+        help="largest PARAMS (CGI headers) per request (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-requests-per-connection",
+        type=int,
+        default=100,
+        metavar="N",
+        help="requests multiplexed on one connection at once; more get "
+        "OVERLOADED (default: %(default)s)",
+    )
+    p.add_argument("--version", action="version", version=f"fcgi-asgi {__version__}")
+    return p
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr with timestamps and the process id."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the gateway; returns the process exit code (0, or 1 on error)."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        config = Config(
+            app=args.app,
+            socket=args.socket,
+            host=args.host,
+            port=args.port,
+            fd=args.fd,
+            backlog=args.backlog,
+            factory=args.factory,
+            app_dir=args.app_dir,
+            root_path=args.root_path,
+            lifespan=args.lifespan,
+            loop=args.loop,
+            log_level=args.log_level,
+            access_log=args.access_log,
+            timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+            max_params_size=args.max_params_size,
+            max_requests_per_connection=args.max_requests_per_connection,
+        )
+        if config.loop == "uvloop":
+            try:
+                import uvloop  # noqa: F401
+            except ImportError:
+                raise ConfigError("--loop uvloop: uvloop is not installed") from None
+        app = config.load()  # fail before binding anything
+        run(app, config=config)
+    except (ConfigError, ListenError, LifespanFailure) as exc:
+        message = exc.strerror if isinstance(exc, ListenError) else str(exc)
+        print(f"fcgi-asgi: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""The FastCGI connection: an :class:`asyncio.Protocol` per web server socket.
+
+It feeds received bytes to the sans-IO :class:`~fcgi_asgi.records.RecordReader`,
+keeps the table of live requests by id, answers management records, runs
+each request as its own task, and applies flow control both ways: reading
+pauses while too much request body is unread, and ``send()`` waits while the
+web server is not reading the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, cast
+
+from .cycle import RequestCycle, end_records
+from .records import (
+    ABORT_REQUEST,
+    BEGIN_REQUEST,
+    DATA,
+    GET_VALUES,
+    GET_VALUES_RESULT,
+    KEEP_CONN,
+    OVERLOADED,
+    PARAMS,
+    RESPONDER,
+    STDIN,
+    STDOUT,
+    UNKNOWN_ROLE,
+    MalformedRecord,
+    ParamsTooLarge,
+    ProtocolError,
+    RecordReader,
+    decode_pairs,
+    encode_end_request,
+    encode_pairs,
+    encode_record,
+    encode_unknown_type,
+    parse_begin_request,
+)
+from .scope import build_scope
+
+if TYPE_CHECKING:
+    from .context import ServerContext
+
+__all__ = ["FastCGIConnection"]
+
+logger = logging.getLogger("fcgi_asgi.error")
+
+_EXTENSIONS: dict[str, Any] = {"http.response.pathsend": {}}
+_RECORD_NAMES = {
+    1: "BEGIN_REQUEST",
+    2: "ABORT_REQUEST",
+    3: "END_REQUEST",
+    4: "PARAMS",
+    5: "STDIN",
+    6: "STDOUT",
+    7: "STDERR",
+    8: "DATA",
+    9: "GET_VALUES",
+    10: "GET_VALUES_RESULT",
+    11: "UNKNOWN_TYPE",
+}
+
+
+class FastCGIConnection(asyncio.Protocol):
+    """One connection from a web server, carrying one or many requests."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.config = ctx.config
+        self.access_log = ctx.config.access_log
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "-"
+        self.requests: dict[int, RequestCycle] = {}
+        self.write_paused = False
+        self.closing = False
+        self._reader = RecordReader()
+        self._writable: asyncio.Event | None = None
+        self._read_paused = False
+        self._body_buffered = 0
+        # A finished request without FCGI_KEEP_CONN: the connection closes once
+        # that request's STDIN has ended (Apache answers 503 if we close early).
+        self._linger_id: int | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+        # Set on EOF from the peer or on server shutdown: close once idle.
+        self._close_when_idle = False
+
+    # -- asyncio.Protocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; same interface.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = f"{peer[0]}:{peer[1]}"
+        elif peer:
+            self.peer = str(peer)
+        else:
+            self.peer = "unix"
+        size = self.config.write_buffer_size
+        transport.set_write_buffer_limits(high=size, low=size // 4)
+        self.ctx.connections.add(self)
+        self.ctx.connections_accepted += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.ctx.connections.discard(self)
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        requests = self.requests
+        self.requests = {}
+        for cycle in requests.values():
+            cycle.ended = True
+            cycle.disconnect()
+        if self._writable is not None:
+            self._writable.set()
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self._writable is None:
+            self._writable = asyncio.Event()
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._writable is not None:
+            self._writable.set()
+
+    def eof_received(self) -> bool | None:
+        # The web server closed its side: no more requests or aborts can come,
+        # but responses under way may still be written (half-close).
+        self._close_when_idle = True
+        for cycle in list(self.requests.values()):
+            if not cycle.stdin_done:
+                cycle.disconnect()
+                self._end_aborted(cycle)
+        if not self.requests:
+            return None  # let the transport close
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            records = self._reader.feed(data)
+            for rtype, rid, content in records:
+                if rid == 0:
+                    self._management(rtype, content)
+                    continue
+                cycle = self.requests.get(rid)
+                if rtype == STDIN:
+                    if cycle is None:
+                        if rid == self._linger_id and not content:
+                            self._close()
+                        continue
+                    if cycle.params is not None:
+                        raise ProtocolError(f"STDIN for request id {rid} before its PARAMS ended")
+                    if content:
+                        cycle.feed_body(content)
+                    else:
+                        cycle.end_body()
+                elif rtype == PARAMS:
+                    if cycle is None:
+                        continue
+                    self._params(cycle, content)
+                elif rtype == BEGIN_REQUEST:
+                    self._begin(rid, content)
+                elif rtype == ABORT_REQUEST:
+                    if cycle is not None:
+                        cycle.disconnect()
+                        self._end_aborted(cycle)
+                elif rtype == DATA:
+                    continue  # FILTER data; only RESPONDER is served, so never asked for
+                else:
+                    name = _RECORD_NAMES.get(rtype, f"type {rtype}")
+                    raise ProtocolError(f"unexpected {name} record for request id {rid}")
+        except ProtocolError as exc:
+            self.fail(f"FastCGI protocol error from {self.peer}: {exc}")
+
+    # -- records ------------------------------------------------------------------
+
+    def _management(self, rtype: int, content: bytes) -> None:
+        if rtype == GET_VALUES:
+            known = {
+                b"FCGI_MAX_CONNS": str(self.config.max_connections_hint).encode(),
+                b"FCGI_MAX_REQS": str(self.config.max_requests_per_connection).encode(),
+                b"FCGI_MPXS_CONNS": b"1",
+            }
+            asked = decode_pairs(content)
+            answer = [(name, known[name]) for name, _ in asked if name in known]
+            self.write([encode_record(GET_VALUES_RESULT, 0, encode_pairs(answer))])
+        else:
+            logger.debug("unknown management record type %d from %s", rtype, self.peer)
+            self.write([encode_unknown_type(rtype)])
+
+    def _begin(self, rid: int, content: bytes) -> None:
+        if rid in self.requests:
+            raise ProtocolError(f"BEGIN_REQUEST for request id {rid}, which is already in use")
+        try:
+            role, flags = parse_begin_request(content)
+        except MalformedRecord as exc:
+            raise ProtocolError(str(exc)) from None
+        keep_conn = bool(flags & KEEP_CONN)
+        if role != RESPONDER:
+            logger.warning(
+                "request id %d from %s asks for role %d; only RESPONDER (1) is served",
+                rid,
+                self.peer,
+                role,
+            )
+            self._reject(rid, UNKNOWN_ROLE, keep_conn)
+        elif len(self.requests) >= self.config.max_requests_per_connection:
+            logger.warning(
+                "request id %d from %s refused: %d requests already run on this connection",
+                rid,
+                self.peer,
+                len(self.requests),
+            )
+            self._reject(rid, OVERLOADED, keep_conn)
+        else:
+            if self._linger_id is not None:
+                raise ProtocolError(
+                    f"BEGIN_REQUEST for request id {rid} after a request without FCGI_KEEP_CONN"
+                )
+            self.requests[rid] = RequestCycle(self, rid, keep_conn)
+
+    def _reject(self, rid: int, protocol_status: int, keep_conn: bool) -> None:
+        self.write([encode_end_request(rid, 0, protocol_status)])
+        if not keep_conn:
+            self._linger(rid)
+
+    def _params(self, cycle: RequestCycle, content: bytes) -> None:
+        params = cycle.params
+        if params is None:
+            raise ProtocolError(f"PARAMS for request id {cycle.request_id} after its PARAMS ended")
+        if content:
+            params += content
+            if len(params) > self.config.max_params_size:
+                raise ParamsTooLarge(
+                    f"PARAMS for request id {cycle.request_id} exceed "
+                    f"{self.config.max_params_size} bytes"
+                )
+            return
+        cycle.params = None
+        scope = build_scope(
+            dict(decode_pairs(params)),
+            self.config.root_path,
+            self.ctx.state,
+            _EXTENSIONS,
+        )
+        cycle.scope = scope
+        task = self.loop.create_task(cycle.run(self.ctx.app, scope))
+        tasks = self.ctx.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    # -- called by request cycles --------------------------------------------------
+
+    def write(self, pieces: list[Any]) -> None:
+        """Write record pieces in one go (joined when small, else writelines)."""
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        if len(pieces) == 1:
+            transport.write(pieces[0])
+        elif len(pieces) <= 4:
+            transport.write(b"".join(pieces))
+        else:
+            transport.writelines(pieces)
+
+    async def drain(self) -> None:
+        """Wait until the transport accepts writes again (or the connection is gone)."""
+        if self.write_paused and self._writable is not None:
+            await self._writable.wait()
+
+    def body_buffered(self, n: int) -> None:
+        """Count unread request body; pause reading above the configured size."""
+        self._body_buffered += n
+        if (
+            not self._read_paused
+            and self._body_buffered > self.config.read_buffer_size
+            and self.transport is not None
+        ):
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def body_consumed(self, n: int) -> None:
+        """The app read (or the gateway dropped) ``n`` bytes of request body."""
+        self._body_buffered -= n
+        if self._read_paused and self._body_buffered <= self.config.read_buffer_size // 2:
+            self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        self._read_paused = False
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    def request_ended(self, cycle: RequestCycle) -> None:
+        """The cycle wrote its END_REQUEST: free the id, close if not keep-conn."""
+        cycle.ended = True
+        self.ctx.requests_served += 1
+        if self.requests.get(cycle.request_id) is cycle:
+            del self.requests[cycle.request_id]
+        if not cycle.keep_conn:
+            if cycle.stdin_done:
+                self._close()
+            else:
+                self._linger(cycle.request_id)
+        elif self._close_when_idle and not self.requests:
+            self._close()
+
+    def request_failed(self, cycle: RequestCycle) -> None:
+        """The app failed after part of the response was written.
+
+        Alone on its connection, the request is cut by closing the connection
+        without END_REQUEST, so the web server sees a truncated response and
+        does not pass it off as complete. With other requests multiplexed
+        beside it, it ends with END_REQUEST(appStatus=1) so they live on.
+        """
+        if cycle.ended:
+            return
+        if len(self.requests) > 1:
+            cycle.ended = True
+            self.requests.pop(cycle.request_id, None)
+            self.write(
+                [encode_record(STDOUT, cycle.request_id), encode_end_request(cycle.request_id, 1)]
+            )
+            self.ctx.requests_served += 1
+            if not cycle.keep_conn:
+                self._close()
+        else:
+            cycle.ended = True
+            self.requests.pop(cycle.request_id, None)
+            self._close()
+
+    def _end_aborted(self, cycle: RequestCycle) -> None:
+        if cycle.ended:
+            return
+        # The app goes on until it notices http.disconnect; the id is freed now
+        # (as Go's net/http/fcgi does) so the web server is answered at once.
+        cycle.response_complete = True
+        self.write([end_records(cycle.request_id)])
+        cycle.stdin_done = True  # nothing more will be read for it
+        self.request_ended(cycle)
+
+    def _linger(self, rid: int) -> None:
+        self._linger_id = rid
+        if self._read_paused:
+            self._resume_reading()
+        self._linger_timer = self.loop.call_later(self.config.stdin_linger, self._close)
+
+    # -- closing ------------------------------------------------------------------
+
+    def _close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    def fail(self, message: str) -> None:
+        """Log a connection-level error and close this connection only."""
+        logger.error("%s; closing the connection", message)
+        self.fail_quietly()
+
+    def fail_quietly(self) -> None:
+        """Close this connection; its requests see ``http.disconnect``."""
+        for cycle in list(self.requests.values()):
+            cycle.ended = True
+            cycle.disconnect()
+        self.requests.clear()
+        self._close()
+
+    def shutdown(self) -> None:
+        """Close now if idle; otherwise close once the running requests end."""
+        self._close_when_idle = True
+        if not self.requests:
+            self._close()

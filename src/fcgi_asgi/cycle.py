@@ -1,0 +1,370 @@
+"""One FastCGI request bridged to one ASGI HTTP call.
+
+A :class:`RequestCycle` is created by the connection on BEGIN_REQUEST, fed
+PARAMS and STDIN by it, and runs the app as its own task. It turns the app's
+``send()`` messages into a CGI response head and STDOUT records, and sends
+END_REQUEST exactly once, whatever the app does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import deque
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from .errors import AppProtocolError, ClientDisconnected
+from .records import STDOUT, encode_end_request, encode_record, encode_stream
+
+if TYPE_CHECKING:
+    from .config import ASGIApp
+    from .connection import FastCGIConnection
+
+__all__ = ["RequestCycle", "encode_head", "end_records"]
+
+logger = logging.getLogger("fcgi_asgi.error")
+access_logger = logging.getLogger("fcgi_asgi.access")
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+_STATUS_LINES: dict[int, bytes] = {
+    s.value: b"Status: %d %s\r\n" % (s.value, s.phrase.encode("latin-1")) for s in HTTPStatus
+}
+# Bodies up to this size share one STDOUT record with the head: one write, one
+# record, at the cost of copying a few KiB; larger bodies are sliced instead.
+_COALESCE_LIMIT = 16 << 10
+_READ_CHUNK = 256 << 10
+
+_DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
+_ERROR_BODY = b"Internal Server Error"
+_ERROR_HEAD = (
+    b"Status: 500 Internal Server Error\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\n\r\n" % len(_ERROR_BODY)
+)
+
+# The records that close a request: an empty STDOUT then END_REQUEST. Request
+# ids repeat (web servers always use 1), so each tail is built once.
+_end_records: dict[int, bytes] = {}
+
+
+def end_records(request_id: int) -> bytes:
+    """An empty STDOUT record and a successful END_REQUEST for ``request_id``."""
+    tail = _end_records.get(request_id)
+    if tail is None:
+        tail = encode_record(STDOUT, request_id) + encode_end_request(request_id)
+        if len(_end_records) < 1024:
+            _end_records[request_id] = tail
+    return tail
+
+
+def encode_head(status: Any, headers: Any) -> bytes:
+    """Encode a CGI response head (``Status:`` line, headers, blank line).
+
+    Raises :class:`AppProtocolError` for a status that is not a 3-digit
+    integer, or a header name or value that is not bytes, not a token, or
+    holds CR, LF or NUL: any of them would corrupt the stream.
+    """
+    if type(status) is not int or not 100 <= status <= 999:
+        raise AppProtocolError(f"response status must be an int from 100 to 999, not {status!r}")
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"Status: %d Unknown\r\n" % status
+    parts = [line]
+    append = parts.append
+    for header in headers:
+        try:
+            name, value = header
+        except (TypeError, ValueError):
+            raise AppProtocolError(
+                f"response header {header!r} is not a (name, value) pair"
+            ) from None
+        if type(name) is not bytes or type(value) is not bytes:
+            if not isinstance(name, bytes) or not isinstance(value, bytes):
+                raise AppProtocolError(f"response header {header!r} must be a pair of bytes")
+            name, value = bytes(name), bytes(value)
+        if not _TOKEN.fullmatch(name):
+            raise AppProtocolError(f"response header name {name!r} is not a valid token")
+        if _BAD_VALUE.search(value):
+            raise AppProtocolError(f"response header {name!r} has CR, LF or NUL in its value")
+        if name.lower() == b"status":
+            # CGI would read it as the status line; the real status comes first.
+            continue
+        append(name + b": " + value + b"\r\n")
+    append(b"\r\n")
+    return b"".join(parts)
+
+
+class RequestCycle:
+    """The state of one request: params, body queue, response progress."""
+
+    __slots__ = (
+        "_expect_trailers",
+        "_final_sent",
+        "_head",
+        "_stdout_sent",
+        "_waiter",
+        "app_error",
+        "body",
+        "body_size",
+        "conn",
+        "disconnected",
+        "ended",
+        "keep_conn",
+        "params",
+        "request_id",
+        "response_complete",
+        "response_started",
+        "scope",
+        "status",
+        "stdin_done",
+    )
+
+    def __init__(self, conn: FastCGIConnection, request_id: int, keep_conn: bool) -> None:
+        self.conn = conn
+        self.request_id = request_id
+        self.keep_conn = keep_conn
+        self.params: bytearray | None = bytearray()
+        self.scope: dict[str, Any] | None = None
+        self.body: deque[bytes] = deque()
+        self.body_size = 0
+        self.stdin_done = False
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.ended = False
+        self.status = 0
+        self.app_error: str | None = None
+        self._head: bytes | None = None
+        self._stdout_sent = False
+        self._final_sent = False
+        self._expect_trailers = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    # -- fed by the connection ------------------------------------------------
+
+    def feed_body(self, data: bytes) -> None:
+        """Queue a STDIN chunk for ``receive()``."""
+        if self.response_complete or self.disconnected:
+            return
+        self.body.append(data)
+        self.body_size += len(data)
+        self.conn.body_buffered(len(data))
+        self._wake()
+
+    def end_body(self) -> None:
+        """The empty STDIN record arrived: the body is complete."""
+        self.stdin_done = True
+        self._wake()
+
+    def disconnect(self) -> None:
+        """The web server aborted the request or the connection was lost."""
+        if self.disconnected:
+            return
+        self.disconnected = True
+        self._drop_body()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _drop_body(self) -> None:
+        if self.body_size:
+            self.conn.body_consumed(self.body_size)
+            self.body.clear()
+            self.body_size = 0
+
+    # -- the ASGI side ----------------------------------------------------------
+
+    async def run(self, app: ASGIApp, scope: dict[str, Any]) -> None:
+        """Run the app for this request and make sure the request ends."""
+        try:
+            await app(scope, self.receive, self.send)
+        except Exception as exc:
+            self._app_failed(f"Exception in ASGI application: {type(exc).__name__}: {exc}", exc)
+        except asyncio.CancelledError:
+            self._app_failed("ASGI application cancelled", None)
+            raise
+        else:
+            if self.app_error is not None:
+                self._app_failed(self.app_error, None)
+            elif not self.response_started:
+                if not self.disconnected:
+                    self._app_failed("ASGI application returned without starting a response", None)
+            elif not self.response_complete:
+                self._app_failed("ASGI application returned without completing the response", None)
+        finally:
+            self._drop_body()
+            if self.conn.access_log and self.response_complete:
+                self._log_access()
+
+    def _app_failed(self, message: str, exc: BaseException | None) -> None:
+        log = logger.error if exc is not None or not self.disconnected else logger.debug
+        log(
+            "%s (request id %d, %s %s)",
+            message,
+            self.request_id,
+            self.scope["method"] if self.scope else "?",
+            self.scope["path"] if self.scope else "?",
+            exc_info=exc,
+        )
+        if self.ended:
+            return
+        if not self._stdout_sent and not self.disconnected:
+            # Nothing reached the web server yet: answer a plain 500 instead.
+            self._head = None
+            self.response_started = self.response_complete = True
+            self.status = 500
+            self.conn.write(
+                [
+                    encode_record(STDOUT, self.request_id, _ERROR_HEAD + _ERROR_BODY),
+                    end_records(self.request_id),
+                ]
+            )
+            self.conn.request_ended(self)
+        else:
+            self.response_complete = True
+            self.conn.request_failed(self)
+
+    def _log_access(self) -> None:
+        scope = self.scope
+        if scope is None:
+            return
+        client = scope["client"]
+        qs = scope["query_string"]
+        access_logger.info(
+            '%s - "%s %s%s HTTP/%s" %d',
+            f"{client[0]}:{client[1]}" if client else "-",
+            scope["method"],
+            scope["path"],
+            "?" + qs.decode("latin-1") if qs else "",
+            scope["http_version"],
+            self.status,
+        )
+
+    async def receive(self) -> dict[str, Any]:
+        """ASGI ``receive``: body chunks as they arrive, then ``http.disconnect``."""
+        while True:
+            if self.disconnected or self.response_complete:
+                return _DISCONNECT
+            body = self.body
+            if body:
+                data = body.popleft() if len(body) == 1 else b"".join(body)
+                body.clear()
+                n = self.body_size
+                self.body_size = 0
+                self.conn.body_consumed(n)
+                more = not self.stdin_done
+                if not more:
+                    self._final_sent = True
+                return {"type": "http.request", "body": data, "more_body": more}
+            if self.stdin_done and not self._final_sent:
+                self._final_sent = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            waiter = self._waiter = self.conn.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    async def send(self, message: Any) -> None:
+        """ASGI ``send``: response start, body, pathsend and trailers."""
+        mtype = message["type"]
+        if mtype == "http.response.body":
+            await self._send_body(message.get("body", b""), message.get("more_body", False))
+        elif mtype == "http.response.start":
+            if self.response_started:
+                self._fail_app("http.response.start sent twice")
+            self._head = encode_head(message["status"], message.get("headers", ()))
+            self.status = message["status"]
+            self.response_started = True
+            self._expect_trailers = bool(message.get("trailers", False))
+            if self.disconnected:
+                raise ClientDisconnected("the web server aborted the request")
+            # The head waits for the first body message so that small responses
+            # go out as one record in one write; if the app yields first, the
+            # head is flushed on its own on the next loop iteration.
+            self.conn.loop.call_soon(self._flush_head)
+        elif mtype == "http.response.pathsend":
+            await self._send_path(message["path"])
+        elif mtype == "http.response.trailers":
+            # Trailers have no place in a CGI response; they are dropped, and
+            # the last trailers message ends a response that waited for it.
+            if self._expect_trailers and not message.get("more_trailers", False):
+                self._expect_trailers = False
+                if self.response_complete and not self.ended:
+                    self._finish([])
+        else:
+            self._fail_app(f"unexpected ASGI message type {mtype!r}")
+
+    def _flush_head(self) -> None:
+        head = self._head
+        if head is not None and not self.disconnected and not self.ended:
+            self._head = None
+            self._stdout_sent = True
+            self.conn.write([encode_record(STDOUT, self.request_id, head)])
+
+    def _fail_app(self, message: str) -> None:
+        self.app_error = message
+        raise AppProtocolError(message)
+
+    async def _send_body(self, body: Any, more_body: bool) -> None:
+        if not self.response_started:
+            self._fail_app("http.response.body sent before http.response.start")
+        if self.response_complete:
+            self._fail_app("http.response.body sent after the response was complete")
+        if type(body) is not bytes:
+            if not isinstance(body, bytes | bytearray | memoryview):
+                self._fail_app(f"http.response.body body must be bytes, not {type(body).__name__}")
+            body = bytes(body)
+        if self.disconnected:
+            raise ClientDisconnected("the web server aborted the request")
+        rid = self.request_id
+        head = self._head
+        if head is not None:
+            self._head = None
+            if len(body) <= _COALESCE_LIMIT:
+                pieces: list[bytes | memoryview] = [encode_record(STDOUT, rid, head + body)]
+            else:
+                pieces = [encode_record(STDOUT, rid, head), *encode_stream(STDOUT, rid, body)]
+            self._stdout_sent = True
+        elif body:
+            pieces = encode_stream(STDOUT, rid, body)
+        else:
+            pieces = []
+        if not more_body:
+            self.response_complete = True
+            if not self._expect_trailers:
+                self._finish(pieces)
+                return
+        if pieces:
+            self.conn.write(pieces)
+        if self.conn.write_paused:
+            await self.conn.drain()
+            if self.disconnected:
+                raise ClientDisconnected("the connection to the web server was lost")
+
+    def _finish(self, pieces: list[bytes | memoryview]) -> None:
+        pieces.append(end_records(self.request_id))
+        self.conn.write(pieces)
+        self.conn.request_ended(self)
+
+    async def _send_path(self, path: str) -> None:
+        if not self.response_started:
+            self._fail_app("http.response.pathsend sent before http.response.start")
+        if self.response_complete:
+            self._fail_app("http.response.pathsend sent after the response was complete")
+        # File reads run in the default executor: a slow disk must not stall
+        # every other request on the loop.
+        loop = self.conn.loop
+        f = await loop.run_in_executor(None, open, path, "rb")
+        try:
+            while chunk := await loop.run_in_executor(None, f.read, _READ_CHUNK):
+                await self._send_body(chunk, True)
+        finally:
+            await loop.run_in_executor(None, f.close)
+        await self._send_body(b"", False)

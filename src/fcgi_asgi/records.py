@@ -1,0 +1,310 @@
+"""FastCGI 1.0 record codec, free of I/O.
+
+Everything here works on bytes only: record headers, name-value pairs and an
+incremental :class:`RecordReader` that turns arbitrary chunks of a byte stream
+into :class:`Record` tuples. Nothing imports asyncio, so the codec can be
+property-tested alone and reused by the server and the client.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
+
+__all__ = [
+    "ABORT_REQUEST",
+    "AUTHORIZER",
+    "BEGIN_REQUEST",
+    "CANT_MPX_CONN",
+    "DATA",
+    "END_REQUEST",
+    "FILTER",
+    "GET_VALUES",
+    "GET_VALUES_RESULT",
+    "HEADER_LEN",
+    "KEEP_CONN",
+    "MAX_CONTENT",
+    "OVERLOADED",
+    "PARAMS",
+    "REQUEST_COMPLETE",
+    "RESPONDER",
+    "STDERR",
+    "STDIN",
+    "STDOUT",
+    "UNKNOWN_ROLE",
+    "UNKNOWN_TYPE",
+    "VERSION",
+    "MalformedPairs",
+    "MalformedRecord",
+    "ParamsTooLarge",
+    "ProtocolError",
+    "Record",
+    "RecordReader",
+    "UnsupportedVersion",
+    "decode_pairs",
+    "encode_begin_request",
+    "encode_end_request",
+    "encode_pairs",
+    "encode_record",
+    "encode_stream",
+    "encode_unknown_type",
+    "parse_begin_request",
+    "parse_end_request",
+]
+
+VERSION = 1
+HEADER_LEN = 8
+MAX_CONTENT = 0xFFFF
+
+# Record types (FastCGI 1.0, section 8).
+BEGIN_REQUEST = 1
+ABORT_REQUEST = 2
+END_REQUEST = 3
+PARAMS = 4
+STDIN = 5
+STDOUT = 6
+STDERR = 7
+DATA = 8
+GET_VALUES = 9
+GET_VALUES_RESULT = 10
+UNKNOWN_TYPE = 11
+
+# Roles.
+RESPONDER = 1
+AUTHORIZER = 2
+FILTER = 3
+
+# BEGIN_REQUEST flags.
+KEEP_CONN = 1
+
+# END_REQUEST protocol status.
+REQUEST_COMPLETE = 0
+CANT_MPX_CONN = 1
+OVERLOADED = 2
+UNKNOWN_ROLE = 3
+
+_HEADER = struct.Struct(">BBHHBx")
+_BEGIN_BODY = struct.Struct(">HB5x")
+_END_BODY = struct.Struct(">IB3x")
+_U32 = struct.Struct(">I")
+_header_pack = _HEADER.pack
+_header_unpack_from = _HEADER.unpack_from
+
+
+class ProtocolError(Exception):
+    """The peer broke the FastCGI protocol; the connection cannot go on.
+
+    Every error raised by this module for bad input is a subclass, and each
+    message says what the peer sent, so logs name the remote fault.
+    """
+
+
+class UnsupportedVersion(ProtocolError):
+    """A record header carried a version other than 1."""
+
+
+class MalformedRecord(ProtocolError):
+    """A record's fixed-size body had the wrong length or a bad field."""
+
+
+class MalformedPairs(ProtocolError):
+    """Name-value pair data was truncated or its lengths overran the data."""
+
+
+class ParamsTooLarge(ProtocolError):
+    """A request's PARAMS stream exceeded the configured limit."""
+
+
+class Record(NamedTuple):
+    """One FastCGI record as read from the wire (padding already dropped)."""
+
+    type: int
+    request_id: int
+    content: bytes
+
+
+def encode_record(rtype: int, request_id: int, content: bytes = b"") -> bytes:
+    """Encode one record whose content fits in a single record (<= 65535 bytes)."""
+    if len(content) > MAX_CONTENT:
+        raise ValueError(f"record content of {len(content)} bytes exceeds {MAX_CONTENT}")
+    return _header_pack(VERSION, rtype, request_id, len(content), 0) + content
+
+
+def encode_stream(
+    rtype: int, request_id: int, data: bytes | bytearray | memoryview
+) -> list[bytes | memoryview]:
+    """Frame ``data`` as stream records of at most 65535 bytes each.
+
+    Returns header and payload pieces for ``transport.writelines``: a payload
+    larger than one record is sliced through a memoryview, never copied. An
+    empty ``data`` gives an empty list (the end-of-stream record is separate).
+    """
+    n = len(data)
+    if n <= MAX_CONTENT and type(data) is bytes:
+        return [_header_pack(VERSION, rtype, request_id, n, 0), data] if n else []
+    if n <= MAX_CONTENT:
+        if not n:
+            return []
+        return [_header_pack(VERSION, rtype, request_id, n, 0), memoryview(data)]
+    view = memoryview(data)
+    pieces: list[bytes | memoryview] = []
+    append = pieces.append
+    for start in range(0, n, MAX_CONTENT):
+        chunk = view[start : start + MAX_CONTENT]
+        append(_header_pack(VERSION, rtype, request_id, len(chunk), 0))
+        append(chunk)
+    return pieces
+
+
+def encode_begin_request(request_id: int, role: int = RESPONDER, flags: int = 0) -> bytes:
+    """Encode a BEGIN_REQUEST record."""
+    return encode_record(BEGIN_REQUEST, request_id, _BEGIN_BODY.pack(role, flags))
+
+
+def parse_begin_request(content: bytes) -> tuple[int, int]:
+    """Return ``(role, flags)`` from a BEGIN_REQUEST body."""
+    if len(content) != _BEGIN_BODY.size:
+        raise MalformedRecord(
+            f"BEGIN_REQUEST body is {len(content)} bytes, expected {_BEGIN_BODY.size}"
+        )
+    role, flags = _BEGIN_BODY.unpack(content)
+    return role, flags
+
+
+def encode_end_request(request_id: int, app_status: int = 0, protocol_status: int = 0) -> bytes:
+    """Encode an END_REQUEST record."""
+    return encode_record(
+        END_REQUEST, request_id, _END_BODY.pack(app_status & 0xFFFFFFFF, protocol_status)
+    )
+
+
+def parse_end_request(content: bytes) -> tuple[int, int]:
+    """Return ``(app_status, protocol_status)`` from an END_REQUEST body."""
+    if len(content) != _END_BODY.size:
+        raise MalformedRecord(
+            f"END_REQUEST body is {len(content)} bytes, expected {_END_BODY.size}"
+        )
+    app_status, protocol_status = _END_BODY.unpack(content)
+    return app_status, protocol_status
+
+
+def encode_unknown_type(rtype: int) -> bytes:
+    """Encode the UNKNOWN_TYPE management reply for record type ``rtype``."""
+    return encode_record(UNKNOWN_TYPE, 0, bytes((rtype & 0xFF, 0, 0, 0, 0, 0, 0, 0)))
+
+
+def _encode_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    if n > 0x7FFFFFFF:
+        raise ValueError(f"name-value length {n} does not fit in 31 bits")
+    return _U32.pack(n | 0x80000000)
+
+
+def encode_pairs(pairs: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Encode name-value pairs (FastCGI 1.0, section 3.4) into one byte string."""
+    items = pairs.items() if isinstance(pairs, Mapping) else pairs
+    out = bytearray()
+    for name, value in items:
+        out += _encode_length(len(name))
+        out += _encode_length(len(value))
+        out += name
+        out += value
+    return bytes(out)
+
+
+def decode_pairs(data: bytes | bytearray | memoryview) -> list[tuple[bytes, bytes]]:
+    """Decode a complete run of name-value pairs.
+
+    Raises :class:`MalformedPairs` when a length prefix is cut short or a
+    length points past the end of ``data``.
+    """
+    buf = bytes(data)
+    end = len(buf)
+    pairs: list[tuple[bytes, bytes]] = []
+    append = pairs.append
+    unpack_u32 = _U32.unpack_from
+    pos = 0
+    while pos < end:
+        nlen = buf[pos]
+        if nlen & 0x80:
+            if pos + 4 > end:
+                raise MalformedPairs("name length cut short in PARAMS data")
+            nlen = unpack_u32(buf, pos)[0] & 0x7FFFFFFF
+            pos += 4
+        else:
+            pos += 1
+        if pos >= end:
+            raise MalformedPairs("value length missing in PARAMS data")
+        vlen = buf[pos]
+        if vlen & 0x80:
+            if pos + 4 > end:
+                raise MalformedPairs("value length cut short in PARAMS data")
+            vlen = unpack_u32(buf, pos)[0] & 0x7FFFFFFF
+            pos += 4
+        else:
+            pos += 1
+        name_end = pos + nlen
+        value_end = name_end + vlen
+        if value_end > end:
+            raise MalformedPairs(
+                f"name-value pair of {nlen}+{vlen} bytes overruns PARAMS data by "
+                f"{value_end - end} bytes"
+            )
+        append((buf[pos:name_end], buf[name_end:value_end]))
+        pos = value_end
+    return pairs
+
+
+class RecordReader:
+    """Incremental record parser: feed it bytes, get back whole records.
+
+    Bytes that do not yet form a whole record are kept; a chunk that holds
+    only whole records is parsed in place without being copied into the
+    buffer. The buffer never holds more than one record (at most
+    65535 + 255 + 8 bytes), so memory stays bounded whatever the peer sends.
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back as the start of an incomplete record."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Record]:
+        """Parse ``data`` (appended to anything held back) into records.
+
+        Raises :class:`UnsupportedVersion` for a header whose version is not 1.
+        """
+        buf = self._buf
+        if buf:
+            buf += data
+            src: bytes | bytearray = buf
+        else:
+            src = data
+        end = len(src)
+        pos = 0
+        records: list[Record] = []
+        append = records.append
+        while end - pos >= HEADER_LEN:
+            version, rtype, rid, clen, plen = _header_unpack_from(src, pos)
+            if version != VERSION:
+                raise UnsupportedVersion(
+                    f"record header has version {version}, only version 1 exists"
+                )
+            body = pos + HEADER_LEN
+            nxt = body + clen + plen
+            if nxt > end:
+                break
+            append(Record(rtype, rid, bytes(src[body : body + clen])))
+            pos = nxt
+        if src is buf:
+            del buf[:pos]
+        elif pos < end:
+            buf += data[pos:]
+        return records

@@ -1,0 +1,160 @@
+"""CGI/1.1 params (as sent by a FastCGI web server) to an ASGI HTTP scope.
+
+A pure function, table-tested against what nginx, lighttpd, Apache httpd,
+Caddy and h2o send with their stock configurations. The path rules:
+
+* ``raw_path`` is the path part of ``REQUEST_URI`` (the request target as the
+  client sent it) and ``path`` its percent-decoded UTF-8 form. Without
+  ``REQUEST_URI`` both come from ``SCRIPT_NAME + PATH_INFO``.
+* ``path`` always includes ``root_path`` (ASGI 2.4 / Starlette >= 0.35).
+* ``root_path`` is the operator's ``--root-path`` when given; otherwise
+  ``SCRIPT_NAME``, but only when the server really split the path into
+  ``SCRIPT_NAME`` + a non-empty ``PATH_INFO`` and that split is a prefix of
+  the request path. nginx, lighttpd and Apache put the whole path in
+  SCRIPT_NAME by default; trusting it there would 404 every route.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, unquote
+
+__all__ = ["ASGI_VERSION", "build_scope", "split_request_uri"]
+
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+
+_HTTP_VERSIONS = {
+    b"HTTP/1.1": "1.1",
+    b"HTTP/1.0": "1.0",
+    b"HTTP/2.0": "2",
+    b"HTTP/2": "2",
+    b"HTTP/3": "3",
+    b"HTTP/3.0": "3",
+    b"HTTP/0.9": "1.0",
+}
+
+# Param names that become headers without the HTTP_ prefix.
+_CONTENT_HEADERS = {b"CONTENT_TYPE": b"content-type", b"CONTENT_LENGTH": b"content-length"}
+
+# HTTP_* param name -> header name, memoised: a server sends the same few
+# dozen names over and over, so each is translated once per process.
+_header_names: dict[bytes, bytes] = {}
+
+
+def _header_name(param: bytes) -> bytes:
+    name = _header_names.get(param)
+    if name is None:
+        name = param[5:].lower().replace(b"_", b"-")
+        if len(_header_names) < 4096:
+            _header_names[param] = name
+    return name
+
+
+def _port(value: bytes | None) -> int | None:
+    if value and value.isdigit():
+        return int(value)
+    return None
+
+
+def split_request_uri(uri: bytes) -> tuple[bytes, bytes]:
+    """Split a request target into ``(path, query)`` bytes."""
+    path, _, query = uri.partition(b"?")
+    return path, query
+
+
+def _decode_path(raw: bytes) -> str:
+    return unquote(raw.decode("latin-1"), encoding="utf-8", errors="replace")
+
+
+def build_scope(
+    params: dict[bytes, bytes],
+    root_path: str | None = None,
+    state: dict[str, Any] | None = None,
+    extensions: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build an ASGI ``http`` scope from decoded CGI params.
+
+    ``params`` maps param names to values, last value winning when a name
+    repeats (php-fpm does the same). ``root_path`` is the configured mount
+    prefix, or ``None`` to derive it from SCRIPT_NAME/PATH_INFO. ``state`` is
+    the lifespan state, copied shallowly per request as the ASGI spec asks.
+    """
+    get = params.get
+    headers: list[tuple[bytes, bytes]] = []
+    for key, value in params.items():
+        if key[:5] == b"HTTP_":
+            headers.append((_header_name(key), value))
+        elif key in _CONTENT_HEADERS and value:
+            headers.append((_CONTENT_HEADERS[key], value))
+
+    script_name = get(b"SCRIPT_NAME", b"")
+    path_info = get(b"PATH_INFO", b"")
+    request_uri = get(b"REQUEST_URI")
+    query = get(b"QUERY_STRING")
+    if request_uri:
+        raw_path, uri_query = split_request_uri(request_uri)
+        if query is None:
+            query = uri_query
+    else:
+        joined = (script_name + path_info).decode("latin-1")
+        raw_path = quote(joined, safe="/:@!$&'()*+,;=-._~").encode("ascii")
+    if not raw_path:
+        raw_path = b"/"
+    path = _decode_path(raw_path)
+
+    if root_path is None:
+        root_path = ""
+        if path_info and script_name:
+            sn = script_name.decode("latin-1")
+            # Only a true split counts: the request path must be SCRIPT_NAME
+            # followed by PATH_INFO (servers may decode one and not the other,
+            # so compare the decoded path too).
+            if path.startswith(sn) and path[len(sn) :].startswith(
+                _decode_path(path_info) if b"%" in path_info else path_info.decode("latin-1")
+            ):
+                root_path = sn.rstrip("/")
+    else:
+        root_path = root_path.rstrip("/")
+        # A server that strips the mount prefix before forwarding gets it
+        # put back, so that ``path`` always includes ``root_path``.
+        if root_path and path != root_path and not path.startswith(root_path + "/"):
+            path = root_path + path
+            raw_path = quote(root_path).encode("ascii") + raw_path
+
+    scheme = "http"
+    https = get(b"HTTPS")
+    if https and https.lower() in (b"on", b"1", b"yes"):
+        scheme = "https"
+    else:
+        req_scheme = get(b"REQUEST_SCHEME")
+        if req_scheme and req_scheme.lower() == b"https":
+            scheme = "https"
+
+    remote_addr = get(b"REMOTE_ADDR")
+    client = None
+    if remote_addr:
+        client = (remote_addr.decode("latin-1"), _port(get(b"REMOTE_PORT")) or 0)
+    server_host = get(b"SERVER_ADDR") or get(b"SERVER_NAME")
+    server = None
+    if server_host:
+        server = (server_host.decode("latin-1"), _port(get(b"SERVER_PORT")))
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": ASGI_VERSION,
+        "http_version": _HTTP_VERSIONS.get(get(b"SERVER_PROTOCOL", b""), "1.1"),
+        "method": get(b"REQUEST_METHOD", b"GET").decode("latin-1").upper(),
+        "scheme": scheme,
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query or b"",
+        "root_path": root_path,
+        "headers": headers,
+        "client": client,
+        "server": server,
+    }
+    if state is not None:
+        scope["state"] = state.copy()
+    if extensions is not None:
+        scope["extensions"] = extensions
+    return scope

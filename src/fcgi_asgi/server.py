@@ -1,0 +1,278 @@
+"""Serving: the listener, the lifespan, accepting connections, shutting down.
+
+:func:`start_server` is the embedding API (like :func:`asyncio.start_server`);
+:func:`run` is the blocking entry point the CLI uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from .config import ASGIApp, Config
+from .connection import FastCGIConnection
+from .context import ServerContext
+from .lifespan import Lifespan
+from .listeners import (
+    FCGI_LISTENSOCK_FILENO,
+    Listener,
+    ListenError,
+    bind_tcp,
+    bind_unix,
+    effective_backlog,
+    from_fd,
+    is_listening_socket,
+)
+
+__all__ = ["FastCGIServer", "run", "start_server"]
+
+logger = logging.getLogger("fcgi_asgi.error")
+
+
+class FastCGIServer:
+    """A running gateway: one listener, one app, its lifespan and connections.
+
+    Use it as an async context manager (``async with await start_server(...)``)
+    and call :meth:`serve_forever`, or call :meth:`close` then
+    :meth:`wait_closed` yourself.
+    """
+
+    def __init__(self, config: Config, app: ASGIApp | None = None) -> None:
+        self.config = config
+        self.app: ASGIApp | None = app
+        self.listener: Listener | None = None
+        self.ctx: ServerContext | None = None
+        self._server: asyncio.Server | None = None
+        self._lifespan: Lifespan | None = None
+        self._closed: asyncio.Event | None = None
+        self._closing: asyncio.Task[None] | None = None
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening sockets (empty before :meth:`start` and after close)."""
+        if self._server is None:
+            return ()
+        return tuple(self._server.sockets)
+
+    @property
+    def address(self) -> str:
+        """Where the server listens, as ``unix:PATH`` or ``HOST:PORT``."""
+        return self.listener.describe() if self.listener else "-"
+
+    async def start(self) -> None:
+        """Load the app, run lifespan startup, bind and begin accepting.
+
+        Raises :class:`~fcgi_asgi.config.AppLoadError`,
+        :class:`~fcgi_asgi.lifespan.LifespanFailure` or
+        :class:`~fcgi_asgi.listeners.ListenError` with a printable message.
+        """
+        config = self.config
+        loop = asyncio.get_running_loop()
+        self._closed = asyncio.Event()
+        app = self.app if self.app is not None else config.load()
+        self.app = app
+        # Bind before lifespan startup so that a busy socket fails fast,
+        # but accept only once the app is ready.
+        listener = self.listener = self._bind()
+        try:
+            self._lifespan = Lifespan(app, config.lifespan)
+            await self._lifespan.startup()
+            self.ctx = ServerContext(app=app, config=config, state=self._lifespan.state)
+            ctx = self.ctx
+
+            def factory() -> FastCGIConnection:
+                return FastCGIConnection(ctx)
+
+            backlog = effective_backlog(config.backlog)
+            if listener.sock.family == socket.AF_UNIX:
+                self._server = await loop.create_unix_server(
+                    factory, sock=listener.sock, backlog=backlog
+                )
+            else:
+                self._server = await loop.create_server(
+                    factory, sock=listener.sock, backlog=backlog
+                )
+        except BaseException:
+            listener.sock.close()
+            listener.remove_file()
+            raise
+        logger.info("fcgi-asgi serving on %s (backlog %d)", listener.describe(), backlog)
+
+    def _bind(self) -> Listener:
+        config = self.config
+        backlog = effective_backlog(config.backlog)
+        if config.socket is not None:
+            return bind_unix(config.socket, backlog)
+        if config.port is not None:
+            return bind_tcp(config.listen_host, config.port, backlog)
+        if config.fd is not None:
+            return from_fd(config.fd, backlog)
+        if is_listening_socket(FCGI_LISTENSOCK_FILENO):
+            return from_fd(FCGI_LISTENSOCK_FILENO, backlog)
+        raise ListenError(
+            0,
+            "no listener: give --socket PATH or --host/--port, or start the gateway "
+            "with a listening socket on fd 0",
+        )
+
+    async def serve_forever(self) -> None:
+        """Serve until :meth:`close` is called (or the task is cancelled)."""
+        if self._server is None:
+            await self.start()
+        assert self._closed is not None
+        try:
+            await self._closed.wait()
+        finally:
+            await self.aclose()
+
+    def close(self) -> None:
+        """Ask the server to stop; :meth:`serve_forever` then returns."""
+        if self._closed is not None:
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        """Wait for a full shutdown started by :meth:`close` or :meth:`aclose`."""
+        await self.aclose()
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Stop accepting, let running requests finish, then shut down.
+
+        Requests still running after ``timeout`` seconds (default: the
+        config's ``timeout_graceful_shutdown``) are cancelled. Runs lifespan
+        shutdown and removes the unix socket file this server created.
+        """
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._shutdown(timeout))
+        await asyncio.shield(self._closing)
+
+    async def _shutdown(self, timeout: float | None) -> None:
+        if timeout is None:
+            timeout = self.config.timeout_graceful_shutdown
+        if self._closed is not None:
+            self._closed.set()
+        if self._server is not None:
+            self._server.close()
+        if self.listener is not None:
+            self.listener.remove_file()
+        ctx = self.ctx
+        if ctx is not None:
+            for conn in list(ctx.connections):
+                conn.shutdown()
+            if ctx.tasks:
+                _, pending = await asyncio.wait(set(ctx.tasks), timeout=timeout)
+                if pending:
+                    logger.warning(
+                        "cancelling %d request(s) still running after %.1f s",
+                        len(pending),
+                        timeout,
+                    )
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.wait(pending, timeout=5)
+            for conn in list(ctx.connections):
+                conn.fail_quietly()
+        if self._lifespan is not None:
+            try:
+                await self._lifespan.shutdown()
+            except Exception as exc:
+                logger.error("lifespan shutdown failed: %s", exc)
+        if self._server is not None:
+            self._server = None
+
+    async def __aenter__(self) -> FastCGIServer:
+        if self._server is None:
+            await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+async def start_server(
+    app: ASGIApp | str,
+    *,
+    path: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    fd: int | None = None,
+    **options: Any,
+) -> FastCGIServer:
+    """Start serving ``app`` over FastCGI on the running event loop.
+
+    Give ``path`` (a unix socket), ``host`` and ``port`` (TCP; port 0 picks a
+    free one) or ``fd`` (an inherited listening socket). ``options`` are any
+    other :class:`~fcgi_asgi.config.Config` fields (``root_path``,
+    ``lifespan``, ``access_log``, ...). Lifespan startup has run when this
+    returns; leaving ``async with`` on the returned server shuts it down::
+
+        server = await fcgi_asgi.start_server(app, path="/run/app.sock")
+        async with server:
+            await server.serve_forever()
+    """
+    config = Config(app=app, socket=path, host=host, port=port, fd=fd, **options)
+    server = FastCGIServer(config)
+    await server.start()
+    return server
+
+
+def _new_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if name in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if name == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def run(app: ASGIApp | str, **options: Any) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT, blocking the caller.
+
+    Takes the same keyword options as :class:`~fcgi_asgi.config.Config`
+    (``socket``, ``host``, ``port``, ``fd``, ``loop``, ...). A second signal
+    cancels running requests at once.
+    """
+    config = options.pop("config", None) or Config(app=app, **options)
+    loaded = None if isinstance(app, str) else app
+    with asyncio.Runner(loop_factory=_new_loop_factory(config.loop)) as runner:
+        runner.run(_serve_until_signalled(FastCGIServer(config, loaded)))
+
+
+async def _serve_until_signalled(server: FastCGIServer) -> None:
+    loop = asyncio.get_running_loop()
+    await server.start()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            logger.info("received %s, shutting down", signal.Signals(signum).name)
+            server.close()
+        else:
+            logger.warning(
+                "received %s again, cancelling running requests", signal.Signals(signum).name
+            )
+            if server.ctx is not None:
+                for task in list(server.ctx.tasks):
+                    task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await server.serve_forever()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
