@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fcgi-asgi",
         description="Serve an ASGI 3 application over FastCGI, behind nginx, lighttpd, "
         "Apache httpd, Caddy or h2o.",
-        epilog="With no --socket, --host/--port or --fd, a listening socket on fd 0 "
+        epilog="Run 'fcgi-asgi request --help' for the FastCGI client sub-command. "
+        "With no --socket, --host/--port or --fd, a listening socket on fd 0 "
         "(FCGI_LISTENSOCK_FILENO, as lighttpd's bin-path and spawn-fcgi provide) is used.",
     )
     p.add_argument("app", metavar="APP", help='the ASGI app as "module:attribute"')
@@ -44,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--factory", action="store_true", help="APP is a callable that returns the ASGI app"
     )
     app.add_argument(
-        "--app-dir", metavar="DIR", help="directory put first on sys.path before importing APP"
+        "--app-dir",
+        metavar="DIR",
+        default=".",
+        help="directory put first on sys.path before importing APP (default: the current one)",
     )
     app.add_argument(
         "--root-path",
@@ -111,7 +115,15 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the gateway; returns the process exit code (0, or 1 on error)."""
+    """Run the gateway; returns the process exit code (0, or 1 on error).
+
+    ``fcgi-asgi request ...`` runs the FastCGI client sub-command instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["request"]:
+        from .request_cmd import request_main
+
+        return request_main(argv[1:])
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     try:

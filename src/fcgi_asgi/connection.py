@@ -130,16 +130,10 @@ class FastCGIConnection(asyncio.Protocol):
             self._writable.set()
 
     def eof_received(self) -> bool | None:
-        # The web server closed its side: no more requests or aborts can come,
-        # but responses under way may still be written (half-close).
-        self._close_when_idle = True
-        for cycle in list(self.requests.values()):
-            if not cycle.stdin_done:
-                cycle.disconnect()
-                self._end_aborted(cycle)
-        if not self.requests:
-            return None  # let the transport close
-        return True
+        # Web servers abort requests by closing the connection; none half-closes
+        # and still waits for an answer. So EOF is a disconnect for every
+        # request, and the transport closes (as Go's net/http/fcgi does).
+        return None
 
     def data_received(self, data: bytes) -> None:
         try:

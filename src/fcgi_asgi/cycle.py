@@ -37,6 +37,7 @@ _STATUS_LINES: dict[int, bytes] = {
 _COALESCE_LIMIT = 16 << 10
 _READ_CHUNK = 256 << 10
 
+_GONE = "the web server aborted the request or closed the connection"
 _DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
 _ERROR_BODY = b"Internal Server Error"
 _ERROR_HEAD = (
@@ -184,6 +185,12 @@ class RequestCycle:
         """Run the app for this request and make sure the request ends."""
         try:
             await app(scope, self.receive, self.send)
+        except ClientDisconnected as exc:
+            if self.disconnected:
+                # The app let our own disconnect error escape: nothing to report.
+                logger.debug("request id %d ended by the client going away", self.request_id)
+            else:
+                self._app_failed(f"Exception in ASGI application: {exc!r}", exc)
         except Exception as exc:
             self._app_failed(f"Exception in ASGI application: {type(exc).__name__}: {exc}", exc)
         except asyncio.CancelledError:
@@ -284,7 +291,7 @@ class RequestCycle:
             self.response_started = True
             self._expect_trailers = bool(message.get("trailers", False))
             if self.disconnected:
-                raise ClientDisconnected("the web server aborted the request")
+                raise ClientDisconnected(_GONE)
             # The head waits for the first body message so that small responses
             # go out as one record in one write; if the app yields first, the
             # head is flushed on its own on the next loop iteration.
@@ -322,7 +329,7 @@ class RequestCycle:
                 self._fail_app(f"http.response.body body must be bytes, not {type(body).__name__}")
             body = bytes(body)
         if self.disconnected:
-            raise ClientDisconnected("the web server aborted the request")
+            raise ClientDisconnected(_GONE)
         rid = self.request_id
         head = self._head
         if head is not None:
@@ -346,7 +353,7 @@ class RequestCycle:
         if self.conn.write_paused:
             await self.conn.drain()
             if self.disconnected:
-                raise ClientDisconnected("the connection to the web server was lost")
+                raise ClientDisconnected(_GONE)
 
     def _finish(self, pieces: list[bytes | memoryview]) -> None:
         pieces.append(end_records(self.request_id))

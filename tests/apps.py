@@ -1,0 +1,138 @@
+"""ASGI apps the tests serve. Each route exercises one behaviour of the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Any
+
+# Filled in by the apps so tests can see what the app saw.
+EVENTS: dict[str, Any] = {}
+
+
+async def _respond(send: Any, status: int, body: bytes, ctype: bytes = b"text/plain") -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(receive: Any) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionError("client went away")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Routes by path; see each branch."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                scope["state"]["started"] = "yes"
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                EVENTS["shutdown"] = True
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path = scope["path"]
+    if path == "/scope":
+        info = {k: v for k, v in scope.items() if k not in ("headers", "state", "extensions")}
+        info["raw_path"] = scope["raw_path"].decode("latin-1")
+        info["query_string"] = scope["query_string"].decode("latin-1")
+        info["headers"] = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]
+        info["state"] = dict(scope.get("state", {}))
+        info["extensions"] = sorted(scope.get("extensions", {}))
+        await _respond(send, 200, json.dumps(info).encode(), b"application/json")
+    elif path == "/echo":
+        body = await _read_body(receive)
+        await _respond(send, 200, body, b"application/octet-stream")
+    elif path == "/hash":
+        # Streams the body through sha256 without keeping it: proves streaming.
+        h = hashlib.sha256()
+        n = 0
+        largest = 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            h.update(chunk)
+            n += len(chunk)
+            largest = max(largest, len(chunk))
+            if not message.get("more_body", False):
+                break
+        EVENTS["hash_largest_chunk"] = largest
+        await _respond(send, 200, f"{n} {h.hexdigest()}".encode())
+    elif path == "/sleep":
+        await asyncio.sleep(float(scope["query_string"] or b"0.2"))
+        await _respond(send, 200, b"slept")
+    elif path == "/stream":
+        # ?N,SIZE: N chunks of SIZE bytes; records whether a disconnect was seen.
+        count, size = (int(x) for x in (scope["query_string"] or b"10,1024").split(b","))
+        EVENTS["stream_sent"] = 0
+        EVENTS["stream_disconnected"] = False
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        chunk = b"x" * size
+        try:
+            for _ in range(count):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                EVENTS["stream_sent"] += size
+            await send({"type": "http.response.body", "body": b""})
+        except OSError:
+            EVENTS["stream_disconnected"] = True
+            message = await asyncio.wait_for(receive(), 5)
+            EVENTS["stream_receive_after"] = message["type"]
+            raise
+    elif path == "/wait-disconnect":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        message = await receive()
+        while message["type"] != "http.disconnect":
+            message = await receive()
+        EVENTS["disconnect_seen"] = True
+    elif path == "/raise-before":
+        raise ValueError("boom before start")
+    elif path == "/raise-after":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise ValueError("boom after start")
+    elif path == "/no-response":
+        return
+    elif path == "/status":
+        code = int(scope["query_string"])
+        await send({"type": "http.response.start", "status": code, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/cookies":
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+    elif path == "/bad-header":
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"x-bad", b"a\r\nb")]}
+        )
+        await send({"type": "http.response.body", "body": b"never"})
+    elif path == "/body-before-start":
+        await send({"type": "http.response.body", "body": b"oops"})
+    elif path == "/pathsend":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.pathsend", "path": scope["query_string"].decode()})
+    elif path == "/trailers":
+        await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+        await send({"type": "http.response.body", "body": b"body"})
+        await send({"type": "http.response.trailers", "headers": [], "more_trailers": False})
+    else:
+        await _respond(send, 404, b"not found")

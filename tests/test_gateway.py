@@ -1,0 +1,309 @@
+"""The gateway over real unix and TCP sockets, driven by the FastCGI client."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+
+import pytest
+
+from fcgi_asgi.client import build_params
+from fcgi_asgi.records import (
+    AUTHORIZER,
+    GET_VALUES,
+    OVERLOADED,
+    REQUEST_COMPLETE,
+    UNKNOWN_ROLE,
+    UNKNOWN_TYPE,
+    encode_begin_request,
+    encode_record,
+)
+from tests import apps
+from tests.conftest import connect
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=["unix", "tcp"])
+async def server(request, serve):
+    return await serve(apps.app, tcp=request.param == "tcp")
+
+
+async def test_get_scope(server):
+    async with await connect(server) as client:
+        r = await client.request("GET", "/scope", query="a=1&b=%20")
+    assert r.status == 200 and r.reason == "OK"
+    assert r.header("content-type") == "application/json"
+    scope = json.loads(r.body)
+    assert scope["method"] == "GET"
+    assert scope["path"] == "/scope"
+    assert scope["query_string"] == "a=1&b=%20"
+    assert scope["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+    assert scope["http_version"] == "1.1"
+    assert scope["client"] == ["127.0.0.1", 50000]
+    assert scope["server"] == ["127.0.0.1", 80]
+    assert scope["extensions"] == ["http.response.pathsend"]
+    assert r.app_status == 0 and r.protocol_status == REQUEST_COMPLETE
+
+
+async def test_post_echo(server):
+    body = os.urandom(200_000)
+    async with await connect(server) as client:
+        r = await client.request("POST", "/echo", body=body)
+    assert r.status == 200
+    assert r.body == body
+
+
+async def test_upload_10mib_streamed(server):
+    """10 MiB sent in 64 KiB pieces reaches the app in chunks, never whole."""
+    data = os.urandom(10 << 20)
+    async with await connect(server) as client:
+        req = await client.begin(build_params("POST", "/hash", content_length=len(data)))
+        for i in range(0, len(data), 65536):
+            await req.send_body(data[i : i + 65536])
+        await req.end_body()
+        r = await req.response()
+    assert r.body.decode() == f"{len(data)} {hashlib.sha256(data).hexdigest()}"
+    assert apps.EVENTS["hash_largest_chunk"] < len(data)
+
+
+async def test_keep_conn_sequential(server):
+    async with await connect(server) as client:
+        for i in range(5):
+            r = await client.request("POST", "/echo", body=b"n%d" % i)
+            assert r.body == b"n%d" % i
+        assert not client.closed.is_set()
+
+
+async def test_close_without_keep_conn(server):
+    async with await connect(server) as client:
+        r = await client.request("GET", "/scope", keep_conn=False)
+        assert r.status == 200
+        await asyncio.wait_for(client.closed.wait(), 5)
+
+
+async def test_multiplexed_requests_run_concurrently(server):
+    async with await connect(server) as client:
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(client.request("GET", "/sleep", query="0.2") for _ in range(20))
+        )
+        elapsed = time.monotonic() - started
+    assert [r.body for r in results] == [b"slept"] * 20
+    assert elapsed < 20 * 0.2 / 4, f"20 multiplexed requests took {elapsed:.2f}s"
+
+
+async def test_get_values(server):
+    async with await connect(server) as client:
+        values = await client.get_values(
+            [b"FCGI_MAX_CONNS", b"FCGI_MAX_REQS", b"FCGI_MPXS_CONNS", b"FCGI_NOT_A_NAME"]
+        )
+    assert values[b"FCGI_MPXS_CONNS"] == b"1"
+    assert values[b"FCGI_MAX_REQS"] == b"100"
+    assert int(values[b"FCGI_MAX_CONNS"]) > 0
+    assert b"FCGI_NOT_A_NAME" not in values
+
+
+async def test_unknown_management_type(server):
+    async with await connect(server) as client:
+        await client.send_raw(encode_record(42, 0, b"whatever"))
+        record = await asyncio.wait_for(client.next_management_record(), 5)
+        assert record.type == UNKNOWN_TYPE and record.request_id == 0
+        assert record.content[0] == 42
+        # A BEGIN_REQUEST with id 0 is a management record of a type we don't know.
+        await client.send_raw(encode_begin_request(0))
+        record = await asyncio.wait_for(client.next_management_record(), 5)
+        assert record.type == UNKNOWN_TYPE and record.content[0] == 1
+        # ... and the connection still serves requests.
+        r = await client.request("GET", "/scope")
+        assert r.status == 200
+
+
+async def test_unknown_role(server):
+    async with await connect(server) as client:
+        req = await client.begin(build_params("GET", "/scope"), role=AUTHORIZER)
+        await req.end_body()
+        r = await req.response()
+        assert r.protocol_status == UNKNOWN_ROLE
+        assert r.raw == b""
+        r = await client.request("GET", "/scope")
+        assert r.status == 200
+
+
+async def test_overloaded_beyond_multiplex_cap(serve):
+    server = await serve(apps.app, max_requests_per_connection=3)
+    async with await connect(server) as client:
+        tasks = [
+            asyncio.ensure_future(client.request("GET", "/sleep", query="0.3")) for _ in range(3)
+        ]
+        await asyncio.sleep(0.1)
+        r = await client.request("GET", "/scope")
+        assert r.protocol_status == OVERLOADED
+        assert [t.status for t in await asyncio.gather(*tasks)] == [200] * 3
+
+
+async def test_abort_during_streaming(server):
+    async with await connect(server) as client:
+        apps.EVENTS.pop("stream_receive_after", None)
+        req = await client.begin(build_params("GET", "/stream", query="100000,65536"))
+        await req.end_body()
+        assert await req.read_stdout()
+        await req.abort()
+        while await req.read_stdout():
+            pass
+        assert req.protocol_status == REQUEST_COMPLETE
+        for _ in range(100):
+            if apps.EVENTS.get("stream_receive_after"):
+                break
+            await asyncio.sleep(0.05)
+        assert apps.EVENTS["stream_disconnected"] is True
+        assert apps.EVENTS["stream_receive_after"] == "http.disconnect"
+        # The connection lives on for the next request.
+        r = await client.request("GET", "/scope")
+        assert r.status == 200
+
+
+async def test_abort_gives_disconnect_to_waiting_app(server):
+    apps.EVENTS.pop("disconnect_seen", None)
+    async with await connect(server) as client:
+        req = await client.begin(build_params("GET", "/wait-disconnect"))
+        await req.end_body()
+        assert await req.read_stdout()
+        await req.abort()
+        for _ in range(100):
+            if apps.EVENTS.get("disconnect_seen"):
+                break
+            await asyncio.sleep(0.02)
+    assert apps.EVENTS.get("disconnect_seen") is True
+
+
+async def test_lost_connection_gives_disconnect(server):
+    apps.EVENTS.pop("disconnect_seen", None)
+    client = await connect(server)
+    req = await client.begin(build_params("GET", "/wait-disconnect"))
+    await req.end_body()
+    assert await req.read_stdout()
+    await client.close()
+    for _ in range(100):
+        if apps.EVENTS.get("disconnect_seen"):
+            break
+        await asyncio.sleep(0.02)
+    assert apps.EVENTS.get("disconnect_seen") is True
+
+
+async def test_exception_before_start_gives_500(server, caplog):
+    async with await connect(server) as client:
+        r = await client.request("GET", "/raise-before")
+        assert r.status == 500
+        assert r.body == b"Internal Server Error"
+        assert b"boom" not in r.raw
+        assert r.protocol_status == REQUEST_COMPLETE
+        r = await client.request("GET", "/scope")
+        assert r.status == 200
+    assert "boom before start" in caplog.text
+    assert "Traceback" in caplog.text
+
+
+async def test_exception_after_start_truncates(server, caplog):
+    async with await connect(server) as client:
+        req = await client.begin(build_params("GET", "/raise-after"))
+        await req.end_body()
+        received = b""
+        with pytest.raises(ConnectionError):
+            while chunk := await req.read_stdout():
+                received += chunk
+        assert received.endswith(b"partial")
+    assert "boom after start" in caplog.text
+
+
+async def test_exception_after_start_spares_multiplexed_neighbours(server):
+    async with await connect(server) as client:
+        slow = asyncio.ensure_future(client.request("GET", "/sleep", query="0.3"))
+        await asyncio.sleep(0.05)
+        r = await client.request("GET", "/raise-after")
+        assert r.app_status == 1
+        assert r.body == b"partial"
+        assert (await slow).body == b"slept"
+
+
+async def test_app_errors_are_500(server):
+    async with await connect(server) as client:
+        for path in ("/no-response", "/bad-header", "/body-before-start"):
+            r = await client.request("GET", path)
+            assert r.status == 500, path
+            assert b"never" not in r.raw
+
+
+async def test_status_codes_and_cookies(server):
+    async with await connect(server) as client:
+        for code, reason in ((201, "Created"), (204, "No Content"), (418, "I'm a Teapot")):
+            r = await client.request("GET", "/status", query=str(code))
+            assert (r.status, r.reason) == (code, reason)
+        r = await client.request("GET", "/cookies")
+        assert r.header_list("set-cookie") == ["a=1", "b=2"]
+
+
+async def test_pathsend(server, tmp_path):
+    data = os.urandom(300_000)
+    f = tmp_path / "file.bin"
+    f.write_bytes(data)
+    async with await connect(server) as client:
+        r = await client.request("GET", "/pathsend", query=str(f))
+    assert r.status == 200 and r.body == data
+
+
+async def test_trailers_ignored(server):
+    async with await connect(server) as client:
+        r = await client.request("GET", "/trailers")
+    assert r.status == 200 and r.body == b"body"
+
+
+async def test_lifespan_state(server):
+    async with await connect(server) as client:
+        r = await client.request("GET", "/scope")
+    assert json.loads(r.body)["state"] == {"started": "yes"}
+
+
+async def test_lifespan_shutdown_runs(serve):
+    apps.EVENTS.pop("shutdown", None)
+    server = await serve(apps.app)
+    await server.aclose()
+    assert apps.EVENTS.get("shutdown") is True
+
+
+async def test_protocol_violation_closes_only_that_connection(server, caplog):
+    async with await connect(server) as good, await connect(server) as bad:
+        slow = asyncio.ensure_future(good.request("GET", "/sleep", query="0.2"))
+        await bad.send_raw(b"\x02" + b"\x00" * 7)  # version 2
+        await asyncio.wait_for(bad.closed.wait(), 5)
+        assert (await slow).body == b"slept"
+    assert "version 2" in caplog.text
+
+
+async def test_duplicate_request_id_is_a_connection_error(server, caplog):
+    async with await connect(server) as client:
+        await client.send_raw(encode_begin_request(7) + encode_begin_request(7))
+        await asyncio.wait_for(client.closed.wait(), 5)
+    assert "already in use" in caplog.text
+
+
+async def test_oversized_params_close_the_connection(serve, caplog):
+    server = await serve(apps.app, max_params_size=4096)
+    async with await connect(server) as client:
+        params = build_params("GET", "/scope", headers={"x-big": "y" * 10000})
+        await client.begin(params)
+        await asyncio.wait_for(client.closed.wait(), 5)
+    assert "exceed 4096 bytes" in caplog.text
+
+
+async def test_garbage_never_hangs(server):
+    async with await connect(server) as client:
+        await client.send_raw(os.urandom(4096))
+        await asyncio.wait_for(client.closed.wait(), 5)
+
+
+async def test_get_values_unknown_type_constant():
+    assert GET_VALUES == 9
