@@ -13,9 +13,9 @@ import contextlib
 import signal
 import sys
 
-import fcgi_asgi
-
 from hello import app  # examples/hello.py
+
+import fcgi_asgi
 
 
 async def main(path: str) -> None:
