@@ -32,6 +32,7 @@ from .records import (
     ProtocolError,
     RecordReader,
     decode_pairs,
+    decode_params,
     encode_end_request,
     encode_pairs,
     encode_record,
@@ -229,7 +230,14 @@ class FastCGIConnection(asyncio.Protocol):
         if params is None:
             raise ProtocolError(f"PARAMS for request id {cycle.request_id} after its PARAMS ended")
         if content:
-            params += content
+            if not params:
+                # nginx sends all params in one record: keep it as is, no copy.
+                params = content
+            elif type(params) is bytes:
+                params = bytearray(params) + content
+            else:
+                params += content
+            cycle.params = params
             if len(params) > self.config.max_params_size:
                 raise ParamsTooLarge(
                     f"PARAMS for request id {cycle.request_id} exceed "
@@ -238,16 +246,16 @@ class FastCGIConnection(asyncio.Protocol):
             return
         cycle.params = None
         scope = build_scope(
-            dict(decode_pairs(params)),
+            decode_params(params),
             self.config.root_path,
             self.ctx.state,
             _EXTENSIONS,
         )
         cycle.scope = scope
-        task = self.loop.create_task(cycle.run(self.ctx.app, scope))
-        tasks = self.ctx.tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        # The cycle takes its task out of ctx.tasks when it ends, which costs
+        # less than a done callback (one loop callback fewer per request).
+        cycle.task = task = self.loop.create_task(cycle.run(self.ctx.app, scope))
+        self.ctx.tasks.add(task)
 
     # -- called by request cycles --------------------------------------------------
 

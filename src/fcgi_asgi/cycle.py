@@ -137,13 +137,16 @@ class RequestCycle:
         "scope",
         "status",
         "stdin_done",
+        "task",
     )
 
     def __init__(self, conn: FastCGIConnection, request_id: int, keep_conn: bool) -> None:
         self.conn = conn
         self.request_id = request_id
         self.keep_conn = keep_conn
-        self.params: bytearray | None = bytearray()
+        # PARAMS content until the stream ends (the first record as is, more
+        # appended to a bytearray), then None.
+        self.params: bytes | bytearray | None = b""
         self.scope: dict[str, Any] | None = None
         self.body: deque[bytes] = deque()
         self.body_size = 0
@@ -159,6 +162,7 @@ class RequestCycle:
         self._final_sent = False
         self._expect_trailers = False
         self._waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
 
     # -- fed by the connection ------------------------------------------------
 
@@ -224,6 +228,8 @@ class RequestCycle:
             self._drop_body()
             if self.conn.access_log and self.response_complete:
                 self._log_access()
+            if self.task is not None:
+                self.conn.ctx.tasks.discard(self.task)
 
     def _app_failed(self, message: str, exc: BaseException | None) -> None:
         log = logger.error if exc is not None or not self.disconnected else logger.debug
