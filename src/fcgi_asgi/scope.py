@@ -33,24 +33,29 @@ _HTTP_VERSIONS = {
     b"HTTP/0.9": "1.0",
 }
 
-# Param name -> ASGI header name, or None for a param that is no header
-# (SCRIPT_NAME, REMOTE_ADDR, ...). A server sends the same few dozen names
-# over and over, so each is classified once per process: one dict lookup per
-# param instead of a slice, a compare, lower() and replace() (build_scope for
-# nginx's 25 params: 4.4 us -> 2.4 us).
-_header_names: dict[bytes, bytes | None] = {
-    b"CONTENT_TYPE": b"content-type",
-    b"CONTENT_LENGTH": b"content-length",
-}
-# Marks a name not classified yet (compared by identity, so no header name is it).
-_UNSEEN = b"\x00unseen"
+
+class _HeaderNames(dict[bytes, bytes | None]):
+    """Param name -> ASGI header name, or None for a param that is no header.
+
+    A server sends the same few dozen names over and over, so each name is
+    classified once per process (``__missing__``) and then found by a plain
+    dict lookup instead of a slice, a compare, lower() and replace(). The
+    table is bounded: past 4096 names, new ones are classified every time.
+    """
+
+    def __missing__(self, param: bytes) -> bytes | None:
+        name = param[5:].lower().replace(b"_", b"-") if param[:5] == b"HTTP_" else None
+        if len(self) < 4096:
+            self[param] = name
+        return name
 
 
-def _header_name(param: bytes) -> bytes | None:
-    name = param[5:].lower().replace(b"_", b"-") if param[:5] == b"HTTP_" else None
-    if len(_header_names) < 4096:
-        _header_names[param] = name
-    return name
+_header_names = _HeaderNames(
+    {b"CONTENT_TYPE": b"content-type", b"CONTENT_LENGTH": b"content-length"}
+)
+
+# Request methods as str, so the common ones skip decode() and upper().
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
 def _port(value: bytes | None) -> int | None:
@@ -85,28 +90,23 @@ def build_scope(
     the lifespan state, copied shallowly per request as the ASGI spec asks.
     """
     get = params.get
-    headers: list[tuple[bytes, bytes]] = []
-    append = headers.append
-    header_name = _header_names.get
-    for key, value in params.items():
-        name = header_name(key, _UNSEEN)
-        if name is None:
-            continue
-        if name is _UNSEEN:
-            name = _header_name(key)
-            if name is None:
-                continue
-        # Every HTTP_* param is a header; CONTENT_TYPE and CONTENT_LENGTH
-        # only when set (nginx sends them empty on a GET).
-        if value or key[:5] == b"HTTP_":
-            append((name, value))
+    names = _header_names
+    # Every HTTP_* param is a header; CONTENT_TYPE and CONTENT_LENGTH only
+    # when set (nginx sends them empty on a GET). A comprehension over the
+    # params with one lookup each: build_scope for nginx's 25 params went
+    # from 4.4 us to 2.6 us with this and the shortcuts below.
+    headers = [
+        (name, value)
+        for key, value in params.items()
+        if (name := names[key]) is not None and (value or key[:5] == b"HTTP_")
+    ]
 
     script_name = get(b"SCRIPT_NAME", b"")
     path_info = get(b"PATH_INFO", b"")
     request_uri = get(b"REQUEST_URI")
     query = get(b"QUERY_STRING")
     if request_uri:
-        raw_path, uri_query = split_request_uri(request_uri)
+        raw_path, _, uri_query = request_uri.partition(b"?")
         if query is None:
             query = uri_query
     else:
@@ -114,7 +114,7 @@ def build_scope(
         raw_path = quote(joined, safe="/:@!$&'()*+,;=-._~").encode("ascii")
     if not raw_path:
         raw_path = b"/"
-    path = _decode_path(raw_path)
+    path = raw_path.decode("latin-1") if b"%" not in raw_path else _decode_path(raw_path)
 
     if root_path is None:
         root_path = ""
@@ -141,23 +141,26 @@ def build_scope(
         scheme = "https"
     else:
         req_scheme = get(b"REQUEST_SCHEME")
-        if req_scheme and req_scheme.lower() == b"https":
+        if req_scheme and req_scheme != b"http" and req_scheme.lower() == b"https":
             scheme = "https"
 
     remote_addr = get(b"REMOTE_ADDR")
     client = None
     if remote_addr:
-        client = (remote_addr.decode("latin-1"), _port(get(b"REMOTE_PORT")) or 0)
+        port = get(b"REMOTE_PORT")
+        client = (remote_addr.decode("latin-1"), int(port) if port and port.isdigit() else 0)
     server_host = get(b"SERVER_ADDR") or get(b"SERVER_NAME")
     server = None
     if server_host:
-        server = (server_host.decode("latin-1"), _port(get(b"SERVER_PORT")))
+        port = get(b"SERVER_PORT")
+        server = (server_host.decode("latin-1"), int(port) if port and port.isdigit() else None)
+    method = get(b"REQUEST_METHOD", b"GET")
 
     scope: dict[str, Any] = {
         "type": "http",
         "asgi": ASGI_VERSION,
         "http_version": _HTTP_VERSIONS.get(get(b"SERVER_PROTOCOL", b""), "1.1"),
-        "method": get(b"REQUEST_METHOD", b"GET").decode("latin-1").upper(),
+        "method": _METHODS.get(method) or method.decode("latin-1").upper(),
         "scheme": scheme,
         "path": path,
         "raw_path": raw_path,
