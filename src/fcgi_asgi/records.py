@@ -326,11 +326,14 @@ class RecordReader:
         Raises :class:`UnsupportedVersion` for a header whose version is not 1.
         """
         buf = self._buf
-        if buf:
+        held = bool(buf)
+        if held:
             buf += data
-            src: bytes | bytearray = buf
-        else:
+            src = bytes(buf)  # records are sliced from bytes: one copy each, no bytes() call
+        elif type(data) is bytes:
             src = data
+        else:
+            src = bytes(data)
         end = len(src)
         pos = 0
         records: list[Record] = []
@@ -346,10 +349,10 @@ class RecordReader:
             if nxt > end:
                 break
             # tuple.__new__ skips NamedTuple's Python-level __new__ (0.2 us a record).
-            append(_tuple_new(Record, (rtype, rid, bytes(src[body : body + clen]))))
+            append(_tuple_new(Record, (rtype, rid, src[body : body + clen])))
             pos = nxt
-        if src is buf:
+        if held:
             del buf[:pos]
         elif pos < end:
-            buf += data[pos:]
+            buf += src[pos:]
         return records
