@@ -1,0 +1,98 @@
+"""The hot-path shortcuts give the same results as the plain code they replace."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fcgi_asgi.cycle import encode_head
+from fcgi_asgi.errors import AppProtocolError
+from fcgi_asgi.records import (
+    MalformedPairs,
+    RecordReader,
+    decode_pairs,
+    decode_params,
+    encode_pairs,
+    encode_record,
+)
+from fcgi_asgi.scope import build_scope
+
+# Lengths around the 1-byte/4-byte boundary (127/128) and larger.
+_blob = st.binary(max_size=300) | st.sampled_from([b"x" * 127, b"y" * 128, b"z" * 70000])
+_pairs = st.lists(st.tuples(_blob, _blob), max_size=12)
+
+
+@given(_pairs)
+def test_decode_params_is_dict_of_decode_pairs(pairs: list[tuple[bytes, bytes]]) -> None:
+    data = encode_pairs(pairs)
+    assert decode_params(data) == dict(decode_pairs(data)) == dict(pairs)
+    assert decode_params(bytearray(data)) == dict(pairs)
+    assert all(type(k) is bytes and type(v) is bytes for k, v in decode_params(data).items())
+
+
+@given(_pairs, st.data())
+def test_decode_params_rejects_what_decode_pairs_rejects(
+    pairs: list[tuple[bytes, bytes]], data: st.DataObject
+) -> None:
+    blob = encode_pairs(pairs)
+    cut = blob[: data.draw(st.integers(0, len(blob)))]
+    try:
+        expected = dict(decode_pairs(cut))
+    except MalformedPairs:
+        with pytest.raises(MalformedPairs):
+            decode_params(cut)
+    else:
+        assert decode_params(cut) == expected
+
+
+@given(st.lists(st.tuples(st.integers(1, 11), st.integers(0, 65535), st.binary(max_size=200))))
+def test_reader_in_any_chunking(records: list[tuple[int, int, bytes]]) -> None:
+    blob = b"".join(encode_record(*r) for r in records)
+    for size in (1, 7, 8, 9, 100, len(blob) or 1):
+        reader = RecordReader()
+        got = []
+        for i in range(0, len(blob), size):
+            got += reader.feed(blob[i : i + size])
+        assert [tuple(r) for r in got] == records
+        assert all(type(r.content) is bytes for r in got)
+        assert reader.buffered == 0
+
+
+def test_scope_headers_match_the_plain_rule() -> None:
+    params = {
+        b"CONTENT_TYPE": b"",
+        b"CONTENT_LENGTH": b"5",
+        b"HTTP_X_EMPTY": b"",
+        b"HTTP_X_FORWARDED_FOR": b"10.0.0.1",
+        b"REMOTE_ADDR": b"127.0.0.1",
+        b"REMOTE_PORT": b"not-a-port",
+        b"SERVER_NAME": b"example.org",
+        b"REQUEST_METHOD": b"propfind",
+        b"REQUEST_SCHEME": b"HTTPS",
+        b"REQUEST_URI": b"/a%20b?q=1",
+    }
+    for _ in range(2):  # a second time with every name already classified
+        scope = build_scope(params)
+        assert scope["headers"] == [
+            (b"content-length", b"5"),
+            (b"x-empty", b""),
+            (b"x-forwarded-for", b"10.0.0.1"),
+        ]
+        assert scope["client"] == ("127.0.0.1", 0)
+        assert scope["server"] == ("example.org", None)
+        assert scope["method"] == "PROPFIND"
+        assert scope["scheme"] == "https"
+        assert scope["path"] == "/a b"
+        assert scope["raw_path"] == b"/a%20b"
+        assert scope["query_string"] == b"q=1"
+
+
+def test_head_names_checked_once_still_reject_and_drop() -> None:
+    for _ in range(2):  # the second time from the table of checked names
+        head = encode_head(200, [(b"X-A", b"1"), (b"Status", b"500"), (b"x-b", b"2")])
+        assert head == b"Status: 200 OK\r\nX-A: 1\r\nx-b: 2\r\n\r\n"
+        with pytest.raises(AppProtocolError):
+            encode_head(200, [(b"bad name", b"1")])
+        with pytest.raises(AppProtocolError):
+            encode_head(200, [(b"X-A", b"a\r\nb")])
