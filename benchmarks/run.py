@@ -48,6 +48,12 @@ STREAM_GROWTH_LIMIT_MIB = 2.0
 
 def bootstrap(args: argparse.Namespace) -> None:
     """Install nginx, wrk and the venv when missing, then re-run from the venv."""
+    python = os.path.join(h.VENV, "bin", "python")
+    if args.no_install:
+        if not os.path.exists(python):
+            sys.exit(f"--no-install: no venv at {h.VENV}")
+        os.environ[IN_VENV] = "1"
+        os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:]])
     missing = [c for c, path in (("nginx", h.NGINX), ("wrk", h.WRK)) if not os.path.exists(path)]
     if missing:
         print(f"installing Debian packages for: {', '.join(missing)}", flush=True)
@@ -61,7 +67,6 @@ def bootstrap(args: argparse.Namespace) -> None:
             timeout=600,
         )
         h.NGINX, h.WRK = "/usr/sbin/nginx", "/usr/bin/wrk"
-    python = os.path.join(h.VENV, "bin", "python")
     if not os.path.exists(python):
         print(f"creating {h.VENV}", flush=True)
         subprocess.run([sys.executable, "-m", "venv", h.VENV], check=True, timeout=300)
@@ -442,11 +447,12 @@ def plot(results: list[dict[str, Any]], streams: list[dict[str, Any]], path: str
     if streams:
         ax = axes[0][-1]
         ok = [s for s in streams if s["valid"]]
-        ax.bar(
+        bars = ax.bar(
             range(len(ok)),
             [s["growth_mib"] for s in ok],
             color=[colors.get(s["backend"].split("-raw")[0], "grey") for s in ok],
         )
+        ax.bar_label(bars, fmt="%.1f")
         ax.set_xticks(range(len(ok)))
         ax.set_xticklabels([s["backend"] for s in ok], rotation=40, ha="right", fontsize=8)
         ax.set_title("stream: RSS growth")
@@ -501,8 +507,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    if not os.environ.get(IN_VENV) and not args.no_install:
-        bootstrap(args)  # does not return
+    if not os.environ.get(IN_VENV):
+        bootstrap(args)  # re-runs this script from the venv: does not return
     wanted = [s for s in args.scenarios.split(",") if s]
     for s in wanted:
         if s not in h.SCENARIOS and s != "stream":
