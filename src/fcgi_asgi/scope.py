@@ -10,8 +10,9 @@ Caddy and h2o send with their stock configurations. The path rules:
 * ``root_path`` is the operator's ``--root-path`` when given; otherwise
   ``SCRIPT_NAME``, but only when the server really split the path into
   ``SCRIPT_NAME`` + a non-empty ``PATH_INFO`` and that split is a prefix of
-  the request path. nginx, lighttpd and Apache put the whole path in
-  SCRIPT_NAME by default; trusting it there would 404 every route.
+  the request path. nginx and Apache put the whole path in SCRIPT_NAME by
+  default; trusting it there would 404 every route. lighttpd splits at the
+  next path segment whatever the mount point, so its split is never trusted.
 """
 
 from __future__ import annotations
@@ -62,6 +63,19 @@ def split_request_uri(uri: bytes) -> tuple[bytes, bytes]:
     return path, query
 
 
+def _splits_at_next_segment(server_software: bytes | None) -> bool:
+    """True for a server whose SCRIPT_NAME/PATH_INFO split is not a mount point.
+
+    lighttpd's ``fastcgi.server`` (``check-local`` disabled) cuts the path at
+    the first ``/`` after the mapping key: with key ``"/"``, ``/items/42``
+    arrives as SCRIPT_NAME ``/items`` + PATH_INFO ``/42``; with key
+    ``"/app/"``, ``/app/items/42`` as ``/app/items`` + ``/42``. The params do
+    not say which key matched, so such a split cannot be told from a real
+    mount; ``--root-path`` says where the app is mounted instead.
+    """
+    return server_software is not None and server_software[:8].lower() == b"lighttpd"
+
+
 def _decode_path(raw: bytes) -> str:
     return unquote(raw.decode("latin-1"), encoding="utf-8", errors="replace")
 
@@ -104,7 +118,7 @@ def build_scope(
 
     if root_path is None:
         root_path = ""
-        if path_info and script_name:
+        if path_info and script_name and not _splits_at_next_segment(get(b"SERVER_SOFTWARE")):
             sn = script_name.decode("latin-1")
             # Only a true split counts: the request path must be SCRIPT_NAME
             # followed by PATH_INFO (servers may decode one and not the other,
