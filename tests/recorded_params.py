@@ -221,3 +221,63 @@ NGINX_SPLIT_PATH_INFO = [
     (b"SCRIPT_NAME", b"/app"),
     (b"PATH_INFO", b"/items/42"),
 ]
+
+# nginx, examples/nginx/stock.conf, POST /app/items with a 15-byte JSON body:
+# Content-Type and Content-Length come both as CONTENT_* and as HTTP_CONTENT_*.
+NGINX_POST = [
+    (b"QUERY_STRING", b""),
+    (b"REQUEST_METHOD", b"POST"),
+    (b"CONTENT_TYPE", b"application/json"),
+    (b"CONTENT_LENGTH", b"15"),
+    (b"SCRIPT_NAME", b"/app/items"),
+    (b"REQUEST_URI", b"/app/items"),
+    (b"DOCUMENT_URI", b"/app/items"),
+    (b"DOCUMENT_ROOT", b"/tmp/fa-np-9hq2pwz_/nginx-stock-a00569/html"),
+    (b"SERVER_PROTOCOL", b"HTTP/1.1"),
+    (b"REQUEST_SCHEME", b"http"),
+    (b"GATEWAY_INTERFACE", b"CGI/1.1"),
+    (b"SERVER_SOFTWARE", b"nginx/1.22.1"),
+    (b"REMOTE_ADDR", b"127.0.0.1"),
+    (b"REMOTE_PORT", b"59168"),
+    (b"REMOTE_USER", b""),
+    (b"SERVER_ADDR", b"127.0.0.1"),
+    (b"SERVER_PORT", b"41425"),
+    (b"SERVER_NAME", b""),
+    (b"REDIRECT_STATUS", b"200"),
+    (b"HTTP_HOST", b"127.0.0.1"),
+    (b"HTTP_CONTENT_TYPE", b"application/json"),
+    (b"HTTP_CONTENT_LENGTH", b"15"),
+]
+
+# Caddy, examples/caddy/stock.Caddyfile, POST /upload with a 2000-byte body sent
+# chunked: CONTENT_LENGTH is "-1" (Go's "unknown"), Content-Type comes twice.
+CADDY_CHUNKED_POST = [
+    (b"GATEWAY_INTERFACE", b"CGI/1.1"),
+    (b"REQUEST_URI", b"/upload"),
+    (b"SCRIPT_FILENAME", b"/tmp/fa-cc-dq6r3sp1/caddy-stock-959e93"),
+    (b"SERVER_PORT", b"41871"),
+    (b"HTTP_X_FORWARDED_PROTO", b"http"),
+    (b"DOCUMENT_ROOT", b"/tmp/fa-cc-dq6r3sp1/caddy-stock-959e93"),
+    (b"REMOTE_HOST", b"127.0.0.1"),
+    (b"SERVER_SOFTWARE", b"Caddy/2.6.2"),
+    (b"QUERY_STRING", b""),
+    (b"REMOTE_USER", b""),
+    (b"HTTP_X_FORWARDED_FOR", b"127.0.0.1"),
+    (b"HTTP_CONTENT_TYPE", b"application/octet-stream"),
+    (b"HTTP_X_FORWARDED_HOST", b"127.0.0.1:41871"),
+    (b"PATH_INFO", b"/upload"),
+    (b"REMOTE_ADDR", b"127.0.0.1"),
+    (b"REQUEST_METHOD", b"POST"),
+    (b"REQUEST_SCHEME", b"http"),
+    (b"HTTP_HOST", b"127.0.0.1:41871"),
+    (b"SCRIPT_NAME", b""),
+    (b"PATH_TRANSLATED", b"/tmp/fa-cc-dq6r3sp1/caddy-stock-959e93/upload"),
+    (b"CONTENT_LENGTH", b"-1"),
+    (b"SERVER_PROTOCOL", b"HTTP/1.1"),
+    (b"REMOTE_PORT", b"55750"),
+    (b"REMOTE_IDENT", b""),
+    (b"CONTENT_TYPE", b"application/octet-stream"),
+    (b"SERVER_NAME", b"127.0.0.1"),
+    (b"DOCUMENT_URI", b""),
+    (b"AUTH_TYPE", b""),
+]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from fcgi_asgi.scope import build_scope
@@ -73,3 +75,27 @@ def test_starlette_routes_on_path_minus_root_path() -> None:
         match, child = router.routes[0].matches(scope)
         assert child["path_params"] == {"item_id": 42}, (scope["path"], scope["root_path"])
         assert match.name == "FULL"
+
+
+def _header_values(scope: dict[str, Any], name: bytes) -> list[bytes]:
+    return [v for k, v in scope["headers"] if k == name]
+
+
+@pytest.mark.parametrize(
+    ("pairs", "content_type", "content_length"),
+    [
+        (rec.NGINX_POST, [b"application/json"], [b"15"]),
+        (rec.CADDY_CHUNKED_POST, [b"application/octet-stream"], []),
+        # GET: nginx sends CONTENT_TYPE and CONTENT_LENGTH empty.
+        (rec.NGINX, [], []),
+        # GET: lighttpd and Caddy send CONTENT_LENGTH 0.
+        (rec.CADDY, [], [b"0"]),
+    ],
+    ids=["nginx-post", "caddy-chunked-post", "nginx-get", "caddy-get"],
+)
+def test_content_headers_once(
+    pairs: list[tuple[bytes, bytes]], content_type: list[bytes], content_length: list[bytes]
+) -> None:
+    scope = build_scope(dict(pairs))
+    assert _header_values(scope, b"content-type") == content_type
+    assert _header_values(scope, b"content-length") == content_length

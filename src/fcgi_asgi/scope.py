@@ -34,8 +34,8 @@ _HTTP_VERSIONS = {
     b"HTTP/0.9": "1.0",
 }
 
-# Param names that become headers without the HTTP_ prefix.
-_CONTENT_HEADERS = {b"CONTENT_TYPE": b"content-type", b"CONTENT_LENGTH": b"content-length"}
+# Headers that the CGI variables CONTENT_TYPE and CONTENT_LENGTH carry.
+_HTTP_CONTENT = frozenset((b"HTTP_CONTENT_TYPE", b"HTTP_CONTENT_LENGTH"))
 
 # HTTP_* param name -> header name, memoised: a server sends the same few
 # dozen names over and over, so each is translated once per process.
@@ -96,10 +96,18 @@ def build_scope(
     get = params.get
     headers: list[tuple[bytes, bytes]] = []
     for key, value in params.items():
-        if key[:5] == b"HTTP_":
+        # nginx and Caddy send Content-Type/Length twice, as CONTENT_* and as
+        # HTTP_CONTENT_*: the headers come from the CGI variables, once.
+        if key[:5] == b"HTTP_" and key not in _HTTP_CONTENT:
             headers.append((_header_name(key), value))
-        elif key in _CONTENT_HEADERS and value:
-            headers.append((_CONTENT_HEADERS[key], value))
+    content_type = get(b"CONTENT_TYPE") if b"CONTENT_TYPE" in params else get(b"HTTP_CONTENT_TYPE")
+    if content_type:
+        headers.append((b"content-type", content_type))
+    length = get(b"CONTENT_LENGTH") if b"CONTENT_LENGTH" in params else get(b"HTTP_CONTENT_LENGTH")
+    # Only a length: nginx sends "" when there is none, Caddy "-1" for a
+    # chunked upload.
+    if length and length.isdigit():
+        headers.append((b"content-length", length))
 
     script_name = get(b"SCRIPT_NAME", b"")
     path_info = get(b"PATH_INFO", b"")
