@@ -7,7 +7,9 @@ so the tests can record it and feed it to :func:`fcgi_asgi.scope.build_scope`.
     python -m tests.recorder --socket /tmp/rec.sock     # or --port N
 
 The reply body is JSON: ``{"params": [[name, value], ...], "begin_flags": N,
-"request_id": N, "stdin_bytes": N}`` with names and values decoded as latin-1.
+"request_id": N, "stdin_bytes": N, "connection": N, "request_on_connection": N,
+"in_flight_on_connection": N}``, names and values decoded as latin-1; the last
+three say whether the server reuses (keep-conn) or multiplexes connections.
 """
 
 from __future__ import annotations
@@ -32,8 +34,14 @@ from fcgi_asgi.records import (
     parse_begin_request,
 )
 
+_connections = 0
+
 
 async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    global _connections
+    _connections += 1
+    connection = _connections
+    served = 0
     records = RecordReader()
     state: dict[int, dict[str, object]] = {}
     try:
@@ -44,13 +52,17 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
                 req = state.setdefault(rec.request_id, {"params": bytearray(), "stdin": 0})
                 if rec.type == BEGIN_REQUEST:
                     req["flags"] = parse_begin_request(rec.content)[1]
+                    # A little later, so that a multiplexing server can begin more.
+                    await asyncio.sleep(0.01)
                 elif rec.type == PARAMS:
                     req["params"] += rec.content  # type: ignore[operator]
                 elif rec.type == STDIN and rec.content:
                     req["stdin"] += len(rec.content)  # type: ignore[operator]
                 elif rec.type == STDIN:
                     # Answer only after the empty STDIN record: Apache needs it read.
+                    in_flight = len(state)
                     del state[rec.request_id]
+                    served += 1
                     pairs = decode_pairs(bytes(req["params"]))  # type: ignore[arg-type]
                     flags = int(req.get("flags", 0))  # type: ignore[call-overload]
                     body = json.dumps(
@@ -61,6 +73,9 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
                             "begin_flags": flags,
                             "request_id": rec.request_id,
                             "stdin_bytes": req["stdin"],
+                            "connection": connection,
+                            "request_on_connection": served,
+                            "in_flight_on_connection": in_flight,
                         }
                     ).encode()
                     head = b"Status: 200 OK\r\nContent-Type: application/json\r\n\r\n"
