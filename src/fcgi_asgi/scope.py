@@ -96,8 +96,8 @@ def build_scope(
     get = params.get
     headers: list[tuple[bytes, bytes]] = []
     for key, value in params.items():
-        # nginx and Caddy send Content-Type/Length twice, as CONTENT_* and as
-        # HTTP_CONTENT_*: the headers come from the CGI variables, once.
+        # nginx, lighttpd and Caddy send Content-Type/Length twice, as CONTENT_*
+        # and as HTTP_CONTENT_*: the headers come from the CGI variables, once.
         if key[:5] == b"HTTP_" and key not in _HTTP_CONTENT:
             headers.append((_header_name(key), value))
     content_type = get(b"CONTENT_TYPE") if b"CONTENT_TYPE" in params else get(b"HTTP_CONTENT_TYPE")
