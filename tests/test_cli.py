@@ -291,3 +291,23 @@ def test_cgi_fcgi_client(gateway, sock_path):
     head, _, body = out.stdout.partition(b"\r\n\r\n")
     assert head.startswith(b"Status: 200 OK")
     assert body.startswith(b"pid ")
+
+
+def test_embedding_example(sock_path):
+    """examples/embed.py, as the README shows it: start_server + serve_forever."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "embed.py"), sock_path],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_socket(sock_path, proc)
+        assert request(sock_path) == "Hello, world!\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert not os.path.exists(sock_path)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
