@@ -311,3 +311,37 @@ def test_embedding_example(sock_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_fcgi_web_server_addrs_env_refuses_other_peers():
+    port = free_port()
+    proc = spawn(
+        "tests.apps_cli:app",
+        "--port",
+        str(port),
+        "--allow",
+        "127.0.0.5",
+        env={"FCGI_WEB_SERVER_ADDRS": "127.0.0.3, 127.0.0.4"},
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 1, ("127.0.0.4", 0)).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+        for source, allowed in (("127.0.0.1", False), ("127.0.0.4", True), ("127.0.0.5", True)):
+            with socket.create_connection(("127.0.0.1", port), 5, (source, 0)) as s:
+                s.settimeout(5)
+                try:
+                    s.sendall(b"\x01\x09\x00\x00\x00\x00\x00\x00")  # an empty GET_VALUES
+                    reply = s.recv(100)
+                except ConnectionResetError:  # refused peers are closed at once
+                    reply = b""
+            assert (reply[:2] == b"\x01\x0a") is allowed, (source, reply)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert "refused connection from 127.0.0.1" in err.decode()

@@ -69,7 +69,6 @@ class FastCGIConnection(asyncio.Protocol):
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self.config = ctx.config
-        self.access_log = ctx.config.access_log
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = "-"
@@ -84,8 +83,14 @@ class FastCGIConnection(asyncio.Protocol):
         # that request's STDIN has ended (Apache answers 503 if we close early).
         self._linger_id: int | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
-        # Set on EOF from the peer or on server shutdown: close once idle.
+        # Set on server shutdown: close once idle.
         self._close_when_idle = False
+        # Timeout bookkeeping, read by check_timeouts() about once a second:
+        # since when the connection has had no request, whether it has served
+        # any (keep-alive idle) and since when a BEGIN_REQUEST waits for PARAMS.
+        self._idle_since: float | None = self.loop.time()
+        self._served_any = False
+        self._params_since: float | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -93,16 +98,24 @@ class FastCGIConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport; same interface.
         self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
+        ctx = self.ctx
+        ctx.stats.accepted_connections += 1
         if isinstance(peer, tuple):
             self.peer = f"{peer[0]}:{peer[1]}"
+            if ctx.allow and not ctx.allow.allows(peer[0]):
+                logger.warning(
+                    "refused connection from %s: not in the allow list (%s)", self.peer, ctx.allow
+                )
+                self.closing = True
+                transport.abort()
+                return
         elif peer:
             self.peer = str(peer)
         else:
             self.peer = "unix"
         size = self.config.write_buffer_size
         transport.set_write_buffer_limits(high=size, low=size // 4)
-        self.ctx.connections.add(self)
-        self.ctx.connections_accepted += 1
+        ctx.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -204,6 +217,17 @@ class FastCGIConnection(asyncio.Protocol):
                 role,
             )
             self._reject(rid, UNKNOWN_ROLE, keep_conn)
+        elif (
+            self.config.max_concurrent_requests
+            and len(self.ctx.tasks) >= self.config.max_concurrent_requests
+        ):
+            logger.warning(
+                "request id %d from %s refused: %d requests already run in this process",
+                rid,
+                self.peer,
+                len(self.ctx.tasks),
+            )
+            self._reject(rid, OVERLOADED, keep_conn)
         elif len(self.requests) >= self.config.max_requests_per_connection:
             logger.warning(
                 "request id %d from %s refused: %d requests already run on this connection",
@@ -218,6 +242,9 @@ class FastCGIConnection(asyncio.Protocol):
                     f"BEGIN_REQUEST for request id {rid} after a request without FCGI_KEEP_CONN"
                 )
             self.requests[rid] = RequestCycle(self, rid, keep_conn)
+            self._idle_since = None
+            if self._params_since is None:
+                self._params_since = self.loop.time()
 
     def _reject(self, rid: int, protocol_status: int, keep_conn: bool) -> None:
         self.write([encode_end_request(rid, 0, protocol_status)])
@@ -237,17 +264,24 @@ class FastCGIConnection(asyncio.Protocol):
                 )
             return
         cycle.params = None
+        if self._params_since is not None and all(c.params is None for c in self.requests.values()):
+            self._params_since = None
+        ctx = self.ctx
         scope = build_scope(
-            dict(decode_pairs(params)),
-            self.config.root_path,
-            self.ctx.state,
-            _EXTENSIONS,
+            dict(decode_pairs(params)), self.config.root_path, ctx.state, _EXTENSIONS
         )
         cycle.scope = scope
-        task = self.loop.create_task(cycle.run(self.ctx.app, scope))
-        tasks = self.ctx.tasks
+        if ctx.internal_paths and scope["path"] in ctx.internal_paths:
+            cycle.answer_internal()
+            return
+        tasks = ctx.tasks
+        task = self.loop.create_task(cycle.run(ctx.app, scope))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+        if len(tasks) > ctx.stats.max_active_requests:
+            ctx.stats.max_active_requests = len(tasks)
+        if self.config.request_timeout is not None:
+            cycle.set_timeout(task, self.config.request_timeout)
 
     # -- called by request cycles --------------------------------------------------
 
@@ -293,9 +327,12 @@ class FastCGIConnection(asyncio.Protocol):
     def request_ended(self, cycle: RequestCycle) -> None:
         """The cycle wrote its END_REQUEST: free the id, close if not keep-conn."""
         cycle.ended = True
-        self.ctx.requests_served += 1
+        self.ctx.stats.requests_served += 1
         if self.requests.get(cycle.request_id) is cycle:
             del self.requests[cycle.request_id]
+        if not self.requests:
+            self._idle_since = self.loop.time()
+            self._served_any = True
         if not cycle.keep_conn:
             if cycle.stdin_done:
                 self._close()
@@ -320,7 +357,7 @@ class FastCGIConnection(asyncio.Protocol):
             self.write(
                 [encode_record(STDOUT, cycle.request_id), encode_end_request(cycle.request_id, 1)]
             )
-            self.ctx.requests_served += 1
+            self.ctx.stats.requests_served += 1
             if not cycle.keep_conn:
                 self._close()
         else:
@@ -343,6 +380,28 @@ class FastCGIConnection(asyncio.Protocol):
         if self._read_paused:
             self._resume_reading()
         self._linger_timer = self.loop.call_later(self.config.stdin_linger, self._close)
+
+    def check_timeouts(self, now: float) -> None:
+        """Drop a peer stalling on PARAMS; close a keep-conn connection idle too long."""
+        if self.closing:
+            return
+        config = self.config
+        since = self._params_since
+        if since is not None and now - since > config.params_timeout:
+            self.fail(
+                f"{self.peer} sent no complete PARAMS within {config.params_timeout:g} s "
+                "(stalled or slow peer)"
+            )
+        elif self._idle_since is not None and not self.requests:
+            limit = config.keepalive_timeout if self._served_any else config.params_timeout
+            if now - self._idle_since > limit:
+                if self._served_any:
+                    logger.debug("closing connection from %s idle for %g s", self.peer, limit)
+                else:
+                    logger.warning(
+                        "dropping connection from %s: no request within %g s", self.peer, limit
+                    )
+                self._close()
 
     # -- closing ------------------------------------------------------------------
 
