@@ -77,8 +77,14 @@ class FastCGIConnection(asyncio.Protocol):
         self.closing = False
         self._reader = RecordReader()
         self._writable: asyncio.Event | None = None
-        self._read_paused = False
+        # Reading pauses for either of two reasons: too much unread request body,
+        # or a peer that keeps sending while it reads none of what we write
+        # (replies to GET_VALUES or refused requests must not pile up).
+        self._reading_paused = False
+        self._paused_for_body = False
+        self._paused_for_write = False
         self._body_buffered = 0
+        self._params_buffered = 0
         # A finished request without FCGI_KEEP_CONN: the connection closes once
         # that request's STDIN has ended (Apache answers 503 if we close early).
         self._linger_id: int | None = None
@@ -141,6 +147,9 @@ class FastCGIConnection(asyncio.Protocol):
         self.write_paused = False
         if self._writable is not None:
             self._writable.set()
+        if self._paused_for_write:
+            self._paused_for_write = False
+            self._update_reading()
 
     def eof_received(self) -> bool | None:
         # Web servers abort requests by closing the connection; none half-closes
@@ -184,6 +193,18 @@ class FastCGIConnection(asyncio.Protocol):
                     raise ProtocolError(f"unexpected {name} record for request id {rid}")
         except ProtocolError as exc:
             self.fail(f"FastCGI protocol error from {self.peer}: {exc}")
+            return
+        # Streaming responses keep the write buffer near its high-water mark;
+        # far above it, the peer is not reading: stop taking more work from it.
+        # (Pausing at the mark itself would starve reads, and so ABORT_REQUEST,
+        # while a fast app streams to a slow reader.)
+        if (
+            self.write_paused
+            and self.transport is not None
+            and self.transport.get_write_buffer_size() > 4 * self.config.write_buffer_size
+        ):
+            self._paused_for_write = True
+            self._update_reading()
 
     # -- records ------------------------------------------------------------------
 
@@ -257,13 +278,22 @@ class FastCGIConnection(asyncio.Protocol):
             raise ProtocolError(f"PARAMS for request id {cycle.request_id} after its PARAMS ended")
         if content:
             params += content
-            if len(params) > self.config.max_params_size:
+            self._params_buffered += len(content)
+            # The limit holds per request and for the connection as a whole, so
+            # many half-sent requests cannot add up to many times the limit.
+            if self._params_buffered > self.config.max_params_size:
                 raise ParamsTooLarge(
                     f"PARAMS for request id {cycle.request_id} exceed "
                     f"{self.config.max_params_size} bytes"
+                    + (
+                        " (with the connection's other pending requests)"
+                        if len(params) < self._params_buffered
+                        else ""
+                    )
                 )
             return
         cycle.params = None
+        self._params_buffered -= len(params)
         if self._params_since is not None and all(c.params is None for c in self.requests.values()):
             self._params_since = None
         ctx = self.ctx
@@ -305,23 +335,25 @@ class FastCGIConnection(asyncio.Protocol):
     def body_buffered(self, n: int) -> None:
         """Count unread request body; pause reading above the configured size."""
         self._body_buffered += n
-        if (
-            not self._read_paused
-            and self._body_buffered > self.config.read_buffer_size
-            and self.transport is not None
-        ):
-            self._read_paused = True
-            self.transport.pause_reading()
+        if not self._paused_for_body and self._body_buffered > self.config.read_buffer_size:
+            self._paused_for_body = True
+            self._update_reading()
 
     def body_consumed(self, n: int) -> None:
         """The app read (or the gateway dropped) ``n`` bytes of request body."""
         self._body_buffered -= n
-        if self._read_paused and self._body_buffered <= self.config.read_buffer_size // 2:
-            self._resume_reading()
+        if self._paused_for_body and self._body_buffered <= self.config.read_buffer_size // 2:
+            self._paused_for_body = False
+            self._update_reading()
 
-    def _resume_reading(self) -> None:
-        self._read_paused = False
-        if self.transport is not None and not self.closing:
+    def _update_reading(self) -> None:
+        pause = self._paused_for_body or self._paused_for_write
+        if pause == self._reading_paused or self.transport is None or self.closing:
+            return
+        self._reading_paused = pause
+        if pause:
+            self.transport.pause_reading()
+        else:
             self.transport.resume_reading()
 
     def request_ended(self, cycle: RequestCycle) -> None:
@@ -330,6 +362,11 @@ class FastCGIConnection(asyncio.Protocol):
         self.ctx.stats.requests_served += 1
         if self.requests.get(cycle.request_id) is cycle:
             del self.requests[cycle.request_id]
+        if cycle.params is not None:  # aborted before its PARAMS ended
+            self._params_buffered -= len(cycle.params)
+            cycle.params = None
+            if all(c.params is None for c in self.requests.values()):
+                self._params_since = None
         if not self.requests:
             self._idle_since = self.loop.time()
             self._served_any = True
@@ -377,8 +414,9 @@ class FastCGIConnection(asyncio.Protocol):
 
     def _linger(self, rid: int) -> None:
         self._linger_id = rid
-        if self._read_paused:
-            self._resume_reading()
+        if self._paused_for_body:
+            self._paused_for_body = False
+            self._update_reading()
         self._linger_timer = self.loop.call_later(self.config.stdin_linger, self._close)
 
     def check_timeouts(self, now: float) -> None:
