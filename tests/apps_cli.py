@@ -23,9 +23,17 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             else:
                 marker = os.environ.get("FCGI_TEST_SHUTDOWN_MARKER")
                 if marker:
-                    Path(marker).write_text("shutdown ran")  # noqa: ASYNC240
+                    Path(marker).write_text("shutdown ran")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["path"] == "/loop":
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        body = type(loop).__module__.encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+        return
     if scope["path"] == "/sleep":
         import asyncio
 

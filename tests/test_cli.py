@@ -345,3 +345,11 @@ def test_fcgi_web_server_addrs_env_refuses_other_peers():
         proc.terminate()
         _, err = proc.communicate(timeout=10)
     assert "refused connection from 127.0.0.1" in err.decode()
+
+
+@pytest.mark.parametrize(
+    "choice,module", [("auto", "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio.unix_events")]
+)
+def test_loop_choice(gateway, sock_path, choice, module):
+    gateway("--loop", choice)
+    assert request(sock_path, "/loop") == module
