@@ -4,7 +4,7 @@ Each list is the PARAMS of one request, in the order sent (a name may repeat;
 the last value wins), recorded behind the server's config in ``examples/``
 (nginx 1.22.1, lighttpd 1.4.69, Apache 2.4.71, Caddy 2.6.2, h2o 2.2.5, Debian).
 HTTP_ACCEPT*, HTTP_CONNECTION and HTTP_USER_AGENT are left out.
-``tests/test_scope.py`` builds scopes from them.
+``tests/test_scope_recorded.py`` builds scopes from them.
 """
 
 # lighttpd, examples/lighttpd/stock.conf (key "/"), GET /items/42?x=1

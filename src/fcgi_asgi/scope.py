@@ -96,18 +96,21 @@ def build_scope(
     get = params.get
     headers: list[tuple[bytes, bytes]] = []
     for key, value in params.items():
-        # nginx, lighttpd and Caddy send Content-Type/Length twice, as CONTENT_*
-        # and as HTTP_CONTENT_*: the headers come from the CGI variables, once.
-        if key[:5] == b"HTTP_" and key not in _HTTP_CONTENT:
+        if key[:5] == b"HTTP_":
+            if key in _HTTP_CONTENT:
+                # nginx, lighttpd and Caddy send Content-Type/Length twice, as
+                # CONTENT_* and as HTTP_CONTENT_*: the CGI variable's is kept.
+                if key[5:] in params:
+                    continue
+                if key == b"HTTP_CONTENT_LENGTH" and not value.isdigit():
+                    continue
             headers.append((_header_name(key), value))
-    content_type = get(b"CONTENT_TYPE") if b"CONTENT_TYPE" in params else get(b"HTTP_CONTENT_TYPE")
-    if content_type:
-        headers.append((b"content-type", content_type))
-    length = get(b"CONTENT_LENGTH") if b"CONTENT_LENGTH" in params else get(b"HTTP_CONTENT_LENGTH")
-    # Only a length: nginx sends "" when there is none, Caddy "-1" for a
-    # chunked upload.
-    if length and length.isdigit():
-        headers.append((b"content-length", length))
+        elif key == b"CONTENT_TYPE" and value:
+            headers.append((b"content-type", value))
+        # Only a length: nginx sends "" when there is none, Caddy "-1" for a
+        # chunked upload.
+        elif key == b"CONTENT_LENGTH" and value.isdigit():
+            headers.append((b"content-length", value))
 
     script_name = get(b"SCRIPT_NAME", b"")
     path_info = get(b"PATH_INFO", b"")
@@ -127,13 +130,11 @@ def build_scope(
     if root_path is None:
         root_path = ""
         if path_info and script_name and not _splits_at_next_segment(get(b"SERVER_SOFTWARE")):
-            sn = script_name.decode("latin-1")
-            # Only a true split counts: the request path must be SCRIPT_NAME
-            # followed by PATH_INFO (servers may decode one and not the other,
-            # so compare the decoded path too).
-            if path.startswith(sn) and path[len(sn) :].startswith(
-                _decode_path(path_info) if b"%" in path_info else path_info.decode("latin-1")
-            ):
+            # Servers send SCRIPT_NAME/PATH_INFO decoded (UTF-8 bytes). Only a
+            # true split counts: the request path must be SCRIPT_NAME then
+            # PATH_INFO, else SCRIPT_NAME is not a mount point.
+            sn = script_name.decode("utf-8", "replace")
+            if path == sn + path_info.decode("utf-8", "replace"):
                 root_path = sn.rstrip("/")
     else:
         root_path = root_path.rstrip("/")

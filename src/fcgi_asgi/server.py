@@ -28,10 +28,13 @@ from .listeners import (
     from_fd,
     is_listening_socket,
 )
+from .scoreboard import Scoreboard
 
 __all__ = ["FastCGIServer", "run", "start_server"]
 
 logger = logging.getLogger("fcgi_asgi.error")
+
+_SWEEP_INTERVAL = 1.0
 
 
 class FastCGIServer:
@@ -51,6 +54,10 @@ class FastCGIServer:
         self._lifespan: Lifespan | None = None
         self._closed: asyncio.Event | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        #: Set by a supervisor before start(): shared counters and this worker's slot.
+        self.scoreboard: Scoreboard | None = None
+        self.slot = 0
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -82,7 +89,14 @@ class FastCGIServer:
         try:
             self._lifespan = Lifespan(app, config.lifespan)
             await self._lifespan.startup()
-            self.ctx = ServerContext(app=app, config=config, state=self._lifespan.state)
+            self.ctx = ServerContext(
+                app=app,
+                config=config,
+                state=self._lifespan.state,
+                listen=listener.describe(),
+                scoreboard=self.scoreboard,
+                slot=self.slot,
+            )
             ctx = self.ctx
 
             def factory() -> FastCGIConnection:
@@ -101,7 +115,20 @@ class FastCGIServer:
             listener.sock.close()
             listener.remove_file()
             raise
+        self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
         logger.info("fcgi-asgi serving on %s (backlog %d)", listener.describe(), backlog)
+
+    def _sweep(self) -> None:
+        # Once a second rather than a timer per connection or request: timeouts
+        # are coarse (seconds), and the hot path stays free of timer handles.
+        ctx = self.ctx
+        if ctx is None:
+            return
+        now = asyncio.get_running_loop().time()
+        for conn in list(ctx.connections):
+            conn.check_timeouts(now)
+        ctx.publish()
+        self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_INTERVAL, self._sweep)
 
     def _bind(self) -> Listener:
         config = self.config
@@ -159,6 +186,8 @@ class FastCGIServer:
             self._server.close()
         if self.listener is not None:
             self.listener.remove_file()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         ctx = self.ctx
         if ctx is not None:
             for conn in list(ctx.connections):
