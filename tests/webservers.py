@@ -187,7 +187,12 @@ class Gateway(Process):
 
 def gateway_args(app: str) -> list[str]:
     """Arguments for the gateway serving ``app`` from this checkout."""
-    return [app, "--app-dir", str(ROOT), "--no-access-log", "--log-level", "warning"]
+    # A short graceful shutdown: a test that failed while a request was held
+    # open must not make the teardown wait 30 s.
+    return [
+        *(app, "--app-dir", str(ROOT), "--no-access-log", "--log-level", "warning"),
+        *("--timeout-graceful-shutdown", "5"),
+    ]
 
 
 def start_gateways(*gateways: Gateway) -> None:
