@@ -26,6 +26,19 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                     Path(marker).write_text("shutdown ran")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["path"] == "/endless":
+        # Streams as fast as the peer takes it, until send() raises.
+        marker = Path(os.environ["FCGI_TEST_MARKER"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        chunk = b"e" * 65536
+        sent = 0
+        try:
+            while True:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                sent += len(chunk)
+        except OSError as exc:
+            marker.write_text(f"{type(exc).__name__} after {sent}")
+        return
     if scope["path"] == "/loop":
         import asyncio
 

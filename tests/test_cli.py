@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -353,3 +354,38 @@ def test_fcgi_web_server_addrs_env_refuses_other_peers():
 def test_loop_choice(gateway, sock_path, choice, module):
     gateway("--loop", choice)
     assert request(sock_path, "/loop") == module
+
+
+def test_fast_reader_that_vanishes_stops_a_tight_streaming_loop(gateway, sock_path, tmp_path):
+    """A peer reads as fast as the app writes, then half-closes and goes on reading
+    (as Apache does when its client goes away): send() must raise soon, even for an
+    app whose sends seldom wait."""
+    from fcgi_asgi.client import build_params
+    from fcgi_asgi.records import PARAMS, STDIN, encode_begin_request, encode_pairs, encode_record
+
+    marker = tmp_path / "outcome"
+    gateway(env={"FCGI_TEST_MARKER": str(marker)})
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(sock_path)
+        params = encode_pairs(build_params("GET", "/endless"))
+        s.sendall(
+            encode_begin_request(1)
+            + encode_record(PARAMS, 1, params)
+            + encode_record(PARAMS, 1)
+            + encode_record(STDIN, 1)
+        )
+        received = 0
+        while received < 8 << 20:
+            data = s.recv(1 << 20)
+            assert data
+            received += len(data)
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(10)
+        with contextlib.suppress(OSError):
+            while s.recv(1 << 20):  # the gateway closes its side once it has noticed
+                pass
+    deadline = time.monotonic() + 10
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the app never noticed the peer was gone"
+        time.sleep(0.05)
+    assert marker.read_text().startswith("ClientDisconnected after ")

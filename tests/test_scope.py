@@ -56,7 +56,7 @@ CASES = [
         "",
     ),
     (
-        "lighttpd mounted at /app",
+        "fastcgi_split_path_info mount at /app",
         params(
             REQUEST_METHOD="GET",
             SCRIPT_NAME="/app",

@@ -322,10 +322,16 @@ class FastCGIConnection(asyncio.Protocol):
             return
         if len(pieces) == 1:
             transport.write(pieces[0])
-        elif len(pieces) <= 4:
-            transport.write(b"".join(pieces))
+        elif len(pieces) <= 4 and sum(map(len, pieces)) <= 16384:
+            transport.write(b"".join(pieces))  # one small write beats writelines' bookkeeping
         else:
             transport.writelines(pieces)
+
+    @property
+    def writable(self) -> bool:
+        """False once nothing written can reach the peer any more."""
+        transport = self.transport
+        return transport is not None and not self.closing and not transport.is_closing()
 
     async def drain(self) -> None:
         """Wait until the transport accepts writes again (or the connection is gone)."""

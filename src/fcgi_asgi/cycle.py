@@ -36,6 +36,7 @@ _STATUS_LINES: dict[int, bytes] = {
 # record, at the cost of copying a few KiB; larger bodies are sliced instead.
 _COALESCE_LIMIT = 16 << 10
 _READ_CHUNK = 256 << 10
+_YIELD_EVERY = 512 << 10
 
 _GONE = "the web server aborted the request or closed the connection"
 _DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
@@ -113,6 +114,7 @@ class RequestCycle:
         "_head",
         "_stdout_sent",
         "_timeout",
+        "_unyielded",
         "_waiter",
         "app_error",
         "body",
@@ -152,6 +154,7 @@ class RequestCycle:
         self.bytes_sent = 0
         self.timed_out = False
         self._timeout: asyncio.TimerHandle | None = None
+        self._unyielded = 0
         self._head: bytes | None = None
         self._stdout_sent = False
         self._final_sent = False
@@ -398,12 +401,27 @@ class RequestCycle:
             if not self._expect_trailers:
                 self._finish(pieces)
                 return
+        conn = self.conn
         if pieces:
-            self.conn.write(pieces)
-        if self.conn.write_paused:
-            await self.conn.drain()
+            if not conn.writable:
+                # The connection is going away; connection_lost will follow.
+                raise ClientDisconnected(_GONE)
+            conn.write(pieces)
+        if conn.write_paused:
+            await conn.drain()
             if self.disconnected:
                 raise ClientDisconnected(_GONE)
+            self._unyielded = 0
+        else:
+            # A peer that reads as fast as the app writes never pauses us, and
+            # send() would never suspend: let other tasks and I/O callbacks run
+            # (a lost connection is only noticed that way) every few hundred KiB.
+            self._unyielded += len(body)
+            if self._unyielded > _YIELD_EVERY:
+                self._unyielded = 0
+                await asyncio.sleep(0)
+                if self.disconnected:
+                    raise ClientDisconnected(_GONE)
 
     def _finish(self, pieces: list[bytes | memoryview]) -> None:
         pieces.append(end_records(self.request_id))
