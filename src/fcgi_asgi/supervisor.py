@@ -358,6 +358,7 @@ class Supervisor:
             worker.ready = True
             self._ever_ready = True
             self._failures = 0
+            self._next_spawn = 0.0
             logger.info("worker %d ready", worker.pid)
         if RETIRE in data and not worker.obsolete and not worker.stopping:
             worker.obsolete = True
