@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -34,7 +36,21 @@ from tests.conftest import ROOT, free_port
 pytestmark = pytest.mark.timeout(60)
 
 APP = "tests.proc_apps:app"
-NOBODY = 65534
+# An unprivileged user to switch to, and its primary group.
+_nobody = pwd.getpwnam("nobody")
+NOBODY_UID, NOBODY_GID = _nobody.pw_uid, _nobody.pw_gid
+NOBODY_GROUP = grp.getgrgid(NOBODY_GID).gr_name
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def children(pid: int) -> list[int]:
@@ -485,39 +501,41 @@ async def test_supervisor_keeps_no_event_loop(launch):
 # -- sockets -------------------------------------------------------------------------
 
 
+@needs_root
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_socket_mode_and_owner(launch, sock_path, workers):
-    gw = await launch(
-        "--workers", str(workers), "--socket-mode", "0660", "--socket-owner", "nobody:nogroup"
-    )
+    owner = f"nobody:{NOBODY_GROUP}"
+    gw = await launch("--workers", str(workers), "--socket-mode", "0660", "--socket-owner", owner)
     st = os.stat(sock_path)
     assert stat.S_ISSOCK(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == 0o660
-    assert (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
+    assert (st.st_uid, st.st_gid) == (NOBODY_UID, NOBODY_GID)
     assert (await gw.get("/pid")).status == 200
 
 
+@needs_root
 async def test_user_drops_privileges_in_workers(launch, sock_path):
     gw = await launch("--workers", "2", "--user", "nobody", workers=2)
     ids = {(await gw.get("/ids")).body for _ in range(20)}
-    assert ids == {b"%d %d" % (NOBODY, NOBODY)}
+    assert ids == {b"%d %d" % (NOBODY_UID, NOBODY_GID)}
     for worker in gw.workers():
-        assert proc_status(worker, "Uid").split() == [str(NOBODY)] * 4
-        assert proc_status(worker, "Groups").split() == [str(NOBODY)]
+        assert proc_status(worker, "Uid").split() == [str(NOBODY_UID)] * 4
+        assert "0" not in proc_status(worker, "Groups").split()
     # The supervisor keeps root (it runs no app code) to remove the socket file;
     # the socket belongs to the app's user by default.
     assert proc_status(gw.pid, "Uid").split()[0] == "0"
     st = os.stat(sock_path)
-    assert (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
+    assert (st.st_uid, st.st_gid) == (NOBODY_UID, NOBODY_GID)
     gw.signal(signal.SIGTERM)
     assert await gw.wait_exit() == 0
     assert not exists(sock_path)
 
 
+@needs_root  # to become someone else for the test, and back
 def test_user_needs_root(capsys, sock_path):
-    os.seteuid(NOBODY)
+    os.seteuid(NOBODY_UID)
     try:
-        status = cli.main([APP, "--socket", sock_path, "--user", "daemon"])
+        status = cli.main([APP, "--socket", sock_path, "--user", "root"])
     finally:
         os.seteuid(0)
     assert status == 1
@@ -595,6 +613,7 @@ async def test_systemd_socket_activation_with_the_example_units(launch, sock_pat
     assert exists(sock_path)
 
 
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
 async def test_ipv6_loopback(launch):
     port = free_port()
     gw = await launch("--workers", "2", "--host", "::1", "--port", str(port), tcp=("::1", port))

@@ -317,7 +317,7 @@ class Supervisor:
         self.workers[pid] = worker
         self._by_fd[parent_end.fileno()] = worker
         self._poll.register(parent_end.fileno(), select.POLLIN)
-        logger.info("started worker %d", pid)
+        logger.info("started worker %d (generation %d)", pid, self._generation)
         return worker
 
     def _forget_in_child(self) -> None:

@@ -89,10 +89,7 @@ async def _serve(spec: WorkerSpec, early: list[int]) -> int:
     server = FastCGIServer(spec.config, listener=Listener(spec.sock))
     channel = spec.channel
     channel.setblocking(False)
-    started = False
-    # Stop requests that came before the app was up, acted on once it is.
-    stopping = signal.SIGTERM in early
-    aborting = signal.SIGQUIT in early
+    started = stopping = aborting = False
 
     def on_term() -> None:
         nonlocal stopping
@@ -133,6 +130,10 @@ async def _serve(spec: WorkerSpec, early: list[int]) -> int:
 
     loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGQUIT, on_quit)
+    # Signals that came before the loop's handlers; like those that come while
+    # the app starts, they take effect once it is up.
+    stopping = stopping or signal.SIGTERM in early
+    aborting = aborting or signal.SIGQUIT in early
     loop.add_reader(channel.fileno(), on_channel)
     await server.start()
     started = True
