@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
+import json
 import os
 import pwd
 import re
@@ -633,3 +634,30 @@ async def test_ipv6_loopback(launch):
 def test_process_option_errors(capsys, args, message):
     assert cli.main([APP, *args]) == 1
     assert message in capsys.readouterr().err
+
+
+async def test_status_page_reports_every_worker(launch):
+    gw = await launch("--workers", "2", "--status-path", "/fcgi-status", workers=2)
+    for _ in range(10):
+        assert (await gw.get("/pid")).status == 200
+
+    async def status() -> dict[str, Any]:
+        return json.loads((await gw.get("/fcgi-status", "json&full")).body)
+
+    # Workers publish their counters about once a second.
+    deadline = time.monotonic() + 10
+    while (info := await status())["workers"] != 2 or info["requests served"] < 10:
+        assert time.monotonic() < deadline, info
+        await asyncio.sleep(0.2)
+    assert sorted(p["pid"] for p in info["processes"]) == gw.workers()
+    old = gw.ready_workers()
+    gw.signal(signal.SIGHUP)
+    await wait_until(lambda: not set(gw.workers()) & old, "the reload")
+    # The old workers' slots are freed: only the new ones are reported.
+    deadline = time.monotonic() + 10
+    while True:
+        info = await status()
+        if sorted(p["pid"] for p in info["processes"]) == gw.workers():
+            break
+        assert time.monotonic() < deadline, info
+        await asyncio.sleep(0.2)

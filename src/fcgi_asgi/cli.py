@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .allowlist import parse_web_server_addrs
 from .config import Config, ConfigError
 from .lifespan import LifespanFailure
 from .listeners import ListenError
@@ -142,6 +144,69 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests multiplexed on one connection at once; more get "
         "OVERLOADED (default: %(default)s)",
     )
+    limits.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="requests running at once in this process; more get OVERLOADED at once "
+        "instead of queueing (default: 0, no limit)",
+    )
+    limits.add_argument(
+        "--params-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a peer that opens a connection or request and does not finish sending its "
+        "PARAMS within this time is dropped (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=75.0,
+        metavar="SECONDS",
+        help="close keep-conn connections idle this long (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--request-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="cancel an app still running a request after this long; the client gets 504 "
+        "if nothing was sent yet (default: no limit)",
+    )
+    access = p.add_argument_group("access and observability")
+    access.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="ADDR[/PREFIX]",
+        help="only these peers may connect over TCP (repeatable; adds to "
+        "FCGI_WEB_SERVER_ADDRS); others are closed at once and logged",
+    )
+    access.add_argument(
+        "--access-log-format",
+        metavar="FORMAT",
+        help="access log line, a Python format over fields such as {client} {method} "
+        "{target} {status} {bytes} {duration_ms} (see README)",
+    )
+    access.add_argument(
+        "--status-path",
+        metavar="PATH",
+        help="path the gateway answers itself with its status, e.g. /fcgi-status",
+    )
+    access.add_argument(
+        "--ping-path",
+        metavar="PATH",
+        help="path the gateway answers itself with 200 'pong', e.g. /fcgi-ping",
+    )
+    access.add_argument(
+        "--slow-request-threshold",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="requests slower than this count as slow on the status page (default: %(default)s)",
+    )
     p.add_argument("--version", action="version", version=f"fcgi-asgi {__version__}")
     return p
 
@@ -192,6 +257,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout_graceful_shutdown=args.timeout_graceful_shutdown,
             max_params_size=args.max_params_size,
             max_requests_per_connection=args.max_requests_per_connection,
+            max_concurrent_requests=args.max_concurrent_requests,
+            params_timeout=args.params_timeout,
+            keepalive_timeout=args.keepalive_timeout,
+            request_timeout=args.request_timeout,
+            allow=(
+                *parse_web_server_addrs(os.environ.get("FCGI_WEB_SERVER_ADDRS", "")),
+                *args.allow,
+            ),
+            access_log_format=args.access_log_format,
+            status_path=args.status_path,
+            ping_path=args.ping_path,
+            slow_request_threshold=args.slow_request_threshold,
             workers=args.workers,
             max_requests=args.max_requests,
             max_requests_jitter=args.max_requests_jitter,

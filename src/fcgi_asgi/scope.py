@@ -105,13 +105,11 @@ def build_scope(
     if root_path is None:
         root_path = ""
         if path_info and script_name:
-            sn = script_name.decode("latin-1")
-            # Only a true split counts: the request path must be SCRIPT_NAME
-            # followed by PATH_INFO (servers may decode one and not the other,
-            # so compare the decoded path too).
-            if path.startswith(sn) and path[len(sn) :].startswith(
-                _decode_path(path_info) if b"%" in path_info else path_info.decode("latin-1")
-            ):
+            # Servers send SCRIPT_NAME/PATH_INFO decoded (UTF-8 bytes). Only a
+            # true split counts: the request path must be SCRIPT_NAME then
+            # PATH_INFO, else SCRIPT_NAME is not a mount point.
+            sn = script_name.decode("utf-8", "replace")
+            if path == sn + path_info.decode("utf-8", "replace"):
                 root_path = sn.rstrip("/")
     else:
         root_path = root_path.rstrip("/")

@@ -20,10 +20,13 @@ from .context import ServerContext
 from .draining import cut_remaining, drain, stop_accepting
 from .lifespan import Lifespan
 from .listeners import Listener, effective_backlog, open_listener
+from .scoreboard import Scoreboard
 
 __all__ = ["FastCGIServer", "run", "start_server"]
 
 logger = logging.getLogger("fcgi_asgi.error")
+
+_SWEEP_INTERVAL = 1.0
 
 
 class FastCGIServer:
@@ -47,6 +50,10 @@ class FastCGIServer:
         self._closed: asyncio.Event | None = None
         self._abort: asyncio.Event | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        #: Set by a supervisor before start(): shared counters and this worker's slot.
+        self.scoreboard: Scoreboard | None = None
+        self.slot = 0
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -79,7 +86,14 @@ class FastCGIServer:
         try:
             self._lifespan = Lifespan(app, config.lifespan)
             await self._lifespan.startup()
-            self.ctx = ServerContext(app=app, config=config, state=self._lifespan.state)
+            self.ctx = ServerContext(
+                app=app,
+                config=config,
+                state=self._lifespan.state,
+                listen=listener.describe(),
+                scoreboard=self.scoreboard,
+                slot=self.slot,
+            )
             ctx = self.ctx
 
             def factory() -> FastCGIConnection:
@@ -98,7 +112,20 @@ class FastCGIServer:
             listener.sock.close()
             listener.remove_file()
             raise
+        self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
         logger.info("fcgi-asgi serving on %s (backlog %d)", listener.describe(), backlog)
+
+    def _sweep(self) -> None:
+        # Once a second rather than a timer per connection or request: timeouts
+        # are coarse (seconds), and the hot path stays free of timer handles.
+        ctx = self.ctx
+        if ctx is None:
+            return
+        now = asyncio.get_running_loop().time()
+        for conn in list(ctx.connections):
+            conn.check_timeouts(now)
+        ctx.publish()
+        self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_INTERVAL, self._sweep)
 
     def _bind(self) -> Listener:
         return open_listener(self.config)
@@ -152,6 +179,8 @@ class FastCGIServer:
             await stop_accepting(self._server)
         if self.listener is not None:
             self.listener.remove_file()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         ctx = self.ctx
         if ctx is not None:
             abort = self._abort or asyncio.Event()

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from .config import Config
 from .listeners import Listener, open_listener
 from .privileges import Identity, resolve_identity
+from .scoreboard import Scoreboard
 from .worker import BOOT_ERROR, READY, RETIRE, WorkerSpec, run_worker
 
 __all__ = ["Supervisor", "needs_supervisor", "supervise"]
@@ -99,6 +100,8 @@ class Worker:
     stopping: bool = False
     #: When a stopping worker is killed if still alive (monotonic clock).
     kill_at: float | None = None
+    #: Its slot on the scoreboard (None when all were taken).
+    slot: int | None = None
 
 
 class Supervisor:
@@ -121,6 +124,11 @@ class Supervisor:
         self._by_fd: dict[int, Worker] = {}
         self._poll = select.poll()  # poll, not epoll: the parent keeps no event loop fd
         self._wake_r = self._wake_w = -1
+        # Shared before any fork, so that every worker's status page can
+        # report on all. Old workers draining during a reload, and SIGTTIN,
+        # need slots beyond --workers.
+        self.scoreboard = Scoreboard(max(64, 4 * config.workers))
+        self._free_slots = set(range(self.scoreboard.slots))
 
     # -- running ----------------------------------------------------------------
 
@@ -285,6 +293,9 @@ class Supervisor:
         max_requests = 0
         if config.max_requests:
             max_requests = config.max_requests + random.randint(0, config.max_requests_jitter)
+        slot = min(self._free_slots, default=None)
+        if slot is None:
+            logger.warning("no free status slot: the status page will miss a worker")
         parent_end, child_end = socket.socketpair()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -300,7 +311,13 @@ class Supervisor:
                 parent_end.close()
                 self._forget_in_child()
                 spec = WorkerSpec(
-                    config, self.listener.sock, child_end, self.identity, max_requests
+                    config,
+                    self.listener.sock,
+                    child_end,
+                    self.identity,
+                    max_requests,
+                    self.scoreboard if slot is not None else None,
+                    slot or 0,
                 )
                 status = run_worker(spec)
             except BaseException:
@@ -313,7 +330,9 @@ class Supervisor:
                 os._exit(status)
         child_end.close()
         parent_end.setblocking(False)
-        worker = Worker(pid, parent_end, self._generation, time.monotonic())
+        worker = Worker(pid, parent_end, self._generation, time.monotonic(), slot=slot)
+        if slot is not None:
+            self._free_slots.discard(slot)
         self.workers[pid] = worker
         self._by_fd[parent_end.fileno()] = worker
         self._poll.register(parent_end.fileno(), select.POLLIN)
@@ -381,6 +400,9 @@ class Supervisor:
             worker = self.workers.pop(pid, None)
             if worker is not None:
                 self._unwatch(worker)
+                if worker.slot is not None:
+                    self.scoreboard.clear(worker.slot)
+                    self._free_slots.add(worker.slot)
                 self._exited(worker, status)
 
     def _exited(self, worker: Worker, status: int) -> None:

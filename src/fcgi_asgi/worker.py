@@ -30,6 +30,7 @@ from .config import Config, ConfigError
 from .lifespan import LifespanFailure
 from .listeners import Listener
 from .privileges import Identity, drop_privileges
+from .scoreboard import Scoreboard
 from .server import FastCGIServer, _new_loop_factory
 
 __all__ = ["BOOT_ERROR", "READY", "RETIRE", "WorkerSpec", "run_worker"]
@@ -59,6 +60,9 @@ class WorkerSpec:
     identity: Identity | None
     #: Requests before asking to be replaced (jitter already added); 0: never.
     max_requests: int
+    #: Shared counters of all workers (for the status page) and this worker's slot.
+    scoreboard: Scoreboard | None = None
+    slot: int = 0
 
 
 def run_worker(spec: WorkerSpec) -> int:
@@ -87,6 +91,8 @@ def run_worker(spec: WorkerSpec) -> int:
 async def _serve(spec: WorkerSpec, early: list[int]) -> int:
     loop = asyncio.get_running_loop()
     server = FastCGIServer(spec.config, listener=Listener(spec.sock))
+    server.scoreboard = spec.scoreboard
+    server.slot = spec.slot
     channel = spec.channel
     channel.setblocking(False)
     started = stopping = aborting = False
@@ -148,10 +154,10 @@ async def _serve(spec: WorkerSpec, early: list[int]) -> int:
 
         def check_requests() -> None:
             ctx = server.ctx
-            if ctx is not None and ctx.requests_served >= spec.max_requests:
+            if ctx is not None and ctx.stats.requests_served >= spec.max_requests:
                 logger.info(
                     "worker served %d requests (max %d): asking for a replacement",
-                    ctx.requests_served,
+                    ctx.stats.requests_served,
                     spec.max_requests,
                 )
                 tell(RETIRE)
