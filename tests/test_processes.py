@@ -549,16 +549,20 @@ def test_unknown_user_is_an_error(capsys, sock_path):
     assert "no such user: 'no-such-user-here'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-async def test_fd0_activation_relistens_with_backlog(launch, workers):
+@pytest.mark.parametrize(("how", "workers"), [("fd 0", 1), ("fd 0", 2), ("--fd", 2)])
+async def test_inherited_socket_relistens_with_backlog(launch, how, workers):
     listening = socket.socket()
     listening.bind(("127.0.0.1", 0))
     listening.listen(5)
     port = listening.getsockname()[1]
+    fd = listening.fileno()
     with listening:
-        gw = await launch(
-            "--workers", str(workers), stdin=listening.fileno(), tcp=("127.0.0.1", port)
-        )
+        if how == "fd 0":  # as spawn-fcgi and lighttpd's bin-path start it
+            gw = await launch("--workers", str(workers), stdin=fd, tcp=("127.0.0.1", port))
+        else:
+            gw = await launch(
+                "--workers", str(workers), "--fd", str(fd), pass_fds=(fd,), tcp=("127.0.0.1", port)
+            )
     assert (await gw.get("/pid")).status == 200
     backlog = listen_backlog(port)
     assert backlog in (None, min(2048, somaxconn()))  # not the 5 it was made with
