@@ -10,8 +10,9 @@ Caddy and h2o send with their stock configurations. The path rules:
 * ``root_path`` is the operator's ``--root-path`` when given; otherwise
   ``SCRIPT_NAME``, but only when the server really split the path into
   ``SCRIPT_NAME`` + a non-empty ``PATH_INFO`` and that split is a prefix of
-  the request path. nginx, lighttpd and Apache put the whole path in
-  SCRIPT_NAME by default; trusting it there would 404 every route.
+  the request path. nginx and Apache put the whole path in SCRIPT_NAME by
+  default; trusting it there would 404 every route. lighttpd splits at the
+  next path segment whatever the mount point, so its split is never trusted.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ _HTTP_VERSIONS = {
     b"HTTP/0.9": "1.0",
 }
 
-# Param names that become headers without the HTTP_ prefix.
-_CONTENT_HEADERS = {b"CONTENT_TYPE": b"content-type", b"CONTENT_LENGTH": b"content-length"}
+# Headers that the CGI variables CONTENT_TYPE and CONTENT_LENGTH carry.
+_HTTP_CONTENT = frozenset((b"HTTP_CONTENT_TYPE", b"HTTP_CONTENT_LENGTH"))
 
 # HTTP_* param name -> header name, memoised: a server sends the same few
 # dozen names over and over, so each is translated once per process.
@@ -62,6 +63,19 @@ def split_request_uri(uri: bytes) -> tuple[bytes, bytes]:
     return path, query
 
 
+def _splits_at_next_segment(server_software: bytes | None) -> bool:
+    """True for a server whose SCRIPT_NAME/PATH_INFO split is not a mount point.
+
+    lighttpd's ``fastcgi.server`` (``check-local`` disabled) cuts the path at
+    the first ``/`` after the mapping key: with key ``"/"``, ``/items/42``
+    arrives as SCRIPT_NAME ``/items`` + PATH_INFO ``/42``; with key
+    ``"/app/"``, ``/app/items/42`` as ``/app/items`` + ``/42``. The params do
+    not say which key matched, so such a split cannot be told from a real
+    mount; ``--root-path`` says where the app is mounted instead.
+    """
+    return server_software is not None and server_software[:8].lower() == b"lighttpd"
+
+
 def _decode_path(raw: bytes) -> str:
     return unquote(raw.decode("latin-1"), encoding="utf-8", errors="replace")
 
@@ -83,9 +97,20 @@ def build_scope(
     headers: list[tuple[bytes, bytes]] = []
     for key, value in params.items():
         if key[:5] == b"HTTP_":
+            if key in _HTTP_CONTENT:
+                # nginx, lighttpd and Caddy send Content-Type/Length twice, as
+                # CONTENT_* and as HTTP_CONTENT_*: the CGI variable's is kept.
+                if key[5:] in params:
+                    continue
+                if key == b"HTTP_CONTENT_LENGTH" and not value.isdigit():
+                    continue
             headers.append((_header_name(key), value))
-        elif key in _CONTENT_HEADERS and value:
-            headers.append((_CONTENT_HEADERS[key], value))
+        elif key == b"CONTENT_TYPE" and value:
+            headers.append((b"content-type", value))
+        # Only a length: nginx sends "" when there is none, Caddy "-1" for a
+        # chunked upload.
+        elif key == b"CONTENT_LENGTH" and value.isdigit():
+            headers.append((b"content-length", value))
 
     script_name = get(b"SCRIPT_NAME", b"")
     path_info = get(b"PATH_INFO", b"")
@@ -104,7 +129,7 @@ def build_scope(
 
     if root_path is None:
         root_path = ""
-        if path_info and script_name:
+        if path_info and script_name and not _splits_at_next_segment(get(b"SERVER_SOFTWARE")):
             # Servers send SCRIPT_NAME/PATH_INFO decoded (UTF-8 bytes). Only a
             # true split counts: the request path must be SCRIPT_NAME then
             # PATH_INFO, else SCRIPT_NAME is not a mount point.
