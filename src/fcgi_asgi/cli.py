@@ -14,6 +14,7 @@ from .config import Config, ConfigError
 from .lifespan import LifespanFailure
 from .listeners import ListenError
 from .server import run
+from .supervisor import needs_supervisor, supervise
 
 __all__ = ["build_parser", "main"]
 
@@ -27,8 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve an ASGI 3 application over FastCGI, behind nginx, lighttpd, "
         "Apache httpd, Caddy or h2o.",
         epilog="Run 'fcgi-asgi request --help' for the FastCGI client sub-command. "
-        "With no --socket, --host/--port or --fd, a listening socket on fd 0 "
-        "(FCGI_LISTENSOCK_FILENO, as lighttpd's bin-path and spawn-fcgi provide) is used.",
+        "With no --socket, --host/--port or --fd, a socket passed by systemd socket "
+        "activation (LISTEN_FDS) or a listening socket on fd 0 (FCGI_LISTENSOCK_FILENO, "
+        "as lighttpd's bin-path and spawn-fcgi provide) is used. With --workers N, SIGHUP "
+        "reloads the app and SIGTTIN/SIGTTOU add or remove a worker.",
     )
     p.add_argument("app", metavar="APP", help='the ASGI app as "module:attribute"')
     where = p.add_argument_group("where to listen")
@@ -41,6 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=2048,
         help="listen backlog, capped by the kernel's somaxconn (default: %(default)s)",
+    )
+    where.add_argument(
+        "--socket-mode",
+        type=_octal,
+        metavar="MODE",
+        help="permissions of the --socket file, in octal, e.g. 0660",
+    )
+    where.add_argument(
+        "--socket-owner",
+        metavar="USER[:GROUP]",
+        help="owner of the --socket file (default: --user/--group when given)",
     )
     app = p.add_argument_group("the application")
     app.add_argument(
@@ -86,6 +100,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGTERM, how long running requests may take to finish "
         "before they are cancelled (default: %(default)s)",
+    )
+    procs = p.add_argument_group("processes")
+    procs.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the socket, under a supervisor that "
+        "respawns them and reloads on SIGHUP (default: %(default)s: one process)",
+    )
+    procs.add_argument(
+        "--max-requests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="replace a worker after about N requests; 0 never (default: %(default)s)",
+    )
+    procs.add_argument(
+        "--max-requests-jitter",
+        type=int,
+        default=0,
+        metavar="J",
+        help="add a random 0..J to --max-requests per worker (default: %(default)s)",
+    )
+    procs.add_argument("--user", help="run the app as this user after binding (needs root)")
+    procs.add_argument(
+        "--group", help="run the app as this group (default: the --user's group; needs root)"
     )
     limits = p.add_argument_group("limits")
     limits.add_argument(
@@ -170,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _octal(value: str) -> int:
+    try:
+        return int(value, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal mode: {value!r}") from None
+
+
 def configure_logging(level: str) -> None:
     """Log to stderr with timestamps and the process id."""
     logging.basicConfig(
@@ -221,12 +269,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             status_path=args.status_path,
             ping_path=args.ping_path,
             slow_request_threshold=args.slow_request_threshold,
+            workers=args.workers,
+            max_requests=args.max_requests,
+            max_requests_jitter=args.max_requests_jitter,
+            socket_mode=args.socket_mode,
+            socket_owner=args.socket_owner,
+            user=args.user,
+            group=args.group,
         )
         if config.loop == "uvloop":
             try:
                 import uvloop  # noqa: F401
             except ImportError:
                 raise ConfigError("--loop uvloop: uvloop is not installed") from None
+        if needs_supervisor(config):
+            # The supervisor never imports the app: each worker does, so
+            # that a reload (SIGHUP) runs the new code.
+            return supervise(config)
         app = config.load()  # fail before binding anything
         run(app, config=config)
     except (ConfigError, ListenError, LifespanFailure) as exc:

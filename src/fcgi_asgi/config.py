@@ -91,6 +91,19 @@ class Config:
     ping_path: str | None = None
     #: Access log line format (see README); None is the default format.
     access_log_format: str | None = None
+    #: Worker processes; more than 1 (or max_requests, user, group) runs a supervisor.
+    workers: int = 1
+    #: Requests a worker serves before it is replaced (0: never).
+    max_requests: int = 0
+    #: A random 0..J added to max_requests per worker, so workers do not recycle together.
+    max_requests_jitter: int = 0
+    #: Permission bits for the unix socket file (e.g. 0o660); None keeps the umask's.
+    socket_mode: int | None = None
+    #: ``USER[:GROUP]`` (or ``:GROUP``) to own the unix socket file.
+    socket_owner: str | None = None
+    #: User and group the app runs as, after binding (needs root).
+    user: str | None = None
+    group: str | None = None
     #: Extra keys for tests and embedders; not read by the gateway.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -135,6 +148,16 @@ class Config:
 
             AccessLogFormat(self.access_log_format)  # raises ConfigError when malformed
         self.allow = tuple(self.allow)
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError("--workers must be a positive integer")
+        for name in ("max_requests", "max_requests_jitter"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or a positive integer")
+        if self.socket_mode is not None and not 0 <= self.socket_mode <= 0o777:
+            raise ConfigError(f"--socket-mode must be octal 0-777, not {self.socket_mode:o}")
+        if (self.socket_mode is not None or self.socket_owner) and self.socket is None:
+            raise ConfigError("--socket-mode and --socket-owner apply to --socket only")
         if self.root_path is not None:
             if self.root_path and not self.root_path.startswith("/"):
                 raise ConfigError(f"--root-path must start with '/', not {self.root_path!r}")

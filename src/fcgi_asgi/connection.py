@@ -73,6 +73,8 @@ class FastCGIConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "-"
         self.requests: dict[int, RequestCycle] = {}
+        #: BEGIN_REQUESTs seen; 0 means the web server has not sent a request yet.
+        self.requests_begun = 0
         self.write_paused = False
         self.closing = False
         self._reader = RecordReader()
@@ -230,6 +232,7 @@ class FastCGIConnection(asyncio.Protocol):
         except MalformedRecord as exc:
             raise ProtocolError(str(exc)) from None
         keep_conn = bool(flags & KEEP_CONN)
+        self.requests_begun += 1
         if role != RESPONDER:
             logger.warning(
                 "request id %d from %s asks for role %d; only RESPONDER (1) is served",
@@ -472,7 +475,13 @@ class FastCGIConnection(asyncio.Protocol):
         self._close()
 
     def shutdown(self) -> None:
-        """Close now if idle; otherwise close once the running requests end."""
+        """Close now if idle; otherwise close once the running requests end.
+
+        A connection that has not begun a request yet stays open: the web
+        server has likely written one that is not read yet (the server's
+        drain closes it after a grace). One lingering for the rest of a
+        finished request's STDIN closes when that ends, as usual.
+        """
         self._close_when_idle = True
-        if not self.requests:
+        if not self.requests and self.requests_begun and self._linger_id is None:
             self._close()
