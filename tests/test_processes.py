@@ -665,3 +665,25 @@ async def test_status_page_reports_every_worker(launch):
             break
         assert time.monotonic() < deadline, info
         await asyncio.sleep(0.2)
+
+
+async def test_one_worker_reloads_on_sighup(launch):
+    """`--workers 1` runs the supervisor: SIGHUP swaps the worker, with no gap."""
+    gw = await launch("--workers", "1", workers=1)
+    old = int((await gw.get("/pid")).body)
+    gw.signal(signal.SIGHUP)
+    await wait_until(
+        lambda: old not in gw.workers() and len(gw.ready_workers()) == 1, "the new worker"
+    )
+    assert int((await gw.get("/pid")).body) != old
+
+
+async def test_single_process_ignores_sighup(launch):
+    """Without --workers there is no supervisor; SIGHUP must not kill the server."""
+    gw = await launch(workers=None)
+    first = await gw.get("/pid")
+    gw.signal(signal.SIGHUP)
+    await asyncio.sleep(0.3)
+    assert gw.proc.poll() is None
+    assert (await gw.get("/pid")).body == first.body == str(gw.pid).encode()
+    await wait_until(lambda: "SIGHUP: ignored" in gw.log(), "the SIGHUP warning")

@@ -105,10 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     procs.add_argument(
         "--workers",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
         help="worker processes sharing the socket, under a supervisor that "
-        "respawns them and reloads on SIGHUP (default: %(default)s: one process)",
+        "respawns them and reloads on SIGHUP (default: none, the gateway serves in "
+        "one process that ignores SIGHUP)",
     )
     procs.add_argument(
         "--max-requests",
@@ -269,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             status_path=args.status_path,
             ping_path=args.ping_path,
             slow_request_threshold=args.slow_request_threshold,
-            workers=args.workers,
+            workers=1 if args.workers is None else args.workers,
+            supervise=args.workers is not None,
             max_requests=args.max_requests,
             max_requests_jitter=args.max_requests_jitter,
             socket_mode=args.socket_mode,

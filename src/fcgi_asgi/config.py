@@ -93,6 +93,9 @@ class Config:
     access_log_format: str | None = None
     #: Worker processes; more than 1 (or max_requests, user, group) runs a supervisor.
     workers: int = 1
+    #: Run under the supervisor even with one worker (``--workers`` given), so
+    #: that SIGHUP reloads and a crashed worker is respawned.
+    supervise: bool = False
     #: Requests a worker serves before it is replaced (0: never).
     max_requests: int = 0
     #: A random 0..J added to max_requests per worker, so workers do not recycle together.

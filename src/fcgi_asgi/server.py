@@ -278,10 +278,15 @@ async def _serve_until_signalled(server: FastCGIServer) -> None:
             )
             server.abort()
 
+    def on_hangup() -> None:
+        # Reloading needs fresh processes; dying on a reload signal would be worse.
+        logger.warning("received SIGHUP: ignored; run with --workers N to reload on SIGHUP")
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await server.serve_forever()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)

@@ -67,11 +67,17 @@ _HANDLED = (
 def needs_supervisor(config: Config) -> bool:
     """True when the options need worker processes under a supervisor.
 
-    Several workers, recycling after max requests, and switching users (the
-    supervisor keeps root to remove the socket file; no app code runs as
-    root) do. Otherwise the gateway serves in a single process.
+    ``--workers`` given at all (even 1: reload on SIGHUP, respawn on a crash),
+    recycling after max requests, and switching users (the supervisor keeps
+    root to remove the socket file; no app code runs as root) do. Otherwise
+    the gateway serves in a single process.
     """
-    return config.workers > 1 or config.max_requests > 0 or bool(config.user or config.group)
+    return (
+        config.supervise
+        or config.workers > 1
+        or config.max_requests > 0
+        or bool(config.user or config.group)
+    )
 
 
 def supervise(config: Config) -> int:
