@@ -181,3 +181,25 @@ def test_loopback_source_addresses_exist():
     """The allow-list tests rely on 127.0.0.2 reaching 127.0.0.1 over lo."""
     with socket.socket() as s:
         s.bind(("127.0.0.2", 0))
+
+
+async def test_max_connections_refuses_extra_connections(serve, caplog):
+    server = await serve(apps.app, max_connections=2)
+    first, second = await connect(server), await connect(server)
+    try:
+        assert (await first.request("GET", "/scope")).status == 200
+        values = await second.get_values([b"FCGI_MAX_CONNS"])
+        assert values == {b"FCGI_MAX_CONNS": b"2"}
+        third = await connect(server)
+        await asyncio.wait_for(third.closed.wait(), 5)
+        await third.close()
+        assert "--max-connections 2 reached" in caplog.text
+    finally:
+        await first.close()
+    for _ in range(100):  # the freed slot is served again
+        if len(server.ctx.connections) < 2:
+            break
+        await asyncio.sleep(0.02)
+    async with await connect(server) as again:
+        assert (await again.request("GET", "/scope")).status == 200
+    await second.close()

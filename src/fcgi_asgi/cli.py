@@ -146,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         "OVERLOADED (default: %(default)s)",
     )
     limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=0,
+        metavar="N",
+        help="connections served at once by one process; more are closed at once and "
+        "logged, so a web server with other backends tries another (default: 0, no limit)",
+    )
+    limits.add_argument(
         "--max-concurrent-requests",
         type=int,
         default=0,
@@ -259,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_params_size=args.max_params_size,
             max_requests_per_connection=args.max_requests_per_connection,
             max_concurrent_requests=args.max_concurrent_requests,
+            max_connections=args.max_connections,
             params_timeout=args.params_timeout,
             keepalive_timeout=args.keepalive_timeout,
             request_timeout=args.request_timeout,

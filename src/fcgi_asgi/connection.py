@@ -121,6 +121,23 @@ class FastCGIConnection(asyncio.Protocol):
             self.peer = str(peer)
         else:
             self.peer = "unix"
+        limit = self.config.max_connections
+        if limit and len(ctx.connections) >= limit:
+            # Closed rather than left waiting: a web server with several
+            # backends (nginx fastcgi_next_upstream) then tries another one.
+            ctx.refused_connections += 1
+            now = self.loop.time()
+            if now - ctx.last_refusal_log >= 1.0:
+                ctx.last_refusal_log = now
+                logger.warning(
+                    "refused connection from %s: --max-connections %d reached (%d refused so far)",
+                    self.peer,
+                    limit,
+                    ctx.refused_connections,
+                )
+            self.closing = True
+            transport.abort()
+            return
         size = self.config.write_buffer_size
         transport.set_write_buffer_limits(high=size, low=size // 4)
         ctx.connections.add(self)

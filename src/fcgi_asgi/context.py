@@ -36,6 +36,9 @@ class ServerContext:
     connections: set[FastCGIConnection] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     stats: WorkerStats = field(default_factory=WorkerStats)
+    #: Connections closed at once because --max-connections was reached.
+    refused_connections: int = 0
+    last_refusal_log: float = float("-inf")
     allow: AllowList = field(init=False)
     access_format: AccessLogFormat | None = field(init=False)
     #: Paths the gateway answers itself (status, ping); empty when none are set.
