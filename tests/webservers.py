@@ -151,7 +151,8 @@ class Gateway(Process):
         self.port: int | None = free_port() if tcp else None
         argv = [sys.executable, "-m", "fcgi_asgi", *gateway_args(app)]
         if self.socket is not None:
-            argv += ["--socket", self.socket]
+            # Web-server workers run unprivileged: let them connect.
+            argv += ["--socket", self.socket, "--socket-mode", "0666"]
         else:
             argv += ["--host", "127.0.0.1", "--port", str(self.port)]
         if root_path is not None:
@@ -167,8 +168,6 @@ class Gateway(Process):
                 if self.socket is not None:
                     with socket.socket(socket.AF_UNIX) as s:
                         s.connect(self.socket)
-                    # Web-server workers run unprivileged: let them connect.
-                    os.chmod(self.socket, 0o666)
                 else:
                     socket.create_connection(("127.0.0.1", self.port or 0), 1).close()
                 return
