@@ -1,6 +1,6 @@
 """The smallest ASGI app: answers every request with "Hello, world!".
 
-    fcgi-asgi examples.hello:app --socket /tmp/hello.sock
+fcgi-asgi examples.hello:app --socket /tmp/hello.sock
 """
 
 

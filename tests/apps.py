@@ -11,6 +11,11 @@ from typing import Any
 EVENTS: dict[str, Any] = {}
 
 
+def stream_chunk(i: int, size: int) -> bytes:
+    """Chunk ``i`` of /stream: distinct per index so reordering or loss shows."""
+    return bytes((i % 251,)) * size
+
+
 async def _respond(send: Any, status: int, body: bytes, ctype: bytes = b"text/plain") -> None:
     await send(
         {
@@ -81,9 +86,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         EVENTS["stream_sent"] = 0
         EVENTS["stream_disconnected"] = False
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        chunk = b"x" * size
         try:
-            for _ in range(count):
+            for i in range(count):
+                chunk = stream_chunk(i, size)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 EVENTS["stream_sent"] += size
             await send({"type": "http.response.body", "body": b""})

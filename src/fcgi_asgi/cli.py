@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .allowlist import parse_web_server_addrs
 from .config import Config, ConfigError
 from .lifespan import LifespanFailure
 from .listeners import ListenError
 from .server import run
+from .supervisor import needs_supervisor, supervise
 
 __all__ = ["build_parser", "main"]
 
@@ -25,8 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve an ASGI 3 application over FastCGI, behind nginx, lighttpd, "
         "Apache httpd, Caddy or h2o.",
         epilog="Run 'fcgi-asgi request --help' for the FastCGI client sub-command. "
-        "With no --socket, --host/--port or --fd, a listening socket on fd 0 "
-        "(FCGI_LISTENSOCK_FILENO, as lighttpd's bin-path and spawn-fcgi provide) is used.",
+        "With no --socket, --host/--port or --fd, a socket passed by systemd socket "
+        "activation (LISTEN_FDS) or a listening socket on fd 0 (FCGI_LISTENSOCK_FILENO, "
+        "as lighttpd's bin-path and spawn-fcgi provide) is used. With --workers N, SIGHUP "
+        "reloads the app and SIGTTIN/SIGTTOU add or remove a worker.",
     )
     p.add_argument("app", metavar="APP", help='the ASGI app as "module:attribute"')
     where = p.add_argument_group("where to listen")
@@ -39,6 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=2048,
         help="listen backlog, capped by the kernel's somaxconn (default: %(default)s)",
+    )
+    where.add_argument(
+        "--socket-mode",
+        type=_octal,
+        metavar="MODE",
+        help="permissions of the --socket file, in octal, e.g. 0660",
+    )
+    where.add_argument(
+        "--socket-owner",
+        metavar="USER[:GROUP]",
+        help="owner of the --socket file (default: --user/--group when given)",
     )
     app = p.add_argument_group("the application")
     app.add_argument(
@@ -85,6 +101,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, how long running requests may take to finish "
         "before they are cancelled (default: %(default)s)",
     )
+    procs = p.add_argument_group("processes")
+    procs.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes sharing the socket, under a supervisor that "
+        "respawns them and reloads on SIGHUP (default: none, the gateway serves in "
+        "one process that ignores SIGHUP)",
+    )
+    procs.add_argument(
+        "--max-requests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="replace a worker after about N requests; 0 never (default: %(default)s)",
+    )
+    procs.add_argument(
+        "--max-requests-jitter",
+        type=int,
+        default=0,
+        metavar="J",
+        help="add a random 0..J to --max-requests per worker (default: %(default)s)",
+    )
+    procs.add_argument("--user", help="run the app as this user after binding (needs root)")
+    procs.add_argument(
+        "--group", help="run the app as this group (default: the --user's group; needs root)"
+    )
     limits = p.add_argument_group("limits")
     limits.add_argument(
         "--max-params-size",
@@ -101,8 +145,86 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests multiplexed on one connection at once; more get "
         "OVERLOADED (default: %(default)s)",
     )
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=0,
+        metavar="N",
+        help="connections served at once by one process; more are closed at once and "
+        "logged, so a web server with other backends tries another (default: 0, no limit)",
+    )
+    limits.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="requests running at once in this process; more get OVERLOADED at once "
+        "instead of queueing (default: 0, no limit)",
+    )
+    limits.add_argument(
+        "--params-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a peer that opens a connection or request and does not finish sending its "
+        "PARAMS within this time is dropped (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=75.0,
+        metavar="SECONDS",
+        help="close keep-conn connections idle this long (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--request-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="cancel an app still running a request after this long; the client gets 504 "
+        "if nothing was sent yet (default: no limit)",
+    )
+    access = p.add_argument_group("access and observability")
+    access.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="ADDR[/PREFIX]",
+        help="only these peers may connect over TCP (repeatable; adds to "
+        "FCGI_WEB_SERVER_ADDRS); others are closed at once and logged",
+    )
+    access.add_argument(
+        "--access-log-format",
+        metavar="FORMAT",
+        help="access log line, a Python format over fields such as {client} {method} "
+        "{target} {status} {bytes} {duration_ms} (see README)",
+    )
+    access.add_argument(
+        "--status-path",
+        metavar="PATH",
+        help="path the gateway answers itself with its status, e.g. /fcgi-status",
+    )
+    access.add_argument(
+        "--ping-path",
+        metavar="PATH",
+        help="path the gateway answers itself with 200 'pong', e.g. /fcgi-ping",
+    )
+    access.add_argument(
+        "--slow-request-threshold",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="requests slower than this count as slow on the status page (default: %(default)s)",
+    )
     p.add_argument("--version", action="version", version=f"fcgi-asgi {__version__}")
     return p
+
+
+def _octal(value: str) -> int:
+    try:
+        return int(value, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal mode: {value!r}") from None
 
 
 def configure_logging(level: str) -> None:
@@ -144,12 +266,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout_graceful_shutdown=args.timeout_graceful_shutdown,
             max_params_size=args.max_params_size,
             max_requests_per_connection=args.max_requests_per_connection,
+            max_concurrent_requests=args.max_concurrent_requests,
+            max_connections=args.max_connections,
+            params_timeout=args.params_timeout,
+            keepalive_timeout=args.keepalive_timeout,
+            request_timeout=args.request_timeout,
+            allow=(
+                *parse_web_server_addrs(os.environ.get("FCGI_WEB_SERVER_ADDRS", "")),
+                *args.allow,
+            ),
+            access_log_format=args.access_log_format,
+            status_path=args.status_path,
+            ping_path=args.ping_path,
+            slow_request_threshold=args.slow_request_threshold,
+            workers=1 if args.workers is None else args.workers,
+            supervise=args.workers is not None,
+            max_requests=args.max_requests,
+            max_requests_jitter=args.max_requests_jitter,
+            socket_mode=args.socket_mode,
+            socket_owner=args.socket_owner,
+            user=args.user,
+            group=args.group,
         )
         if config.loop == "uvloop":
             try:
                 import uvloop  # noqa: F401
             except ImportError:
                 raise ConfigError("--loop uvloop: uvloop is not installed") from None
+        if needs_supervisor(config):
+            # The supervisor never imports the app: each worker does, so
+            # that a reload (SIGHUP) runs the new code.
+            return supervise(config)
         app = config.load()  # fail before binding anything
         run(app, config=config)
     except (ConfigError, ListenError, LifespanFailure) as exc:

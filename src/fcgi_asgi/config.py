@@ -73,6 +73,40 @@ class Config:
     stdin_linger: float = 5.0
     #: Seconds running requests get to finish on shutdown before they are cancelled.
     timeout_graceful_shutdown: float = 30.0
+    #: Peers (IP addresses or networks) allowed to connect over TCP; empty allows all.
+    allow: tuple[str, ...] = ()
+    #: Requests running at once in this process; more get OVERLOADED. 0 means no limit.
+    max_concurrent_requests: int = 0
+    #: Seconds a peer has to send a complete BEGIN_REQUEST + PARAMS (slowloris guard).
+    params_timeout: float = 10.0
+    #: Seconds an idle keep-conn connection stays open.
+    keepalive_timeout: float = 75.0
+    #: Seconds an app may take for one request before it is cancelled (504). None: no limit.
+    request_timeout: float | None = None
+    #: Requests taking longer than this many seconds count as slow on the status page.
+    slow_request_threshold: float = 5.0
+    #: Path answered by the gateway itself with its status (like php-fpm's pm.status_path).
+    status_path: str | None = None
+    #: Path answered by the gateway itself with 200 "pong" (like php-fpm's ping.path).
+    ping_path: str | None = None
+    #: Access log line format (see README); None is the default format.
+    access_log_format: str | None = None
+    #: Worker processes; more than 1 (or max_requests, user, group) runs a supervisor.
+    workers: int = 1
+    #: Run under the supervisor even with one worker (``--workers`` given), so
+    #: that SIGHUP reloads and a crashed worker is respawned.
+    supervise: bool = False
+    #: Requests a worker serves before it is replaced (0: never).
+    max_requests: int = 0
+    #: A random 0..J added to max_requests per worker, so workers do not recycle together.
+    max_requests_jitter: int = 0
+    #: Permission bits for the unix socket file (e.g. 0o660); None keeps the umask's.
+    socket_mode: int | None = None
+    #: ``USER[:GROUP]`` (or ``:GROUP``) to own the unix socket file.
+    socket_owner: str | None = None
+    #: User and group the app runs as, after binding (needs root).
+    user: str | None = None
+    group: str | None = None
     #: Extra keys for tests and embedders; not read by the gateway.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -100,6 +134,33 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer")
+        for name in ("max_concurrent_requests", "max_connections"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 (no limit) or more")
+        for name in ("params_timeout", "keepalive_timeout", "slow_request_threshold"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be more than 0 seconds")
+        if self.request_timeout is not None and self.request_timeout <= 0:
+            raise ConfigError("--request-timeout must be more than 0 seconds")
+        for name in ("status_path", "ping_path"):
+            value = getattr(self, name)
+            if value is not None and not value.startswith("/"):
+                raise ConfigError(f"--{name.replace('_', '-')} must start with '/', not {value!r}")
+        if self.access_log_format is not None:
+            from .accesslog import AccessLogFormat
+
+            AccessLogFormat(self.access_log_format)  # raises ConfigError when malformed
+        self.allow = tuple(self.allow)
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError("--workers must be a positive integer")
+        for name in ("max_requests", "max_requests_jitter"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or a positive integer")
+        if self.socket_mode is not None and not 0 <= self.socket_mode <= 0o777:
+            raise ConfigError(f"--socket-mode must be octal 0-777, not {self.socket_mode:o}")
+        if (self.socket_mode is not None or self.socket_owner) and self.socket is None:
+            raise ConfigError("--socket-mode and --socket-owner apply to --socket only")
         if self.root_path is not None:
             if self.root_path and not self.root_path.startswith("/"):
                 raise ConfigError(f"--root-path must start with '/', not {self.root_path!r}")

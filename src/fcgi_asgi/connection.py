@@ -70,23 +70,36 @@ class FastCGIConnection(asyncio.Protocol):
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self.config = ctx.config
-        self.access_log = ctx.config.access_log
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = "-"
         self.requests: dict[int, RequestCycle] = {}
+        #: BEGIN_REQUESTs seen; 0 means the web server has not sent a request yet.
+        self.requests_begun = 0
         self.write_paused = False
         self.closing = False
         self._reader = RecordReader()
         self._writable: asyncio.Event | None = None
-        self._read_paused = False
+        # Reading pauses for either of two reasons: too much unread request body,
+        # or a peer that keeps sending while it reads none of what we write
+        # (replies to GET_VALUES or refused requests must not pile up).
+        self._reading_paused = False
+        self._paused_for_body = False
+        self._paused_for_write = False
         self._body_buffered = 0
+        self._params_buffered = 0
         # A finished request without FCGI_KEEP_CONN: the connection closes once
         # that request's STDIN has ended (Apache answers 503 if we close early).
         self._linger_id: int | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
-        # Set on EOF from the peer or on server shutdown: close once idle.
+        # Set on server shutdown: close once idle.
         self._close_when_idle = False
+        # Timeout bookkeeping, read by check_timeouts() about once a second:
+        # since when the connection has had no request, whether it has served
+        # any (keep-alive idle) and since when a BEGIN_REQUEST waits for PARAMS.
+        self._idle_since: float | None = self.loop.time()
+        self._served_any = False
+        self._params_since: float | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -94,16 +107,41 @@ class FastCGIConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport; same interface.
         self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
+        ctx = self.ctx
+        ctx.stats.accepted_connections += 1
         if isinstance(peer, tuple):
             self.peer = f"{peer[0]}:{peer[1]}"
+            if ctx.allow and not ctx.allow.allows(peer[0]):
+                logger.warning(
+                    "refused connection from %s: not in the allow list (%s)", self.peer, ctx.allow
+                )
+                self.closing = True
+                transport.abort()
+                return
         elif peer:
             self.peer = str(peer)
         else:
             self.peer = "unix"
+        limit = self.config.max_connections
+        if limit and len(ctx.connections) >= limit:
+            # Closed rather than left waiting: a web server with several
+            # backends (nginx fastcgi_next_upstream) then tries another one.
+            ctx.refused_connections += 1
+            now = self.loop.time()
+            if now - ctx.last_refusal_log >= 1.0:
+                ctx.last_refusal_log = now
+                logger.warning(
+                    "refused connection from %s: --max-connections %d reached (%d refused so far)",
+                    self.peer,
+                    limit,
+                    ctx.refused_connections,
+                )
+            self.closing = True
+            transport.abort()
+            return
         size = self.config.write_buffer_size
         transport.set_write_buffer_limits(high=size, low=size // 4)
-        self.ctx.connections.add(self)
-        self.ctx.connections_accepted += 1
+        ctx.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -129,6 +167,9 @@ class FastCGIConnection(asyncio.Protocol):
         self.write_paused = False
         if self._writable is not None:
             self._writable.set()
+        if self._paused_for_write:
+            self._paused_for_write = False
+            self._update_reading()
 
     def eof_received(self) -> bool | None:
         # Web servers abort requests by closing the connection; none half-closes
@@ -172,6 +213,18 @@ class FastCGIConnection(asyncio.Protocol):
                     raise ProtocolError(f"unexpected {name} record for request id {rid}")
         except ProtocolError as exc:
             self.fail(f"FastCGI protocol error from {self.peer}: {exc}")
+            return
+        # Streaming responses keep the write buffer near its high-water mark;
+        # far above it, the peer is not reading: stop taking more work from it.
+        # (Pausing at the mark itself would starve reads, and so ABORT_REQUEST,
+        # while a fast app streams to a slow reader.)
+        if (
+            self.write_paused
+            and self.transport is not None
+            and self.transport.get_write_buffer_size() > 4 * self.config.write_buffer_size
+        ):
+            self._paused_for_write = True
+            self._update_reading()
 
     # -- records ------------------------------------------------------------------
 
@@ -197,6 +250,7 @@ class FastCGIConnection(asyncio.Protocol):
         except MalformedRecord as exc:
             raise ProtocolError(str(exc)) from None
         keep_conn = bool(flags & KEEP_CONN)
+        self.requests_begun += 1
         if role != RESPONDER:
             logger.warning(
                 "request id %d from %s asks for role %d; only RESPONDER (1) is served",
@@ -205,6 +259,17 @@ class FastCGIConnection(asyncio.Protocol):
                 role,
             )
             self._reject(rid, UNKNOWN_ROLE, keep_conn)
+        elif (
+            self.config.max_concurrent_requests
+            and len(self.ctx.tasks) >= self.config.max_concurrent_requests
+        ):
+            logger.warning(
+                "request id %d from %s refused: %d requests already run in this process",
+                rid,
+                self.peer,
+                len(self.ctx.tasks),
+            )
+            self._reject(rid, OVERLOADED, keep_conn)
         elif len(self.requests) >= self.config.max_requests_per_connection:
             logger.warning(
                 "request id %d from %s refused: %d requests already run on this connection",
@@ -219,6 +284,9 @@ class FastCGIConnection(asyncio.Protocol):
                     f"BEGIN_REQUEST for request id {rid} after a request without FCGI_KEEP_CONN"
                 )
             self.requests[rid] = RequestCycle(self, rid, keep_conn)
+            self._idle_since = None
+            if self._params_since is None:
+                self._params_since = self.loop.time()
 
     def _reject(self, rid: int, protocol_status: int, keep_conn: bool) -> None:
         self.write([encode_end_request(rid, 0, protocol_status)])
@@ -238,24 +306,39 @@ class FastCGIConnection(asyncio.Protocol):
             else:
                 params += content
             cycle.params = params
-            if len(params) > self.config.max_params_size:
+            self._params_buffered += len(content)
+            # The limit holds per request and for the connection as a whole, so
+            # many half-sent requests cannot add up to many times the limit.
+            if self._params_buffered > self.config.max_params_size:
                 raise ParamsTooLarge(
                     f"PARAMS for request id {cycle.request_id} exceed "
                     f"{self.config.max_params_size} bytes"
+                    + (
+                        " (with the connection's other pending requests)"
+                        if len(params) < self._params_buffered
+                        else ""
+                    )
                 )
             return
         cycle.params = None
-        scope = build_scope(
-            decode_params(params),
-            self.config.root_path,
-            self.ctx.state,
-            _EXTENSIONS,
-        )
+        self._params_buffered -= len(params)
+        if self._params_since is not None and all(c.params is None for c in self.requests.values()):
+            self._params_since = None
+        ctx = self.ctx
+        scope = build_scope(decode_params(params), self.config.root_path, ctx.state, _EXTENSIONS)
         cycle.scope = scope
+        if ctx.internal_paths and scope["path"] in ctx.internal_paths:
+            cycle.answer_internal()
+            return
+        tasks = ctx.tasks
         # The cycle takes its task out of ctx.tasks when it ends, which costs
         # less than a done callback (one loop callback fewer per request).
-        cycle.task = task = self.loop.create_task(cycle.run(self.ctx.app, scope))
-        self.ctx.tasks.add(task)
+        cycle.task = task = self.loop.create_task(cycle.run(ctx.app, scope))
+        tasks.add(task)
+        if len(tasks) > ctx.stats.max_active_requests:
+            ctx.stats.max_active_requests = len(tasks)
+        if self.config.request_timeout is not None:
+            cycle.set_timeout(task, self.config.request_timeout)
 
     # -- called by request cycles --------------------------------------------------
 
@@ -266,10 +349,16 @@ class FastCGIConnection(asyncio.Protocol):
             return
         if len(pieces) == 1:
             transport.write(pieces[0])
-        elif len(pieces) <= 4:
-            transport.write(b"".join(pieces))
+        elif len(pieces) <= 4 and sum(map(len, pieces)) <= 16384:
+            transport.write(b"".join(pieces))  # one small write beats writelines' bookkeeping
         else:
             transport.writelines(pieces)
+
+    @property
+    def writable(self) -> bool:
+        """False once nothing written can reach the peer any more."""
+        transport = self.transport
+        return transport is not None and not self.closing and not transport.is_closing()
 
     async def drain(self) -> None:
         """Wait until the transport accepts writes again (or the connection is gone)."""
@@ -279,31 +368,41 @@ class FastCGIConnection(asyncio.Protocol):
     def body_buffered(self, n: int) -> None:
         """Count unread request body; pause reading above the configured size."""
         self._body_buffered += n
-        if (
-            not self._read_paused
-            and self._body_buffered > self.config.read_buffer_size
-            and self.transport is not None
-        ):
-            self._read_paused = True
-            self.transport.pause_reading()
+        if not self._paused_for_body and self._body_buffered > self.config.read_buffer_size:
+            self._paused_for_body = True
+            self._update_reading()
 
     def body_consumed(self, n: int) -> None:
         """The app read (or the gateway dropped) ``n`` bytes of request body."""
         self._body_buffered -= n
-        if self._read_paused and self._body_buffered <= self.config.read_buffer_size // 2:
-            self._resume_reading()
+        if self._paused_for_body and self._body_buffered <= self.config.read_buffer_size // 2:
+            self._paused_for_body = False
+            self._update_reading()
 
-    def _resume_reading(self) -> None:
-        self._read_paused = False
-        if self.transport is not None and not self.closing:
+    def _update_reading(self) -> None:
+        pause = self._paused_for_body or self._paused_for_write
+        if pause == self._reading_paused or self.transport is None or self.closing:
+            return
+        self._reading_paused = pause
+        if pause:
+            self.transport.pause_reading()
+        else:
             self.transport.resume_reading()
 
     def request_ended(self, cycle: RequestCycle) -> None:
         """The cycle wrote its END_REQUEST: free the id, close if not keep-conn."""
         cycle.ended = True
-        self.ctx.requests_served += 1
+        self.ctx.stats.requests_served += 1
         if self.requests.get(cycle.request_id) is cycle:
             del self.requests[cycle.request_id]
+        if cycle.params is not None:  # aborted before its PARAMS ended
+            self._params_buffered -= len(cycle.params)
+            cycle.params = None
+            if all(c.params is None for c in self.requests.values()):
+                self._params_since = None
+        if not self.requests:
+            self._idle_since = self.loop.time()
+            self._served_any = True
         if not cycle.keep_conn:
             if cycle.stdin_done:
                 self._close()
@@ -328,7 +427,7 @@ class FastCGIConnection(asyncio.Protocol):
             self.write(
                 [encode_record(STDOUT, cycle.request_id), encode_end_request(cycle.request_id, 1)]
             )
-            self.ctx.requests_served += 1
+            self.ctx.stats.requests_served += 1
             if not cycle.keep_conn:
                 self._close()
         else:
@@ -348,9 +447,32 @@ class FastCGIConnection(asyncio.Protocol):
 
     def _linger(self, rid: int) -> None:
         self._linger_id = rid
-        if self._read_paused:
-            self._resume_reading()
+        if self._paused_for_body:
+            self._paused_for_body = False
+            self._update_reading()
         self._linger_timer = self.loop.call_later(self.config.stdin_linger, self._close)
+
+    def check_timeouts(self, now: float) -> None:
+        """Drop a peer stalling on PARAMS; close a keep-conn connection idle too long."""
+        if self.closing:
+            return
+        config = self.config
+        since = self._params_since
+        if since is not None and now - since > config.params_timeout:
+            self.fail(
+                f"{self.peer} sent no complete PARAMS within {config.params_timeout:g} s "
+                "(stalled or slow peer)"
+            )
+        elif self._idle_since is not None and not self.requests:
+            limit = config.keepalive_timeout if self._served_any else config.params_timeout
+            if now - self._idle_since > limit:
+                if self._served_any:
+                    logger.debug("closing connection from %s idle for %g s", self.peer, limit)
+                else:
+                    logger.warning(
+                        "dropping connection from %s: no request within %g s", self.peer, limit
+                    )
+                self._close()
 
     # -- closing ------------------------------------------------------------------
 
@@ -377,7 +499,13 @@ class FastCGIConnection(asyncio.Protocol):
         self._close()
 
     def shutdown(self) -> None:
-        """Close now if idle; otherwise close once the running requests end."""
+        """Close now if idle; otherwise close once the running requests end.
+
+        A connection that has not begun a request yet stays open: the web
+        server has likely written one that is not read yet (the server's
+        drain closes it after a grace). One lingering for the rest of a
+        finished request's STDIN closes when that ends, as usual.
+        """
         self._close_when_idle = True
-        if not self.requests:
+        if not self.requests and self.requests_begun and self._linger_id is None:
             self._close()

@@ -36,15 +36,22 @@ _STATUS_LINES: dict[int, bytes] = {
 # record, at the cost of copying a few KiB; larger bodies are sliced instead.
 _COALESCE_LIMIT = 16 << 10
 _READ_CHUNK = 256 << 10
+_YIELD_EVERY = 512 << 10
 
 _GONE = "the web server aborted the request or closed the connection"
 _DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
-_ERROR_BODY = b"Internal Server Error"
-_ERROR_HEAD = (
-    b"Status: 500 Internal Server Error\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: %d\r\n\r\n" % len(_ERROR_BODY)
-)
+
+
+def _error_page(status: HTTPStatus) -> bytes:
+    body = status.phrase.encode()
+    return (
+        b"Status: %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (status.value, body, len(body), body)
+    )
+
+
+# Whole CGI responses for the errors the gateway answers itself; never a traceback.
+_ERROR_PAGES = {s.value: _error_page(s) for s in (HTTPStatus(500), HTTPStatus(504))}
 
 # The records that close a request: an empty STDOUT then END_REQUEST. Request
 # ids repeat (web servers always use 1), so each tail is built once.
@@ -122,10 +129,13 @@ class RequestCycle:
         "_final_sent",
         "_head",
         "_stdout_sent",
+        "_timeout",
+        "_unyielded",
         "_waiter",
         "app_error",
         "body",
         "body_size",
+        "bytes_sent",
         "conn",
         "disconnected",
         "ended",
@@ -135,9 +145,11 @@ class RequestCycle:
         "response_complete",
         "response_started",
         "scope",
+        "started",
         "status",
         "stdin_done",
         "task",
+        "timed_out",
     )
 
     def __init__(self, conn: FastCGIConnection, request_id: int, keep_conn: bool) -> None:
@@ -157,6 +169,11 @@ class RequestCycle:
         self.ended = False
         self.status = 0
         self.app_error: str | None = None
+        self.started = conn.loop.time()
+        self.bytes_sent = 0
+        self.timed_out = False
+        self._timeout: asyncio.TimerHandle | None = None
+        self._unyielded = 0
         self._head: bytes | None = None
         self._stdout_sent = False
         self._final_sent = False
@@ -214,8 +231,17 @@ class RequestCycle:
         except Exception as exc:
             self._app_failed(f"Exception in ASGI application: {type(exc).__name__}: {exc}", exc)
         except asyncio.CancelledError:
-            self._app_failed("ASGI application cancelled", None)
-            raise
+            if self.timed_out:
+                # Our own --request-timeout: the worker goes on, the client gets a 504.
+                self._app_failed(
+                    f"request timed out after {self.conn.config.request_timeout:g} s; "
+                    "ASGI application cancelled",
+                    None,
+                    status=504,
+                )
+            else:
+                self._app_failed("ASGI application cancelled", None)
+                raise
         else:
             if self.app_error is not None:
                 self._app_failed(self.app_error, None)
@@ -226,12 +252,54 @@ class RequestCycle:
                 self._app_failed("ASGI application returned without completing the response", None)
         finally:
             self._drop_body()
-            if self.conn.access_log and self.response_complete:
-                self._log_access()
+            if self._timeout is not None:
+                self._timeout.cancel()
+            duration = self.conn.loop.time() - self.started
+            ctx = self.conn.ctx
+            if duration > self.conn.config.slow_request_threshold:
+                ctx.stats.slow_requests += 1
+            if ctx.access_format is not None and self.response_complete and self.scope:
+                access_logger.info(
+                    "%s",
+                    ctx.access_format.render(
+                        self.scope, self.status, self.bytes_sent, duration, self.request_id
+                    ),
+                )
             if self.task is not None:
-                self.conn.ctx.tasks.discard(self.task)
+                ctx.tasks.discard(self.task)
 
-    def _app_failed(self, message: str, exc: BaseException | None) -> None:
+    def set_timeout(self, task: asyncio.Task[None], seconds: float) -> None:
+        """Cancel ``task`` (this request's app) after ``seconds``."""
+
+        def expire() -> None:
+            if not task.done():
+                self.timed_out = True
+                task.cancel()
+
+        self._timeout = self.conn.loop.call_later(seconds, expire)
+
+    def answer_internal(self) -> None:
+        """Answer the gateway's own ping or status path, without the app."""
+        from .status import render_status
+
+        conn = self.conn
+        assert self.scope is not None
+        if self.scope["path"] == conn.config.ping_path:
+            ctype, body = b"text/plain", b"pong"
+        else:
+            ctype, body = render_status(conn.ctx.all_workers(), conn.ctx.listen, self.scope)
+        head = (
+            b"Status: 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+            b"Cache-Control: no-store\r\n\r\n" % (ctype, len(body))
+        )
+        self.status = 200
+        self.response_started = self.response_complete = True
+        conn.write(
+            [*encode_stream(STDOUT, self.request_id, head + body), end_records(self.request_id)]
+        )
+        conn.request_ended(self)
+
+    def _app_failed(self, message: str, exc: BaseException | None, status: int = 500) -> None:
         log = logger.error if exc is not None or not self.disconnected else logger.debug
         log(
             "%s (request id %d, %s %s)",
@@ -244,13 +312,13 @@ class RequestCycle:
         if self.ended:
             return
         if not self._stdout_sent and not self.disconnected:
-            # Nothing reached the web server yet: answer a plain 500 instead.
+            # Nothing reached the web server yet: answer a plain error instead.
             self._head = None
             self.response_started = self.response_complete = True
-            self.status = 500
+            self.status = status
             self.conn.write(
                 [
-                    encode_record(STDOUT, self.request_id, _ERROR_HEAD + _ERROR_BODY),
+                    encode_record(STDOUT, self.request_id, _ERROR_PAGES[status]),
                     end_records(self.request_id),
                 ]
             )
@@ -258,22 +326,6 @@ class RequestCycle:
         else:
             self.response_complete = True
             self.conn.request_failed(self)
-
-    def _log_access(self) -> None:
-        scope = self.scope
-        if scope is None:
-            return
-        client = scope["client"]
-        qs = scope["query_string"]
-        access_logger.info(
-            '%s - "%s %s%s HTTP/%s" %d',
-            f"{client[0]}:{client[1]}" if client else "-",
-            scope["method"],
-            scope["path"],
-            "?" + qs.decode("latin-1") if qs else "",
-            scope["http_version"],
-            self.status,
-        )
 
     async def receive(self) -> dict[str, Any]:
         """ASGI ``receive``: body chunks as they arrive, then ``http.disconnect``."""
@@ -352,6 +404,7 @@ class RequestCycle:
             body = bytes(body)
         if self.disconnected:
             raise ClientDisconnected(_GONE)
+        self.bytes_sent += len(body)
         rid = self.request_id
         head = self._head
         if head is not None:
@@ -379,12 +432,27 @@ class RequestCycle:
             if not self._expect_trailers:
                 self._finish(pieces)
                 return
+        conn = self.conn
         if pieces:
-            self.conn.write(pieces)
-        if self.conn.write_paused:
-            await self.conn.drain()
+            if not conn.writable:
+                # The connection is going away; connection_lost will follow.
+                raise ClientDisconnected(_GONE)
+            conn.write(pieces)
+        if conn.write_paused:
+            await conn.drain()
             if self.disconnected:
                 raise ClientDisconnected(_GONE)
+            self._unyielded = 0
+        else:
+            # A peer that reads as fast as the app writes never pauses us, and
+            # send() would never suspend: let other tasks and I/O callbacks run
+            # (a lost connection is only noticed that way) every few hundred KiB.
+            self._unyielded += len(body)
+            if self._unyielded > _YIELD_EVERY:
+                self._unyielded = 0
+                await asyncio.sleep(0)
+                if self.disconnected:
+                    raise ClientDisconnected(_GONE)
 
     def _finish(self, pieces: list[bytes | memoryview]) -> None:
         pieces.append(end_records(self.request_id))

@@ -1,5 +1,9 @@
 """Creating listening sockets: unix paths, TCP, inherited file descriptors.
 
+:func:`open_listener` picks one from the options: ``--socket``, ``--host``/
+``--port``, ``--fd``, then sockets passed by systemd socket activation
+(``LISTEN_FDS``/``LISTEN_PID``), then a listening socket on fd 0.
+
 Each failure a user can cause (a path held by a live server, a path that is
 not a socket, an unwritable directory, a port in use) becomes a
 :class:`ListenError` with a one-line message that says what to do.
@@ -9,10 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import socket
 import stat
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .privileges import Identity, SocketOwner, parse_socket_owner
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = [
     "FCGI_LISTENSOCK_FILENO",
@@ -23,9 +34,15 @@ __all__ = [
     "effective_backlog",
     "from_fd",
     "is_listening_socket",
+    "open_listener",
+    "systemd_listen_fds",
 ]
 
 FCGI_LISTENSOCK_FILENO = 0
+#: The first file descriptor systemd passes (SD_LISTEN_FDS_START).
+SD_LISTEN_FDS_START = 3
+
+logger = logging.getLogger("fcgi_asgi.error")
 
 
 class ListenError(OSError):
@@ -90,12 +107,15 @@ def _socket_in_use(path: str) -> bool:
     return True
 
 
-def bind_unix(path: str, backlog: int) -> Listener:
+def bind_unix(
+    path: str, backlog: int, mode: int | None = None, owner: SocketOwner | None = None
+) -> Listener:
     """Bind and listen on a unix socket at ``path``.
 
     A stale socket file (nobody accepts on it) is replaced; a socket that a
     live server accepts on, or a path that is not a socket, is left alone
-    and reported.
+    and reported. ``mode`` and ``owner`` are applied to the file before
+    ``listen()``, so no client can connect while it has the umask's bits.
     """
     try:
         st = os.lstat(path)
@@ -130,9 +150,22 @@ def bind_unix(path: str, backlog: int) -> Listener:
             msg = f"cannot create socket {path}: {exc.strerror}"
         raise ListenError(exc.errno, msg) from None
     st = os.lstat(path)
+    listener = Listener(sock, path=path, file_id=(st.st_dev, st.st_ino))
+    try:
+        if owner is not None:
+            os.chown(path, owner.uid, owner.gid)
+        if mode is not None:
+            os.chmod(path, mode)
+    except OSError as exc:
+        sock.close()
+        listener.remove_file()
+        what = "owner" if owner is not None and exc.errno == errno.EPERM else "mode or owner"
+        raise ListenError(
+            exc.errno, f"cannot set the {what} of socket {path}: {exc.strerror}"
+        ) from None
     sock.listen(backlog)
     sock.setblocking(False)
-    return Listener(sock, path=path, file_id=(st.st_dev, st.st_ino))
+    return listener
 
 
 def bind_tcp(host: str, port: int, backlog: int) -> Listener:
@@ -190,3 +223,72 @@ def from_fd(fd: int, backlog: int) -> Listener:
     sock.listen(backlog)
     sock.setblocking(False)
     return Listener(sock)
+
+
+def systemd_listen_fds() -> list[int]:
+    """File descriptors passed to this process by systemd socket activation.
+
+    Reads ``LISTEN_PID``/``LISTEN_FDS`` (as ``sd_listen_fds(3)`` does) and
+    removes them, with ``LISTEN_FDNAMES``, from the environment so that the
+    app's own child processes do not take the sockets for theirs.
+    """
+    pid = os.environ.pop("LISTEN_PID", None)
+    count = os.environ.pop("LISTEN_FDS", None)
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if pid is None or count is None:
+        return []
+    try:
+        if int(pid) != os.getpid():
+            return []
+        n = int(count)
+    except ValueError:
+        return []
+    fds = list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + max(n, 0)))
+    for fd in fds:
+        # sd_listen_fds sets close-on-exec: the sockets are ours, not the app's children's.
+        with contextlib.suppress(OSError):
+            os.set_inheritable(fd, False)
+    return fds
+
+
+def open_listener(config: Config, identity: Identity | None = None) -> Listener:
+    """The listening socket the options ask for, bound and listening.
+
+    A ``--socket`` file gets ``--socket-mode`` and ``--socket-owner`` (by
+    default the ``identity`` the app will run as, when there is one).
+
+    Explicit options come first (``--socket``, ``--host/--port``, ``--fd``),
+    then a socket from systemd socket activation, then fd 0. Inherited
+    sockets are ``listen()``-ed again with ``config.backlog``: the backlog a
+    parent chose is often the small default.
+    """
+    backlog = effective_backlog(config.backlog)
+    activated = systemd_listen_fds()
+    explicit = config.socket is not None or config.port is not None or config.fd is not None
+    if activated and explicit:
+        logger.warning(
+            "ignoring %d socket(s) passed by systemd: a listener was given on the command line",
+            len(activated),
+        )
+    if config.socket is not None:
+        owner = parse_socket_owner(config.socket_owner, identity)
+        return bind_unix(config.socket, backlog, config.socket_mode, owner)
+    if config.port is not None:
+        return bind_tcp(config.listen_host, config.port, backlog)
+    if config.fd is not None:
+        return from_fd(config.fd, backlog)
+    if activated:
+        if len(activated) > 1:
+            raise ListenError(
+                errno.EINVAL,
+                f"systemd passed {len(activated)} sockets; the gateway serves one "
+                "(give the .socket unit a single Listen... line)",
+            )
+        return from_fd(activated[0], backlog)
+    if is_listening_socket(FCGI_LISTENSOCK_FILENO):
+        return from_fd(FCGI_LISTENSOCK_FILENO, backlog)
+    raise ListenError(
+        0,
+        "no listener: give --socket PATH or --host/--port, or start the gateway "
+        "with a listening socket on fd 0 or through systemd socket activation",
+    )

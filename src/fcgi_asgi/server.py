@@ -17,21 +17,16 @@ from typing import Any
 from .config import ASGIApp, Config
 from .connection import FastCGIConnection
 from .context import ServerContext
+from .draining import cut_remaining, drain, stop_accepting
 from .lifespan import Lifespan
-from .listeners import (
-    FCGI_LISTENSOCK_FILENO,
-    Listener,
-    ListenError,
-    bind_tcp,
-    bind_unix,
-    effective_backlog,
-    from_fd,
-    is_listening_socket,
-)
+from .listeners import Listener, effective_backlog, open_listener
+from .scoreboard import Scoreboard
 
 __all__ = ["FastCGIServer", "run", "start_server"]
 
 logger = logging.getLogger("fcgi_asgi.error")
+
+_SWEEP_INTERVAL = 1.0
 
 
 class FastCGIServer:
@@ -39,18 +34,26 @@ class FastCGIServer:
 
     Use it as an async context manager (``async with await start_server(...)``)
     and call :meth:`serve_forever`, or call :meth:`close` then
-    :meth:`wait_closed` yourself.
+    :meth:`wait_closed` yourself. A ``listener`` bound elsewhere (a worker
+    process gets its parent's) is served instead of one made from ``config``.
     """
 
-    def __init__(self, config: Config, app: ASGIApp | None = None) -> None:
+    def __init__(
+        self, config: Config, app: ASGIApp | None = None, *, listener: Listener | None = None
+    ) -> None:
         self.config = config
         self.app: ASGIApp | None = app
-        self.listener: Listener | None = None
+        self.listener: Listener | None = listener
         self.ctx: ServerContext | None = None
         self._server: asyncio.Server | None = None
         self._lifespan: Lifespan | None = None
         self._closed: asyncio.Event | None = None
+        self._abort: asyncio.Event | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        #: Set by a supervisor before start(): shared counters and this worker's slot.
+        self.scoreboard: Scoreboard | None = None
+        self.slot = 0
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -74,15 +77,23 @@ class FastCGIServer:
         config = self.config
         loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
+        self._abort = asyncio.Event()
         app = self.app if self.app is not None else config.load()
         self.app = app
         # Bind before lifespan startup so that a busy socket fails fast,
         # but accept only once the app is ready.
-        listener = self.listener = self._bind()
+        listener = self.listener = self.listener or self._bind()
         try:
             self._lifespan = Lifespan(app, config.lifespan)
             await self._lifespan.startup()
-            self.ctx = ServerContext(app=app, config=config, state=self._lifespan.state)
+            self.ctx = ServerContext(
+                app=app,
+                config=config,
+                state=self._lifespan.state,
+                listen=listener.describe(),
+                scoreboard=self.scoreboard,
+                slot=self.slot,
+            )
             ctx = self.ctx
 
             def factory() -> FastCGIConnection:
@@ -101,24 +112,23 @@ class FastCGIServer:
             listener.sock.close()
             listener.remove_file()
             raise
+        self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
         logger.info("fcgi-asgi serving on %s (backlog %d)", listener.describe(), backlog)
 
+    def _sweep(self) -> None:
+        # Once a second rather than a timer per connection or request: timeouts
+        # are coarse (seconds), and the hot path stays free of timer handles.
+        ctx = self.ctx
+        if ctx is None:
+            return
+        now = asyncio.get_running_loop().time()
+        for conn in list(ctx.connections):
+            conn.check_timeouts(now)
+        ctx.publish()
+        self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_INTERVAL, self._sweep)
+
     def _bind(self) -> Listener:
-        config = self.config
-        backlog = effective_backlog(config.backlog)
-        if config.socket is not None:
-            return bind_unix(config.socket, backlog)
-        if config.port is not None:
-            return bind_tcp(config.listen_host, config.port, backlog)
-        if config.fd is not None:
-            return from_fd(config.fd, backlog)
-        if is_listening_socket(FCGI_LISTENSOCK_FILENO):
-            return from_fd(FCGI_LISTENSOCK_FILENO, backlog)
-        raise ListenError(
-            0,
-            "no listener: give --socket PATH or --host/--port, or start the gateway "
-            "with a listening socket on fd 0",
-        )
+        return open_listener(self.config)
 
     async def serve_forever(self) -> None:
         """Serve until :meth:`close` is called (or the task is cancelled)."""
@@ -134,6 +144,16 @@ class FastCGIServer:
         """Ask the server to stop; :meth:`serve_forever` then returns."""
         if self._closed is not None:
             self._closed.set()
+
+    def abort(self) -> None:
+        """Stop gracefully but without waiting for running requests.
+
+        They see ``http.disconnect`` at once and are cancelled shortly after
+        (what a second SIGTERM does).
+        """
+        self.close()
+        if self._abort is not None:
+            self._abort.set()
 
     async def wait_closed(self) -> None:
         """Wait for a full shutdown started by :meth:`close` or :meth:`aclose`."""
@@ -156,26 +176,17 @@ class FastCGIServer:
         if self._closed is not None:
             self._closed.set()
         if self._server is not None:
-            self._server.close()
+            await stop_accepting(self._server)
         if self.listener is not None:
             self.listener.remove_file()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         ctx = self.ctx
         if ctx is not None:
-            for conn in list(ctx.connections):
-                conn.shutdown()
-            if ctx.tasks:
-                _, pending = await asyncio.wait(set(ctx.tasks), timeout=timeout)
-                if pending:
-                    logger.warning(
-                        "cancelling %d request(s) still running after %.1f s",
-                        len(pending),
-                        timeout,
-                    )
-                    for task in pending:
-                        task.cancel()
-                    await asyncio.wait(pending, timeout=5)
-            for conn in list(ctx.connections):
-                conn.fail_quietly()
+            abort = self._abort or asyncio.Event()
+            if not await drain(ctx, timeout, abort) and not abort.is_set():
+                logger.warning("graceful shutdown timed out after %.1f s", timeout)
+            await cut_remaining(ctx)
         if self._lifespan is not None:
             try:
                 await self._lifespan.shutdown()
@@ -265,14 +276,17 @@ async def _serve_until_signalled(server: FastCGIServer) -> None:
             logger.warning(
                 "received %s again, cancelling running requests", signal.Signals(signum).name
             )
-            if server.ctx is not None:
-                for task in list(server.ctx.tasks):
-                    task.cancel()
+            server.abort()
+
+    def on_hangup() -> None:
+        # Reloading needs fresh processes; dying on a reload signal would be worse.
+        logger.warning("received SIGHUP: ignored; run with --workers N to reload on SIGHUP")
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await server.serve_forever()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)

@@ -1,0 +1,442 @@
+"""The supervisor: the parent process of ``--workers N``.
+
+It binds the listening socket once, forks workers that serve it, and then
+only supervises. It runs no event loop and never imports the app, so each
+worker it forks imports the app afresh, which is what makes SIGHUP a reload.
+
+Signals it acts on:
+
+- SIGTERM, SIGINT: stop. Workers drain (see :mod:`fcgi_asgi.worker`) and the
+  supervisor removes the socket file and exits 0; a second signal (or
+  SIGQUIT) makes the workers cut running requests, and a worker still alive
+  after its deadline is killed.
+- SIGHUP: reload. New workers start; each old one is stopped (drained) once
+  a new one is ready to take its place, so the socket is always served.
+- SIGTTIN, SIGTTOU: one worker more, one fewer (never fewer than one).
+
+A worker that dies is replaced. One that dies before it is ready is retried
+with an exponential back-off; when no worker has ever started and one fails
+to load the app, the supervisor gives up and exits 1 (a broken app at
+deploy time is an error to report, not a loop to spin).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+
+from .config import Config
+from .listeners import Listener, open_listener
+from .privileges import Identity, resolve_identity
+from .scoreboard import Scoreboard
+from .worker import BOOT_ERROR, READY, RETIRE, WorkerSpec, run_worker
+
+__all__ = ["Supervisor", "needs_supervisor", "supervise"]
+
+logger = logging.getLogger("fcgi_asgi.error")
+
+#: First and longest delay before retrying a worker that failed to start.
+BACKOFF_FIRST = 0.25
+BACKOFF_MAX = 10.0
+#: Seconds a stopping worker gets beyond the graceful timeout (lifespan
+#: shutdown, cancelling) before it is killed.
+STOP_MARGIN = 10.0
+#: Seconds a worker gets after a second stop signal before it is killed.
+FORCE_MARGIN = 5.0
+
+_HANDLED = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+)
+
+
+def needs_supervisor(config: Config) -> bool:
+    """True when the options need worker processes under a supervisor.
+
+    ``--workers`` given at all (even 1: reload on SIGHUP, respawn on a crash),
+    recycling after max requests, and switching users (the supervisor keeps
+    root to remove the socket file; no app code runs as root) do. Otherwise
+    the gateway serves in a single process.
+    """
+    return (
+        config.supervise
+        or config.workers > 1
+        or config.max_requests > 0
+        or bool(config.user or config.group)
+    )
+
+
+def supervise(config: Config) -> int:
+    """Bind, run ``config.workers`` workers until stopped; returns the exit status.
+
+    Raises :class:`~fcgi_asgi.config.ConfigError` or
+    :class:`~fcgi_asgi.listeners.ListenError` before anything is started.
+    """
+    return Supervisor(config).run()
+
+
+@dataclass(eq=False)
+class Worker:
+    """The supervisor's view of one worker process."""
+
+    pid: int
+    channel: socket.socket
+    generation: int
+    started: float
+    #: The worker said it accepts connections.
+    ready: bool = False
+    #: To be replaced (reload, or it served its max requests): stopped once
+    #: a newer worker can take its place.
+    obsolete: bool = False
+    #: SIGTERM sent: it drains and exits.
+    stopping: bool = False
+    #: When a stopping worker is killed if still alive (monotonic clock).
+    kill_at: float | None = None
+    #: Its slot on the scoreboard (None when all were taken).
+    slot: int | None = None
+
+
+class Supervisor:
+    """Forks, watches and replaces worker processes; see the module docs."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.target = config.workers
+        self.workers: dict[int, Worker] = {}
+        self.listener: Listener | None = None
+        self.identity: Identity | None = None
+        self._generation = 0
+        self._stopping = False
+        self._forced = False
+        self._exit_code = 0
+        self._ever_ready = False
+        self._failures = 0
+        self._next_spawn = 0.0
+        self._signals: list[int] = []
+        self._by_fd: dict[int, Worker] = {}
+        self._poll = select.poll()  # poll, not epoll: the parent keeps no event loop fd
+        self._wake_r = self._wake_w = -1
+        # Shared before any fork, so that every worker's status page can
+        # report on all. Old workers draining during a reload, and SIGTTIN,
+        # need slots beyond --workers.
+        self.scoreboard = Scoreboard(max(64, 4 * config.workers))
+        self._free_slots = set(range(self.scoreboard.slots))
+
+    # -- running ----------------------------------------------------------------
+
+    def run(self) -> int:
+        """Bind, start the workers and supervise them until stopped."""
+        config = self.config
+        self.identity = resolve_identity(config.user, config.group)
+        self.listener = open_listener(config, self.identity)
+        logger.info(
+            "fcgi-asgi supervisor %d listening on %s, %d worker(s)",
+            os.getpid(),
+            self.listener.describe(),
+            self.target,
+        )
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poll.register(self._wake_r, select.POLLIN)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _HANDLED}
+        old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        try:
+            self._main_loop()
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._close_listener()
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
+            for worker in list(self.workers.values()):
+                # Only after an unexpected error here: never leave workers behind.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGKILL)
+        logger.info("fcgi-asgi supervisor exiting")
+        return self._exit_code
+
+    def _main_loop(self) -> None:
+        while True:
+            self._reap()
+            self._handle_signals()
+            if self._stopping and not self.workers:
+                return
+            self._manage()
+            for fd, _ in self._poll.poll(self._next_timeout() * 1000):
+                if fd == self._wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(self._wake_r, 512):
+                            pass
+                else:
+                    self._read_channel(fd)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        # Runs between bytecodes of the main loop; the wakeup fd ends its poll().
+        self._signals.append(signum)
+
+    def _next_timeout(self) -> float:
+        now = time.monotonic()
+        timeout = 1.0
+        for worker in self.workers.values():
+            if worker.kill_at is not None:
+                timeout = min(timeout, worker.kill_at - now)
+        if not self._stopping and self._failures:
+            timeout = min(timeout, self._next_spawn - now)
+        return max(timeout, 0.01)
+
+    # -- signals ----------------------------------------------------------------
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            sig = self._signals.pop(0)
+            if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                name = signal.Signals(sig).name
+                if not self._stopping:
+                    logger.info("received %s, stopping: workers drain", name)
+                    self._begin_stop()
+                    if sig == signal.SIGQUIT:
+                        self._force_stop()
+                elif not self._forced:
+                    logger.warning("received %s again: cutting running requests", name)
+                    self._force_stop()
+            elif self._stopping:
+                continue
+            elif sig == signal.SIGHUP:
+                self._reload()
+            elif sig == signal.SIGTTIN:
+                self.target += 1
+                logger.info("received SIGTTIN: %d worker(s)", self.target)
+            elif sig == signal.SIGTTOU:
+                if self.target > 1:
+                    self.target -= 1
+                    logger.info("received SIGTTOU: %d worker(s)", self.target)
+                else:
+                    logger.info("received SIGTTOU: keeping the last worker")
+
+    def _reload(self) -> None:
+        self._generation += 1
+        for worker in self.workers.values():
+            worker.obsolete = True
+        # A fixed deploy is tried at once, whatever the back-off had reached.
+        self._failures = 0
+        self._next_spawn = 0.0
+        logger.info(
+            "received SIGHUP: starting %d new worker(s), then draining the old", self.target
+        )
+
+    def _begin_stop(self) -> None:
+        self._stopping = True
+        # New clients get a clear refusal now rather than waiting in a
+        # backlog nobody will accept from.
+        self._close_listener()
+        for worker in self.workers.values():
+            if not worker.stopping:
+                self._stop(worker)
+
+    def _force_stop(self) -> None:
+        self._forced = True
+        deadline = time.monotonic() + FORCE_MARGIN
+        for worker in self.workers.values():
+            self._signal(worker, signal.SIGQUIT)
+            if worker.kill_at is None or worker.kill_at > deadline:
+                worker.kill_at = deadline
+
+    # -- workers ----------------------------------------------------------------
+
+    def _manage(self) -> None:
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            if worker.kill_at is not None and now >= worker.kill_at:
+                logger.error("worker %d did not stop in time: killing it", worker.pid)
+                self._signal(worker, signal.SIGKILL)
+                worker.kill_at = None
+        if self._stopping:
+            return
+        fresh = sorted(
+            (w for w in self.workers.values() if not w.obsolete and not w.stopping),
+            key=lambda w: w.started,
+        )
+        # Fewer workers asked for (SIGTTOU): stop the oldest.
+        while len(fresh) > self.target:
+            self._stop(fresh.pop(0))
+        missing = self.target - len(fresh)
+        if missing > 0 and now >= self._next_spawn:
+            # While starting fails, retry one at a time.
+            for _ in range(missing if not self._failures else 1):
+                try:
+                    fresh.append(self._spawn())
+                except OSError as exc:  # fork or socketpair: out of processes or fds
+                    self._start_failed(f"could not start a worker: {exc}")
+                    break
+        # Replace obsolete workers: one not ready yet serves nobody and goes at
+        # once; a ready one goes only when enough ready workers remain.
+        obsolete = [w for w in self.workers.values() if w.obsolete and not w.stopping]
+        for worker in obsolete:
+            if not worker.ready:
+                self._stop(worker)
+        serving = sorted((w for w in obsolete if w.ready), key=lambda w: w.started)
+        surplus = sum(w.ready for w in fresh) + len(serving) - self.target
+        for worker in serving[: max(surplus, 0)]:
+            self._stop(worker)
+
+    def _spawn(self) -> Worker:
+        assert self.listener is not None
+        config = self.config
+        max_requests = 0
+        if config.max_requests:
+            max_requests = config.max_requests + random.randint(0, config.max_requests_jitter)
+        slot = min(self._free_slots, default=None)
+        if slot is None:
+            logger.warning("no free status slot: the status page will miss a worker")
+        parent_end, child_end = socket.socketpair()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            pid = os.fork()
+        except OSError:
+            parent_end.close()
+            child_end.close()
+            raise
+        if pid == 0:  # the worker
+            status = 1
+            try:
+                parent_end.close()
+                self._forget_in_child()
+                spec = WorkerSpec(
+                    config,
+                    self.listener.sock,
+                    child_end,
+                    self.identity,
+                    max_requests,
+                    self.scoreboard if slot is not None else None,
+                    slot or 0,
+                )
+                status = run_worker(spec)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                logging.shutdown()
+                sys.stdout.flush()
+                sys.stderr.flush()
+                # Never return into the supervisor's stack.
+                os._exit(status)
+        child_end.close()
+        parent_end.setblocking(False)
+        worker = Worker(pid, parent_end, self._generation, time.monotonic(), slot=slot)
+        if slot is not None:
+            self._free_slots.discard(slot)
+        self.workers[pid] = worker
+        self._by_fd[parent_end.fileno()] = worker
+        self._poll.register(parent_end.fileno(), select.POLLIN)
+        logger.info("started worker %d (generation %d)", pid, self._generation)
+        return worker
+
+    def _forget_in_child(self) -> None:
+        """In a new worker: drop the supervisor's signal handling and other fds."""
+        signal.set_wakeup_fd(-1)
+        for sig in _HANDLED:
+            signal.signal(sig, signal.SIG_DFL)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        # Siblings' channel ends must close here, or a worker would not see
+        # end-of-file on its channel when the supervisor dies.
+        for worker in self.workers.values():
+            worker.channel.close()
+
+    def _stop(self, worker: Worker) -> None:
+        worker.stopping = True
+        worker.kill_at = time.monotonic() + self.config.timeout_graceful_shutdown + STOP_MARGIN
+        self._signal(worker, signal.SIGTERM)
+
+    def _signal(self, worker: Worker, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, sig)
+
+    def _read_channel(self, fd: int) -> None:
+        worker = self._by_fd.get(fd)
+        if worker is None:
+            return
+        try:
+            data = worker.channel.recv(64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the worker is exiting; _reap() collects it
+            self._unwatch(worker)
+            return
+        if READY in data and not worker.ready:
+            worker.ready = True
+            self._ever_ready = True
+            self._failures = 0
+            self._next_spawn = 0.0
+            logger.info("worker %d ready", worker.pid)
+        if RETIRE in data and not worker.obsolete and not worker.stopping:
+            worker.obsolete = True
+            logger.info("worker %d reached its max requests: replacing it", worker.pid)
+
+    def _unwatch(self, worker: Worker) -> None:
+        fd = worker.channel.fileno()
+        if fd >= 0 and self._by_fd.pop(fd, None) is not None:
+            self._poll.unregister(fd)
+        worker.channel.close()
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is not None:
+                self._unwatch(worker)
+                if worker.slot is not None:
+                    self.scoreboard.clear(worker.slot)
+                    self._free_slots.add(worker.slot)
+                self._exited(worker, status)
+
+    def _exited(self, worker: Worker, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        how = f"exit status {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        if worker.stopping:
+            logger.info("worker %d stopped (%s)", worker.pid, how)
+            return
+        if worker.ready:
+            logger.warning("worker %d died (%s): starting another", worker.pid, how)
+            return
+        if code == BOOT_ERROR and not self._ever_ready:
+            logger.error("worker %d could not start the app (%s): stopping", worker.pid, how)
+            self._exit_code = 1
+            self._begin_stop()
+            return
+        self._start_failed(f"worker {worker.pid} failed to start ({how})")
+
+    def _start_failed(self, what: str) -> None:
+        self._failures += 1
+        delay = min(BACKOFF_FIRST * 2 ** (self._failures - 1), BACKOFF_MAX)
+        self._next_spawn = time.monotonic() + delay
+        logger.error("%s: next attempt in %.2f s", what, delay)
+
+    def _close_listener(self) -> None:
+        listener = self.listener
+        if listener is None:
+            return
+        listener.remove_file()
+        with contextlib.suppress(OSError):
+            listener.sock.close()

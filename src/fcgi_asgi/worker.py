@@ -1,0 +1,170 @@
+"""One worker process: serves the supervisor's listening socket until told to stop.
+
+The supervisor forks it and talks to it over a socketpair, the *channel*:
+
+- the worker writes :data:`READY` once the app has started and it accepts,
+  and :data:`RETIRE` once it has served its ``max_requests``, asking to be
+  replaced (the supervisor starts the replacement first, then stops it);
+- the supervisor holds the other end: when the supervisor dies, the worker
+  reads end-of-file and drains, so no worker outlives its parent.
+
+SIGTERM drains and exits 0; SIGQUIT cuts running requests (the supervisor
+sends it on a second stop signal). A repeated SIGTERM changes nothing, since
+``kill -TERM`` of the whole process group (systemd's default KillMode, or
+``timeout``) plus the supervisor's own SIGTERM must still drain. SIGINT,
+SIGHUP, SIGTTIN and SIGTTOU are ignored: they are meant for the supervisor,
+and a terminal sends them to the whole process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+
+from .config import Config, ConfigError
+from .lifespan import LifespanFailure
+from .listeners import Listener
+from .privileges import Identity, drop_privileges
+from .scoreboard import Scoreboard
+from .server import FastCGIServer, _new_loop_factory
+
+__all__ = ["BOOT_ERROR", "READY", "RETIRE", "WorkerSpec", "run_worker"]
+
+logger = logging.getLogger("fcgi_asgi.error")
+
+#: Channel message: the worker accepts connections.
+READY = b"r"
+#: Channel message: the worker has served its max_requests; replace it.
+RETIRE = b"m"
+#: Exit status of a worker whose app (or lifespan startup) failed to start.
+BOOT_ERROR = 3
+
+_IGNORED = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+#: Seconds between checks of the request count against max_requests.
+_RETIRE_CHECK = 0.2
+
+
+@dataclass
+class WorkerSpec:
+    """What a freshly forked worker needs from its supervisor."""
+
+    config: Config
+    #: The supervisor's listening socket (shared; the worker never removes its file).
+    sock: socket.socket
+    channel: socket.socket
+    identity: Identity | None
+    #: Requests before asking to be replaced (jitter already added); 0: never.
+    max_requests: int
+    #: Shared counters of all workers (for the status page) and this worker's slot.
+    scoreboard: Scoreboard | None = None
+    slot: int = 0
+
+
+def run_worker(spec: WorkerSpec) -> int:
+    """Run the worker in this (freshly forked) process; returns its exit status."""
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, lambda signum, frame: early.append(signum))
+    for sig in _IGNORED:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        loop_factory = _new_loop_factory(spec.config.loop)
+        if spec.identity is not None:
+            # Before the app is imported: no app code ever runs as root.
+            drop_privileges(spec.identity)
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(_serve(spec, early))
+    except (ConfigError, LifespanFailure) as exc:
+        print(f"fcgi-asgi: error: {exc}", file=sys.stderr)
+        return BOOT_ERROR
+    except OSError as exc:
+        print(f"fcgi-asgi: error: worker could not start: {exc}", file=sys.stderr)
+        return BOOT_ERROR
+
+
+async def _serve(spec: WorkerSpec, early: list[int]) -> int:
+    loop = asyncio.get_running_loop()
+    server = FastCGIServer(spec.config, listener=Listener(spec.sock))
+    server.scoreboard = spec.scoreboard
+    server.slot = spec.slot
+    channel = spec.channel
+    channel.setblocking(False)
+    started = stopping = aborting = False
+
+    def on_term() -> None:
+        nonlocal stopping
+        if started and not stopping:
+            logger.info("worker stopping: draining connections")
+            server.close()
+        stopping = True
+
+    def on_quit() -> None:
+        nonlocal aborting
+        if started and not aborting:
+            logger.warning("worker told to stop now: cutting running requests")
+            server.abort()
+        aborting = True
+
+    def tell(message: bytes) -> None:
+        try:
+            channel.send(message)
+        except OSError:
+            parent_gone()
+
+    def parent_gone() -> None:
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(channel.fileno())
+        if not stopping:
+            logger.warning("the supervisor is gone: worker stopping")
+            on_term()
+
+    def on_channel() -> None:
+        try:
+            data = channel.recv(64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            parent_gone()
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    loop.add_signal_handler(signal.SIGQUIT, on_quit)
+    # Signals that came before the loop's handlers; like those that come while
+    # the app starts, they take effect once it is up.
+    stopping = stopping or signal.SIGTERM in early
+    aborting = aborting or signal.SIGQUIT in early
+    loop.add_reader(channel.fileno(), on_channel)
+    await server.start()
+    started = True
+    if aborting:
+        server.abort()
+    elif stopping:
+        server.close()
+    else:
+        tell(READY)
+
+    if spec.max_requests:
+
+        def check_requests() -> None:
+            ctx = server.ctx
+            if ctx is not None and ctx.stats.requests_served >= spec.max_requests:
+                logger.info(
+                    "worker served %d requests (max %d): asking for a replacement",
+                    ctx.stats.requests_served,
+                    spec.max_requests,
+                )
+                tell(RETIRE)
+            else:
+                loop.call_later(_RETIRE_CHECK, check_requests)
+
+        loop.call_later(_RETIRE_CHECK, check_requests)
+
+    await server.serve_forever()
+    return 0

@@ -1,0 +1,63 @@
+"""The ASGI app the process-model tests run in real gateway processes.
+
+Its routes report which process answered (``/pid``, ``/ids``); lifespan and
+disconnects are appended as lines to the file named by ``FCGI_TEST_EVENTS``
+(when set), so that a test can see what happened inside a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+
+def _event(text: str) -> None:
+    path = os.environ.get("FCGI_TEST_EVENTS")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{text} {os.getpid()}\n")
+
+
+async def _respond(send: Any, body: bytes, status: int = 200) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Routes: ``/pid``, ``/env?NAME``, ``/ids``, ``/sleep?SECONDS``, ``/wait-disconnect``;
+    anything else answers ``hello``."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                _event("startup")
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                _event("shutdown")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path = scope["path"]
+    if path == "/pid":
+        await _respond(send, str(os.getpid()).encode())
+    elif path == "/env":
+        name = scope["query_string"].decode()
+        await _respond(send, os.environ.get(name, "-").encode())
+    elif path == "/ids":
+        await _respond(send, f"{os.getuid()} {os.getgid()}".encode())
+    elif path == "/sleep":
+        await asyncio.sleep(float(scope["query_string"] or b"1"))
+        await _respond(send, b"slept %d" % os.getpid())
+    elif path == "/wait-disconnect":
+        _event("waiting")
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        _event("disconnect")
+    else:
+        await _respond(send, b"hello")

@@ -1,0 +1,60 @@
+"""Lifespan modes against apps that do and do not support the protocol."""
+
+from __future__ import annotations
+
+import pytest
+
+from fcgi_asgi.lifespan import LifespanFailure
+from tests.conftest import connect
+
+
+async def http_only(scope, receive, send):
+    if scope["type"] != "http":
+        raise RuntimeError("only http here")
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def returns_on_lifespan(scope, receive, send):
+    if scope["type"] == "lifespan":
+        return
+    await http_only(scope, receive, send)
+
+
+async def failing_startup(scope, receive, send):
+    await receive()
+    await send({"type": "lifespan.startup.failed", "message": "cannot reach the database"})
+
+
+@pytest.mark.parametrize("app", [http_only, returns_on_lifespan])
+async def test_auto_tolerates_apps_without_lifespan(serve, app, caplog):
+    server = await serve(app, lifespan="auto")
+    async with await connect(server) as client:
+        assert (await client.request("GET", "/")).body == b"ok"
+
+
+async def test_on_requires_lifespan(serve):
+    with pytest.raises(LifespanFailure, match="only http here"):
+        await serve(http_only, lifespan="on")
+
+
+async def test_off_never_calls_lifespan(serve):
+    calls = []
+
+    async def app(scope, receive, send):
+        calls.append(scope["type"])
+        await http_only(scope, receive, send)
+
+    server = await serve(app, lifespan="off")
+    async with await connect(server) as client:
+        await client.request("GET", "/")
+    assert calls == ["http"]
+
+
+@pytest.mark.parametrize("mode", ["auto", "on"])
+async def test_startup_failure_is_raised_with_the_apps_message(serve, mode, sock_path):
+    import os
+
+    with pytest.raises(LifespanFailure, match="cannot reach the database"):
+        await serve(failing_startup, lifespan=mode)
+    assert not os.path.exists(sock_path)
