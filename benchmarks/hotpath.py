@@ -1,0 +1,159 @@
+"""CPU per request of the gateway's own code, without sockets or nginx.
+
+    .venv/bin/python benchmarks/hotpath.py [raw|starlette_app] [--requests N] [--profile]
+
+Feeds the bytes nginx sends for a GET (BEGIN_REQUEST with keep-conn, 25
+params, empty STDIN) to 32 FastCGIConnection objects over a stub transport,
+one request per connection per loop iteration as under wrk -c32, and prints
+the process CPU time per request (median of 5 runs). ``--profile`` prints
+cProfile's top functions instead. Use it to compare two versions of src/ on
+the same machine (e.g. with PYTHONPATH=path/to/other/src); the end-to-end
+figures come from run.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import apps
+
+from fcgi_asgi.config import Config
+from fcgi_asgi.connection import FastCGIConnection
+from fcgi_asgi.context import ServerContext
+from fcgi_asgi.records import KEEP_CONN, PARAMS, STDIN, encode_begin_request, encode_pairs
+
+PARAMS_SENT = [
+    (b"QUERY_STRING", b""),
+    (b"REQUEST_METHOD", b"GET"),
+    (b"CONTENT_TYPE", b""),
+    (b"CONTENT_LENGTH", b""),
+    (b"SCRIPT_NAME", b""),
+    (b"PATH_INFO", b"/"),
+    (b"REQUEST_URI", b"/"),
+    (b"DOCUMENT_URI", b"/"),
+    (b"DOCUMENT_ROOT", b"/srv/www"),
+    (b"SERVER_PROTOCOL", b"HTTP/1.1"),
+    (b"REQUEST_SCHEME", b"http"),
+    (b"GATEWAY_INTERFACE", b"CGI/1.1"),
+    (b"SERVER_SOFTWARE", b"nginx/1.22.1"),
+    (b"REMOTE_ADDR", b"127.0.0.1"),
+    (b"REMOTE_PORT", b"41236"),
+    (b"SERVER_ADDR", b"127.0.0.1"),
+    (b"SERVER_PORT", b"28950"),
+    (b"SERVER_NAME", b"localhost"),
+    (b"HTTP_HOST", b"127.0.0.1"),
+    (b"HTTP_USER_AGENT", b"Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101"),
+    (b"HTTP_ACCEPT", b"text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+    (b"HTTP_ACCEPT_LANGUAGE", b"en-US,en;q=0.5"),
+    (b"HTTP_ACCEPT_ENCODING", b"gzip, deflate, br"),
+    (b"HTTP_CONNECTION", b"keep-alive"),
+    (b"HTTP_CACHE_CONTROL", b"no-cache"),
+]
+
+
+def _record(rtype: int, content: bytes) -> bytes:
+    pad = -len(content) % 8  # nginx pads records to 8 bytes
+    return (
+        bytes((1, rtype, 0, 1, len(content) >> 8, len(content) & 0xFF, pad, 0))
+        + content
+        + bytes(pad)
+    )
+
+
+REQUEST = (
+    encode_begin_request(1, flags=KEEP_CONN)
+    + _record(PARAMS, encode_pairs(PARAMS_SENT))
+    + _record(PARAMS, b"")
+    + _record(STDIN, b"")
+)
+
+
+class StubTransport:
+    """Accepts writes and counts the bytes; never pauses."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.last = b""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        self.last = data
+
+    def writelines(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            self.write(bytes(piece))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def measure(app: Any, requests: int) -> float:
+    config = Config(app=app, socket="/tmp/unused.sock", access_log=False)
+    ctx = ServerContext(app=app, config=config, state={})
+    transport = StubTransport()
+    conns = [FastCGIConnection(ctx) for _ in range(32)]
+    for conn in conns:
+        conn.connection_made(transport)  # type: ignore[arg-type]
+    rounds = max(1, requests // len(conns))
+    for _ in range(50):  # warm up: imports, name tables
+        for conn in conns:
+            conn.data_received(REQUEST)
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    if b"Hello, world!" not in transport.last:
+        raise SystemExit(f"unexpected response {transport.last[:80]!r}")
+    started = time.process_time()
+    for _ in range(rounds):
+        for conn in conns:
+            conn.data_received(REQUEST)
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    return (time.process_time() - started) / (rounds * len(conns))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("app", nargs="?", default="raw", choices=("raw", "starlette_app"))
+    ap.add_argument("--requests", type=int, default=64000)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    import uvloop
+
+    app = getattr(apps, args.app)
+    if args.profile:
+        import cProfile
+        import pstats
+
+        with cProfile.Profile() as prof:
+            uvloop.run(measure(app, args.requests))
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return
+    runs = [uvloop.run(measure(app, args.requests)) for _ in range(5)]
+    print(f"{args.app}: {statistics.median(runs) * 1e6:.2f} us per request (median of 5 runs)")
+
+
+if __name__ == "__main__":
+    main()
