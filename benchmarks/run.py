@@ -381,6 +381,8 @@ def report(
         a, b = med.get((scen, name), {}).get("rps"), med.get((scen, ref), {}).get("rps")
         if scen in skipped:
             lines.append(f"{label}: not run ({skipped[scen]})")
+        elif not any((s, n) in med for s, n in ((scen, name), (scen, ref))):
+            lines.append(f"{label}: not run (scenario or backends not selected)")
         elif a and b:
             verdict = "met" if a / b >= minimum else "NOT met"
             lines.append(f"{label}: {a / b:.3f}x {ref} (target >= {minimum:.2f}): {verdict}")
