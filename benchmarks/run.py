@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark fcgi-asgi against uvicorn and fcgisgi behind the same nginx.
 
-    python3 benchmarks/run.py            # every scenario, 3 interleaved rounds (~8 min)
-    python3 benchmarks/run.py --quick    # 1 round, short runs (~2 min)
+    python3 benchmarks/run.py            # every scenario, 3 interleaved rounds (6-10 min)
+    python3 benchmarks/run.py --quick    # 1 round, short runs (about 3 min)
     python3 benchmarks/run.py --scenarios hello,big --rounds 5
 
 It installs what it needs (nginx-light and wrk with apt-get when missing;
