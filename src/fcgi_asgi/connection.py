@@ -322,7 +322,11 @@ class FastCGIConnection(asyncio.Protocol):
             return
         cycle.params = None
         self._params_buffered -= len(params)
-        if self._params_since is not None and all(c.params is None for c in self.requests.values()):
+        # Alone on its connection (nginx's case), this request was the last one
+        # sending params: no generator over the table (0.2 us per request).
+        if self._params_since is not None and (
+            len(self.requests) == 1 or all(c.params is None for c in self.requests.values())
+        ):
             self._params_since = None
         ctx = self.ctx
         scope = build_scope(decode_params(params), self.config.root_path, ctx.state, _EXTENSIONS)
