@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fcgi_asgi import records
 from fcgi_asgi.cycle import encode_head
 from fcgi_asgi.errors import AppProtocolError
 from fcgi_asgi.records import (
     MalformedPairs,
     RecordReader,
     decode_pairs,
-    decode_params,
+    decode_params_py,
     encode_pairs,
     encode_record,
 )
@@ -23,25 +26,38 @@ _blob = st.binary(max_size=300) | st.sampled_from([b"x" * 127, b"y" * 128, b"z" 
 _pairs = st.lists(st.tuples(_blob, _blob), max_size=12)
 
 
-@given(_pairs)
-def test_decode_params_is_dict_of_decode_pairs(pairs: list[tuple[bytes, bytes]]) -> None:
+# Both implementations: the C one (when built) and the pure-Python fallback.
+IMPLEMENTATIONS = [decode_params_py, records.decode_params]
+
+
+def test_c_speedups_are_built() -> None:
+    """CI has a compiler: make sure it tests the C decoder, not the fallback twice."""
+    if os.environ.get("FCGI_ASGI_NO_EXTENSIONS"):
+        pytest.skip("FCGI_ASGI_NO_EXTENSIONS is set: the pure-Python codec is in use")
+    assert records._c_decoder is not None
+    assert records.decode_params is not decode_params_py
+
+
+@pytest.mark.parametrize("decode_params", IMPLEMENTATIONS, ids=["python", "default"])
+@given(pairs=_pairs)
+def test_decode_params_is_dict_of_decode_pairs(decode_params, pairs) -> None:  # type: ignore[no-untyped-def]
     data = encode_pairs(pairs)
     assert decode_params(data) == dict(decode_pairs(data)) == dict(pairs)
     assert decode_params(bytearray(data)) == dict(pairs)
     assert all(type(k) is bytes and type(v) is bytes for k, v in decode_params(data).items())
 
 
-@given(_pairs, st.data())
-def test_decode_params_rejects_what_decode_pairs_rejects(
-    pairs: list[tuple[bytes, bytes]], data: st.DataObject
-) -> None:
+@pytest.mark.parametrize("decode_params", IMPLEMENTATIONS, ids=["python", "default"])
+@given(pairs=_pairs, data=st.data())
+def test_decode_params_rejects_what_decode_pairs_rejects(decode_params, pairs, data) -> None:  # type: ignore[no-untyped-def]
     blob = encode_pairs(pairs)
     cut = blob[: data.draw(st.integers(0, len(blob)))]
     try:
         expected = dict(decode_pairs(cut))
     except MalformedPairs:
-        with pytest.raises(MalformedPairs):
+        with pytest.raises(MalformedPairs) as err:
             decode_params(cut)
+        assert "cut short" in str(err.value) or "overruns" in str(err.value)
     else:
         assert decode_params(cut) == expected
 
