@@ -169,3 +169,11 @@ def test_state_is_copied_per_request():
     scope = build_scope({}, state=state)
     scope["state"]["db"] = 2
     assert state == {"db": 1}
+
+
+def test_unescaped_utf8_in_request_uri():
+    """Some clients send UTF-8 unescaped; nginx passes it on in REQUEST_URI."""
+    scope = build_scope({b"REQUEST_URI": "/café?x".encode()})
+    assert scope["path"] == "/café"
+    assert scope["raw_path"] == "/café".encode()
+    assert build_scope({b"REQUEST_URI": b"/bad\xff%C3%A9"})["path"] == "/bad\ufffdé"

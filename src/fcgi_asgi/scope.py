@@ -18,7 +18,7 @@ Caddy and h2o send with their stock configurations. The path rules:
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote_to_bytes
 
 __all__ = ["ASGI_VERSION", "build_scope", "split_request_uri"]
 
@@ -105,9 +105,11 @@ def _splits_at_next_segment(server_software: bytes | None) -> bool:
 
 
 def _decode_path(raw: bytes) -> str:
-    if b"%" not in raw:
-        return raw.decode("latin-1")  # what unquote() returns for it, without the call
-    return unquote(raw.decode("latin-1"), encoding="utf-8", errors="replace")
+    """Percent-decode a raw path as UTF-8, as is: a client may also have sent
+    UTF-8 bytes unescaped, which web servers pass on in REQUEST_URI."""
+    if raw.isascii() and b"%" not in raw:
+        return raw.decode("ascii")
+    return unquote_to_bytes(raw).decode("utf-8", "replace")
 
 
 def build_scope(
@@ -150,7 +152,7 @@ def build_scope(
         raw_path = quote(joined, safe="/:@!$&'()*+,;=-._~").encode("ascii")
     if not raw_path:
         raw_path = b"/"
-    path = raw_path.decode("latin-1") if b"%" not in raw_path else _decode_path(raw_path)
+    path = _decode_path(raw_path)
 
     if root_path is None:
         root_path = ""
