@@ -104,6 +104,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         while message["type"] != "http.disconnect":
             message = await receive()
         EVENTS["disconnect_seen"] = True
+    elif path == "/head-then-wait":
+        await send({"type": "http.response.start", "status": 202, "headers": [(b"x-a", b"1")]})
+        await asyncio.sleep(0.5)
+        await send({"type": "http.response.body", "body": b"later"})
     elif path == "/raise-before":
         raise ValueError("boom before start")
     elif path == "/raise-after":

@@ -307,3 +307,13 @@ async def test_garbage_never_hangs(server):
 
 async def test_get_values_unknown_type_constant():
     assert GET_VALUES == 9
+
+
+async def test_head_goes_out_while_the_app_waits(server):
+    """The head waits for the first body only while the app does not yield."""
+    async with await connect(server) as client:
+        req = await client.begin(build_params("GET", "/head-then-wait"))
+        await req.end_body()
+        first = await asyncio.wait_for(req.read_stdout(), 0.4)  # before the app's 0.5 s sleep
+        assert first == b"Status: 202 Accepted\r\nx-a: 1\r\n\r\n"
+        assert await req.read_stdout() == b"later"

@@ -16,6 +16,7 @@ from .scoreboard import Scoreboard, WorkerStats
 if TYPE_CHECKING:
     from .config import ASGIApp, Config
     from .connection import FastCGIConnection
+    from .cycle import RequestCycle
 
 __all__ = ["ServerContext"]
 
@@ -36,6 +37,8 @@ class ServerContext:
     connections: set[FastCGIConnection] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     stats: WorkerStats = field(default_factory=WorkerStats)
+    #: Requests whose response head waits for its first body message.
+    pending_heads: list[RequestCycle] = field(default_factory=list)
     #: Connections closed at once because --max-connections was reached.
     refused_connections: int = 0
     last_refusal_log: float = float("-inf")
@@ -55,6 +58,13 @@ class ServerContext:
         )
         self.stats.pid = os.getpid()
         self.stats.started = time.time()
+
+    def flush_heads(self) -> None:
+        """Write the heads still waiting: their apps yielded before sending a body."""
+        cycles = self.pending_heads
+        self.pending_heads = []
+        for cycle in cycles:
+            cycle.flush_head()
 
     def publish(self) -> None:
         """Refresh the live counters and write them to the scoreboard, if any."""
