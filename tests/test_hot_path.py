@@ -112,3 +112,41 @@ def test_head_names_checked_once_still_reject_and_drop() -> None:
             encode_head(200, [(b"bad name", b"1")])
         with pytest.raises(AppProtocolError):
             encode_head(200, [(b"X-A", b"a\r\nb")])
+
+
+_param_names = st.sampled_from(
+    [
+        b"CONTENT_TYPE",
+        b"CONTENT_LENGTH",
+        b"HTTP_CONTENT_TYPE",
+        b"HTTP_CONTENT_LENGTH",
+        b"HTTP_HOST",
+        b"HTTP_X_FORWARDED_FOR",
+        b"HTTP_",
+        b"HTTP",
+        b"REQUEST_METHOD",
+        b"http_lower",
+    ]
+) | st.binary(max_size=20)
+_param_values = st.sampled_from([b"", b"0", b"12", b"-1", b"1 2", b"text/plain"]) | st.binary(
+    max_size=10
+)
+
+
+@given(st.dictionaries(_param_names, _param_values, max_size=12))
+def test_request_headers_c_matches_python(params: dict[bytes, bytes]) -> None:
+    from fcgi_asgi import scope
+
+    expected = scope.request_headers_py(params)
+    assert scope.request_headers(params) == expected
+    assert scope.request_headers(params) == expected  # the name cache changes nothing
+    for name, value in expected:
+        assert type(name) is bytes and type(value) is bytes
+
+
+def test_c_request_headers_is_built() -> None:
+    from fcgi_asgi import scope
+
+    if os.environ.get("FCGI_ASGI_NO_EXTENSIONS"):
+        pytest.skip("FCGI_ASGI_NO_EXTENSIONS is set: the pure-Python scope is in use")
+    assert scope.request_headers is not scope.request_headers_py

@@ -1,12 +1,13 @@
-/* Optional C version of records.decode_params, the costliest step of a request.
- *
- * Decoding nginx's 25 name-value pairs takes about 5.5 us in Python and about
- * 1 us here. records.py falls back to the Python version when this module is
+/* Optional C versions of the two costliest steps of a request:
+ * records.decode_params (nginx's 25 name-value pairs: 5.7 us in Python, 1.4 us
+ * here) and scope.request_headers_py (the ASGI header list).
+ * records.py and scope.py fall back to the Python versions when this module is
  * not built (no compiler, or FCGI_ASGI_NO_EXTENSIONS=1 at install time); the
  * tests check both give the same results and the same errors.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <string.h>
 
 /* Read one FastCGI name-value length at *pos: 1 byte below 0x80, else 4 bytes
  * big-endian with the top bit set. Returns -1 when the data is cut short. */
@@ -75,7 +76,141 @@ fail:
     return NULL;
 }
 
+/* ---- request_headers: the ASGI header list of a request's params ---------- */
+
+static PyObject *name_cache; /* param name -> header name, bounded */
+static PyObject *s_content_type, *s_content_length, *h_content_type, *h_content_length;
+
+static int
+all_digits(PyObject *value)
+{
+    Py_ssize_t n = PyBytes_GET_SIZE(value);
+    const char *p = PyBytes_AS_STRING(value);
+    if (n == 0) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* HTTP_X_Y -> x-y, from the cache when seen before. New reference. */
+static PyObject *
+header_name(PyObject *param)
+{
+    PyObject *name = PyDict_GetItemWithError(name_cache, param);
+    if (name != NULL) {
+        Py_INCREF(name);
+        return name;
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t n = PyBytes_GET_SIZE(param) - 5;
+    const char *src = PyBytes_AS_STRING(param) + 5;
+    name = PyBytes_FromStringAndSize(NULL, n);
+    if (name == NULL) {
+        return NULL;
+    }
+    char *dst = PyBytes_AS_STRING(name);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = src[i];
+        dst[i] = c == '_' ? '-' : (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+    }
+    if (PyDict_GET_SIZE(name_cache) < 4096 && PyDict_SetItem(name_cache, param, name) < 0) {
+        Py_DECREF(name);
+        return NULL;
+    }
+    return name;
+}
+
+static int
+append_pair(PyObject *headers, PyObject *name, PyObject *value)
+{
+    PyObject *pair = PyTuple_Pack(2, name, value);
+    if (pair == NULL) {
+        return -1;
+    }
+    int rc = PyList_Append(headers, pair);
+    Py_DECREF(pair);
+    return rc;
+}
+
+/* The same rules as scope.request_headers_py: HTTP_* params become headers;
+ * CONTENT_TYPE when not empty and CONTENT_LENGTH when a number; their
+ * HTTP_CONTENT_* twins only when the CGI variable is absent. */
+static PyObject *
+request_headers(PyObject *module, PyObject *params)
+{
+    if (!PyDict_CheckExact(params)) {
+        PyErr_SetString(PyExc_TypeError, "request_headers() takes a dict");
+        return NULL;
+    }
+    PyObject *headers = PyList_New(0);
+    if (headers == NULL) {
+        return NULL;
+    }
+    Py_ssize_t it = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(params, &it, &key, &value)) {
+        if (!PyBytes_CheckExact(key) || !PyBytes_CheckExact(value)) {
+            continue;
+        }
+        Py_ssize_t klen = PyBytes_GET_SIZE(key);
+        const char *k = PyBytes_AS_STRING(key);
+        int rc = 0;
+        if (klen > 5 && memcmp(k, "HTTP_", 5) == 0) {
+            if (klen == 17 && memcmp(k + 5, "CONTENT_TYPE", 12) == 0) {
+                int has = PyDict_Contains(params, s_content_type);
+                if (has < 0) {
+                    goto fail;
+                }
+                if (has) {
+                    continue;
+                }
+            } else if (klen == 19 && memcmp(k + 5, "CONTENT_LENGTH", 14) == 0) {
+                int has = PyDict_Contains(params, s_content_length);
+                if (has < 0) {
+                    goto fail;
+                }
+                if (has || !all_digits(value)) {
+                    continue;
+                }
+            }
+            PyObject *name = header_name(key);
+            if (name == NULL) {
+                goto fail;
+            }
+            rc = append_pair(headers, name, value);
+            Py_DECREF(name);
+        } else if (klen == 12 && memcmp(k, "CONTENT_TYPE", 12) == 0) {
+            if (PyBytes_GET_SIZE(value) == 0) {
+                continue;
+            }
+            rc = append_pair(headers, h_content_type, value);
+        } else if (klen == 14 && memcmp(k, "CONTENT_LENGTH", 14) == 0) {
+            if (!all_digits(value)) {
+                continue;
+            }
+            rc = append_pair(headers, h_content_length, value);
+        }
+        if (rc < 0) {
+            goto fail;
+        }
+    }
+    return headers;
+
+fail:
+    Py_DECREF(headers);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"request_headers", request_headers, METH_O,
+     "The ASGI headers list for a dict of CGI params."},
     {"decode_params", decode_params, METH_O,
      "Decode a complete PARAMS stream into a dict; ValueError on malformed data."},
     {NULL, NULL, 0, NULL},
@@ -89,5 +224,14 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
+    name_cache = PyDict_New();
+    s_content_type = PyBytes_FromString("CONTENT_TYPE");
+    s_content_length = PyBytes_FromString("CONTENT_LENGTH");
+    h_content_type = PyBytes_FromString("content-type");
+    h_content_length = PyBytes_FromString("content-length");
+    if (!name_cache || !s_content_type || !s_content_length || !h_content_type ||
+        !h_content_length) {
+        return NULL;
+    }
     return PyModule_Create(&module);
 }
