@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import AppProtocolError, ClientDisconnected
 from .records import MAX_CONTENT, STDOUT, encode_end_request, encode_record, encode_stream
+from .status import render_status
 
 if TYPE_CHECKING:
     from .config import ASGIApp
@@ -280,8 +281,6 @@ class RequestCycle:
 
     def answer_internal(self) -> None:
         """Answer the gateway's own ping or status path, without the app."""
-        from .status import render_status
-
         conn = self.conn
         assert self.scope is not None
         if self.scope["path"] == conn.config.ping_path:
