@@ -317,3 +317,35 @@ async def test_head_goes_out_while_the_app_waits(server):
         first = await asyncio.wait_for(req.read_stdout(), 0.4)  # before the app's 0.5 s sleep
         assert first == b"Status: 202 Accepted\r\nx-a: 1\r\n\r\n"
         assert await req.read_stdout() == b"later"
+
+
+async def test_end_request_waits_while_stdin_keeps_coming(server):
+    """An app that answers before reading its body: END_REQUEST waits for the end of
+    STDIN while the web server is still sending it (h2o 2.2 aborts otherwise)."""
+    from fcgi_asgi.records import END_REQUEST
+
+    async with await connect(server) as client:
+        req = await client.begin(build_params("POST", "/status", query="201", content_length=9000))
+        await req.send_body(b"x" * 1000)
+        assert (await asyncio.wait_for(req.read_stdout(), 5)).startswith(b"Status: 201 Created")
+        for _ in range(8):  # 0.4 s of STDIN, never quiet for 0.2 s
+            await req.send_body(b"y" * 1000)
+            await asyncio.sleep(0.05)
+        assert all(r is not None and r.type != END_REQUEST for r in list(req.queue._queue))
+        await req.end_body()
+        assert await asyncio.wait_for(req.read_stdout(), 5) == b""
+        assert req.protocol_status == REQUEST_COMPLETE
+        assert (await client.request("GET", "/scope")).status == 200
+
+
+async def test_end_request_goes_out_when_stdin_goes_quiet(server):
+    """nginx stops sending the body once it has the response: END_REQUEST must not
+    wait for an empty STDIN record that will never come."""
+    async with await connect(server) as client:
+        req = await client.begin(build_params("POST", "/status", query="202", content_length=5000))
+        await req.send_body(b"x" * 1000)
+        started = time.monotonic()
+        r = await asyncio.wait_for(req.response(), 5)
+        assert r.status == 202 and r.protocol_status == REQUEST_COMPLETE
+        assert time.monotonic() - started < 2.0  # quiet for 0.2 s, not stdin_linger (5 s)
+        assert (await client.request("GET", "/scope")).status == 200

@@ -11,6 +11,7 @@ gateways once per session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import secrets
@@ -19,6 +20,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from http import HTTPStatus
 from pathlib import Path
@@ -319,6 +321,38 @@ class TestMatrix:
         assert seen == "http.disconnect", events
         # ASGI 2.4: send() raised an OSError (ours), then receive() said disconnect.
         assert events["send_error"] == "ClientDisconnected", events
+
+    def test_answer_before_reading_the_body(self, site: WebServer) -> None:
+        """The app answers 413 without reading a 4 MiB body: the gateway must read the
+        rest before closing (Apache answers 503, AH01075, if it closes early). The
+        client reads while it sends, as browsers do: h2o closes its client
+        connection as soon as it has answered, so a client that only reads after
+        sending everything would miss the answer there (not the gateway's doing)."""
+        body = os.urandom(4 * MiB)
+        head = (
+            f"POST /refuse HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", site.port), timeout=10) as s:
+
+            def upload() -> None:
+                with contextlib.suppress(OSError):
+                    s.sendall(head + body)
+
+            sender = threading.Thread(target=upload, daemon=True)
+            sender.start()
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while b"too large" not in answer and len(answer) < 65536:
+                    data = s.recv(65536)
+                    if not data:
+                        break
+                    answer += data
+            sender.join(10)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"too large" in answer
+        with client(site) as c:
+            assert c.get("/ping").text == "pong"
 
     def test_app_exception_gives_500_then_next_request_works(self, site: WebServer) -> None:
         with client(site) as c:

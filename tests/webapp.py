@@ -105,6 +105,11 @@ async def status(request: Request) -> Response:
     return Response(body, status_code=code, media_type=None if not body else "text/plain")
 
 
+async def refuse_upload(request: Request) -> Response:
+    """Answers at once without reading the body (as a size check would)."""
+    return PlainTextResponse("too large", status_code=413)
+
+
 async def cookies(request: Request) -> Response:
     response = PlainTextResponse("cookies")
     response.set_cookie("a", "1")
@@ -227,6 +232,7 @@ starlette_app = Starlette(
         Route("/digest", digest, methods=["POST", "PUT"]),
         Route("/status/{code:int}", status),
         Route("/cookies", cookies),
+        Route("/refuse", refuse_upload, methods=["POST"]),
         Route("/boom", boom),
         Route("/events/{token}", events),
         Route("/release/{token}", release),

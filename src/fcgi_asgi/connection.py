@@ -442,12 +442,22 @@ class FastCGIConnection(asyncio.Protocol):
     def _end_aborted(self, cycle: RequestCycle) -> None:
         if cycle.ended:
             return
+        if cycle.end_pending:  # its STDOUT is already closed
+            cycle.end_request_now()
+            return
         # The app goes on until it notices http.disconnect; the id is freed now
         # (as Go's net/http/fcgi does) so the web server is answered at once.
         cycle.response_complete = True
         self.write([end_records(cycle.request_id)])
         cycle.stdin_done = True  # nothing more will be read for it
         self.request_ended(cycle)
+
+    def drain_stdin(self) -> None:
+        """A request was answered before its body was read: keep reading (the
+        rest of its STDIN is dropped) even if reading paused for that body."""
+        if self._paused_for_body:
+            self._paused_for_body = False
+            self._update_reading()
 
     def _linger(self, rid: int) -> None:
         self._linger_id = rid

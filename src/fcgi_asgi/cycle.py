@@ -38,6 +38,8 @@ _STATUS_LINES: dict[int, bytes] = {
 _COALESCE_LIMIT = 16 << 10
 _READ_CHUNK = 256 << 10
 _YIELD_EVERY = 512 << 10
+# How long STDIN may stay quiet while an answered request waits for its end.
+_STDIN_IDLE = 0.2
 
 _GONE = "the web server aborted the request or closed the connection"
 _DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
@@ -126,9 +128,11 @@ class RequestCycle:
     """The state of one request: params, body queue, response progress."""
 
     __slots__ = (
+        "_end_deadline",
         "_expect_trailers",
         "_final_sent",
         "_head",
+        "_stdin_seen",
         "_stdout_sent",
         "_timeout",
         "_unyielded",
@@ -139,6 +143,7 @@ class RequestCycle:
         "bytes_sent",
         "conn",
         "disconnected",
+        "end_pending",
         "ended",
         "keep_conn",
         "params",
@@ -165,6 +170,9 @@ class RequestCycle:
         self.body_size = 0
         self.stdin_done = False
         self.disconnected = False
+        #: The response is written; END_REQUEST waits for the end of STDIN.
+        self.end_pending = False
+        self._stdin_seen = self._end_deadline = 0.0
         self.response_started = False
         self.response_complete = False
         self.ended = False
@@ -187,6 +195,8 @@ class RequestCycle:
     def feed_body(self, data: bytes) -> None:
         """Queue a STDIN chunk for ``receive()``."""
         if self.response_complete or self.disconnected:
+            if self.end_pending:
+                self._stdin_seen = self.conn.loop.time()
             return
         self.body.append(data)
         self.body_size += len(data)
@@ -196,7 +206,10 @@ class RequestCycle:
     def end_body(self) -> None:
         """The empty STDIN record arrived: the body is complete."""
         self.stdin_done = True
-        self._wake()
+        if self.end_pending:
+            self.end_request_now()
+        else:
+            self._wake()
 
     def disconnect(self) -> None:
         """The web server aborted the request or the connection was lost."""
@@ -293,10 +306,7 @@ class RequestCycle:
         )
         self.status = 200
         self.response_started = self.response_complete = True
-        conn.write(
-            [*encode_stream(STDOUT, self.request_id, head + body), end_records(self.request_id)]
-        )
-        conn.request_ended(self)
+        self._finish(encode_stream(STDOUT, self.request_id, head + body))
 
     def _app_failed(self, message: str, exc: BaseException | None, status: int = 500) -> None:
         log = logger.error if exc is not None or not self.disconnected else logger.debug
@@ -315,13 +325,7 @@ class RequestCycle:
             self._head = None
             self.response_started = self.response_complete = True
             self.status = status
-            self.conn.write(
-                [
-                    encode_record(STDOUT, self.request_id, _ERROR_PAGES[status]),
-                    end_records(self.request_id),
-                ]
-            )
-            self.conn.request_ended(self)
+            self._finish([encode_record(STDOUT, self.request_id, _ERROR_PAGES[status])])
         else:
             self.response_complete = True
             self.conn.request_failed(self)
@@ -416,7 +420,12 @@ class RequestCycle:
             self._head = None
             if len(body) <= _COALESCE_LIMIT:
                 chunk = head + body
-                if not more_body and not self._expect_trailers and len(chunk) <= MAX_CONTENT:
+                if (
+                    not more_body
+                    and self.stdin_done
+                    and not self._expect_trailers
+                    and len(chunk) <= MAX_CONTENT
+                ):
                     # The whole of a small response (head + body record, empty
                     # STDOUT, END_REQUEST) as one bytes object in one write,
                     # without the pieces list and _finish (raw hello cycle 4.75 -> 4.6 us).
@@ -460,9 +469,48 @@ class RequestCycle:
                     raise ClientDisconnected(_GONE)
 
     def _finish(self, pieces: list[bytes | memoryview]) -> None:
-        pieces.append(end_records(self.request_id))
-        self.conn.write(pieces)
-        self.conn.request_ended(self)
+        """Write the last of the response and end the request.
+
+        END_REQUEST waits for the end of STDIN when the app answered before
+        reading its whole body: web servers still writing the body when the
+        request ends misbehave (h2o 2.2 aborts, Apache answers 503).
+        """
+        rid = self.request_id
+        if self.stdin_done:
+            pieces.append(end_records(rid))
+            self.conn.write(pieces)
+            self.conn.request_ended(self)
+        else:
+            pieces.append(encode_record(STDOUT, rid))
+            self.conn.write(pieces)
+            self.end_pending = True
+            self.conn.drain_stdin()
+            loop = self.conn.loop
+            self._stdin_seen = now = loop.time()
+            self._end_deadline = now + self.conn.config.stdin_linger
+            loop.call_later(_STDIN_IDLE, self._check_end)
+
+    def _check_end(self) -> None:
+        # nginx stops sending the body once it has the response; h2o keeps
+        # sending it. So the END_REQUEST goes out when STDIN ends, or when it
+        # has been quiet for _STDIN_IDLE, or after stdin_linger in all.
+        if not self.end_pending or self.ended:
+            return
+        loop = self.conn.loop
+        now = loop.time()
+        quiet = now - self._stdin_seen
+        if quiet >= _STDIN_IDLE or now >= self._end_deadline:
+            self.end_request_now()
+        else:
+            loop.call_later(_STDIN_IDLE - quiet, self._check_end)
+
+    def end_request_now(self) -> None:
+        """Send the END_REQUEST held back for the end of STDIN, and end the request."""
+        if self.end_pending and not self.ended:
+            self.end_pending = False
+            self.stdin_done = True  # given up on, or arrived
+            self.conn.write([encode_end_request(self.request_id)])
+            self.conn.request_ended(self)
 
     async def _send_path(self, path: str) -> None:
         if not self.response_started:
