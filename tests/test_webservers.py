@@ -21,6 +21,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from http import HTTPStatus
 from pathlib import Path
@@ -660,3 +661,50 @@ def test_stock_params_give_the_right_scope(server: str, workdir: Path, recorder:
         assert scope["raw_path"] == target.encode()
         assert scope["root_path"] == (root_path or "")
         assert scope["query_string"] == b"x=1"
+
+
+def test_reload_under_load_through_nginx_loses_nothing(workdir: Path) -> None:
+    """SIGHUP to a `--workers 2` gateway behind nginx's stock config (a connection per
+    request) while a client loop runs: every request answered, the workers replaced."""
+    gw = Gateway("tests.webapp:starlette_app", workdir, name="reload", extra=("--workers", "2"))
+    other = Gateway("tests.webapp:fastapi_app", workdir, name="reload-app", root_path="/app")
+    start_gateways(gw, other)
+    ws = start_webserver("nginx", "stock", workdir, socket=gw.socket, app_socket=other.socket)
+    try:
+        with client(ws) as c:
+            before = {c.get("/pid").text for _ in range(20)}
+        statuses: list[int] = []
+        pids: set[str] = set()
+        stop = threading.Event()
+
+        def load() -> None:
+            with client(ws) as c:
+                for _ in range(5000):  # bounded; stopped by the event long before
+                    if stop.is_set():
+                        return
+                    try:
+                        r = c.get("/pid")
+                        statuses.append(r.status_code)
+                        pids.add(r.text)
+                    except httpx.HTTPError:
+                        statuses.append(0)
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        os.kill(gw.pid, signal.SIGHUP)
+        wait_for(lambda: pids - before, timeout=15)  # the new workers answer
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(15)
+        assert len(statuses) > 100
+        assert statuses.count(200) == len(statuses), (
+            f"{len(statuses) - statuses.count(200)} of {len(statuses)} failed\n{ws.logs()}"
+        )
+        assert pids - before, "no new worker answered after SIGHUP"
+    finally:
+        ws.stop()
+        assert gw.stop() == 0, gw.log_tail()
+        other.stop()

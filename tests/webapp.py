@@ -75,6 +75,10 @@ async def ping(request: Request) -> Response:
     return PlainTextResponse("pong")
 
 
+async def pid(request: Request) -> Response:
+    return PlainTextResponse(str(os.getpid()))
+
+
 async def echo(request: Request) -> Response:
     body = await request.body()
     return Response(body, media_type="application/octet-stream")
@@ -226,6 +230,7 @@ async def _raw_endless(scope: dict[str, Any], receive: Any, send: Any) -> None:
 starlette_app = Starlette(
     routes=[
         Route("/ping", ping),
+        Route("/pid", pid),
         Route("/café/{rest:path}", show_scope),
         Route("/items/{item_id:int}", item),
         Route("/echo", echo, methods=["POST"]),

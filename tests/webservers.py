@@ -146,6 +146,7 @@ class Gateway(Process):
         name: str = "gateway",
         tcp: bool = False,
         root_path: str | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.socket: str | None = None if tcp else socket_path(name)
         self.port: int | None = free_port() if tcp else None
@@ -157,6 +158,7 @@ class Gateway(Process):
             argv += ["--host", "127.0.0.1", "--port", str(self.port)]
         if root_path is not None:
             argv += ["--root-path", root_path]
+        argv += extra
         super().__init__(name, argv, workdir / f"{name}-{secrets.token_hex(3)}.log")
 
     def wait_ready(self) -> None:
