@@ -36,7 +36,6 @@ class StalledReader(asyncio.Protocol):
 
     def connection_made(self, transport):  # type: ignore[no-untyped-def]
         self.transport = transport
-        transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         for record in self.reader.feed(data):
@@ -52,9 +51,34 @@ class StalledReader(asyncio.Protocol):
 
 
 async def test_slow_reader_bounds_buffering(serve):
-    server = await serve(apps.app)
+    await stall_then_read(await serve(apps.app))
+
+
+def test_slow_reader_bounds_buffering_on_uvloop(sock_path):
+    """The same on uvloop, the default loop of the CLI (its writelines() path)."""
+    import uvloop
+
+    from fcgi_asgi import FastCGIServer
+    from fcgi_asgi.config import Config
+
+    async def main() -> None:
+        server = FastCGIServer(Config(app=apps.app, socket=sock_path, access_log=False))
+        await server.start()
+        try:
+            await stall_then_read(server)
+        finally:
+            await server.aclose()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+
+
+async def stall_then_read(server) -> None:  # type: ignore[no-untyped-def]
+    """A 200 MiB stream to a peer that reads nothing for 2 s, then everything."""
     loop = asyncio.get_running_loop()
     transport, proto = await loop.create_unix_connection(StalledReader, server.config.socket)
+    # Paused here, not in connection_made: uvloop starts reading after that call.
+    transport.pause_reading()
     params = build_params("GET", "/stream", query=f"{COUNT},{CHUNK}")
     transport.write(
         encode_begin_request(1)
@@ -70,6 +94,7 @@ async def test_slow_reader_bounds_buffering(serve):
             if conn.transport is not None:
                 max_buffered = max(max_buffered, conn.transport.get_write_buffer_size())
     sent_while_stalled = apps.EVENTS["stream_sent"]
+    assert proto.received == 0, "the stalled peer read anyway"
     # The app got at most a write buffer plus kernel socket buffers ahead.
     assert sent_while_stalled < 8 << 20, sent_while_stalled
     assert max_buffered <= server.config.write_buffer_size + CHUNK + 64, max_buffered

@@ -263,7 +263,8 @@ class FastCGIClient:
 
     def write(self, pieces: Iterable[bytes | memoryview]) -> None:
         """Write raw bytes (records) to the connection."""
-        self.writer.writelines(pieces)
+        # Joined: asyncio's writelines() on Python 3.12 skips flow control.
+        self.writer.write(b"".join(pieces))
 
     async def drain(self) -> None:
         """Wait while the application is not reading."""

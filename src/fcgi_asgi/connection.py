@@ -79,6 +79,7 @@ class FastCGIConnection(asyncio.Protocol):
         self.write_paused = False
         self.closing = False
         self._reader = RecordReader()
+        self._gather_writes = False
         self._writable: asyncio.Event | None = None
         # Reading pauses for either of two reasons: too much unread request body,
         # or a peer that keeps sending while it reads none of what we write
@@ -141,6 +142,10 @@ class FastCGIConnection(asyncio.Protocol):
             return
         size = self.config.write_buffer_size
         transport.set_write_buffer_limits(high=size, low=size // 4)
+        # writelines() only where it keeps flow control: asyncio's own transport
+        # on Python 3.12 buffers without ever calling pause_writing() (and on
+        # 3.11 it joins the pieces anyway), so there the pieces are joined here.
+        self._gather_writes = type(transport).__module__.startswith("uvloop")
         ctx.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -353,10 +358,10 @@ class FastCGIConnection(asyncio.Protocol):
             return
         if len(pieces) == 1:
             transport.write(pieces[0])
-        elif len(pieces) <= 4 and sum(map(len, pieces)) <= 16384:
-            transport.write(b"".join(pieces))  # one small write beats writelines' bookkeeping
+        elif self._gather_writes and (len(pieces) > 4 or sum(map(len, pieces)) > 16384):
+            transport.writelines(pieces)  # large bodies: no copy into one buffer
         else:
-            transport.writelines(pieces)
+            transport.write(b"".join(pieces))  # one small write beats writelines' bookkeeping
 
     @property
     def writable(self) -> bool:

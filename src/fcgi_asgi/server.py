@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import socket
@@ -102,7 +103,7 @@ class FastCGIServer:
             backlog = effective_backlog(config.backlog)
             if listener.sock.family == socket.AF_UNIX:
                 self._server = await loop.create_unix_server(
-                    factory, sock=listener.sock, backlog=backlog
+                    factory, sock=listener.sock, backlog=backlog, **_no_socket_cleanup(loop)
                 )
             else:
                 self._server = await loop.create_server(
@@ -234,6 +235,21 @@ async def start_server(
     server = FastCGIServer(config)
     await server.start()
     return server
+
+
+def _no_socket_cleanup(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+    """Keyword that stops asyncio (3.13+) removing the socket file on close.
+
+    The file is shared by every worker and by the supervisor, which removes it
+    itself (only if it is still the one it bound): a worker that closes its
+    server on reload must leave it, or new connections fail with ENOENT.
+    uvloop has no such parameter and never removes the file.
+    """
+    try:
+        params = inspect.signature(loop.create_unix_server).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"cleanup_socket": False} if "cleanup_socket" in params else {}
 
 
 def _new_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
