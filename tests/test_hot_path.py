@@ -13,6 +13,7 @@ from fcgi_asgi.cycle import encode_head
 from fcgi_asgi.errors import AppProtocolError
 from fcgi_asgi.records import (
     MalformedPairs,
+    ProtocolError,
     RecordReader,
     decode_pairs,
     decode_params_py,
@@ -150,3 +151,42 @@ def test_c_request_headers_is_built() -> None:
     if os.environ.get("FCGI_ASGI_NO_EXTENSIONS"):
         pytest.skip("FCGI_ASGI_NO_EXTENSIONS is set: the pure-Python scope is in use")
     assert scope.request_headers is not scope.request_headers_py
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 11), st.integers(0, 65535), st.binary(max_size=300))),
+    st.lists(st.integers(0, 255), max_size=8),
+    st.binary(max_size=12),
+    st.lists(st.integers(1, 400), min_size=1, max_size=6),
+)
+def test_reader_c_and_python_agree(  # type: ignore[no-untyped-def]
+    records, paddings, tail, sizes
+) -> None:
+    """The C record splitter and the Python one: same records, same held bytes,
+    same error, whatever the chunking (padding and a ragged tail included)."""
+    blob = (
+        b"".join(
+            bytes((1, t, r >> 8, r & 255, len(c) >> 8, len(c) & 255, p, 0)) + c + bytes(p)
+            for (t, r, c), p in zip(records, paddings + [0] * len(records), strict=False)
+        )
+        + tail
+    )
+    outcomes = []
+    for feed_name in ("feed", "_feed_py"):
+        reader = RecordReader()
+        feed = getattr(reader, feed_name)
+        got: list[tuple[int, int, bytes]] = []
+        pos, i = 0, 0
+        try:
+            while pos < len(blob):
+                size = sizes[i % len(sizes)]
+                got += [tuple(r) for r in feed(blob[pos : pos + size])]
+                pos += size
+                i += 1
+            outcomes.append((got, reader.buffered, None))
+        except ProtocolError as exc:
+            outcomes.append((None, None, str(exc)))
+        assert all(type(r) is tuple for r in got)
+    assert outcomes[0] == outcomes[1]
+    if outcomes[0][2] is None:
+        assert outcomes[0][0][: len(records)] == [tuple(r) for r in records]

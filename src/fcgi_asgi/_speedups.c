@@ -76,6 +76,78 @@ fail:
     return NULL;
 }
 
+/* ---- parse_records: whole records out of a buffer ------------------------- */
+
+/* parse_records(src, record_type) -> (records, consumed)
+ * Every whole record in src (bytes or bytearray, read in place) as an instance
+ * of record_type (a tuple subclass of three: type, request id, content), and
+ * how many bytes they took; a partial record at the end is left. ValueError
+ * for a header whose version is not 1. */
+static PyObject *
+parse_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyType_Check(args[1]) ||
+        !PyType_IsSubtype((PyTypeObject *)args[1], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "parse_records(src, record_type: tuple subclass)");
+        return NULL;
+    }
+    PyTypeObject *rtype_cls = (PyTypeObject *)args[1];
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    const unsigned char *buf = (const unsigned char *)view.buf;
+    Py_ssize_t end = view.len, pos = 0;
+    PyObject *records = PyList_New(0);
+    if (records == NULL) {
+        goto fail;
+    }
+    while (end - pos >= 8) {
+        const unsigned char *h = buf + pos;
+        if (h[0] != 1) {
+            PyErr_Format(PyExc_ValueError,
+                         "record header has version %d, only version 1 exists", (int)h[0]);
+            goto fail;
+        }
+        Py_ssize_t clen = ((Py_ssize_t)h[4] << 8) | h[5];
+        Py_ssize_t next = pos + 8 + clen + h[6];
+        if (next > end) {
+            break;
+        }
+        PyObject *record = rtype_cls->tp_alloc(rtype_cls, 3);
+        if (record == NULL) {
+            goto fail;
+        }
+        PyObject *rtype = PyLong_FromLong(h[1]);
+        PyObject *rid = PyLong_FromLong(((long)h[2] << 8) | h[3]);
+        PyObject *content = PyBytes_FromStringAndSize((const char *)h + 8, clen);
+        if (rtype == NULL || rid == NULL || content == NULL) {
+            Py_XDECREF(rtype);
+            Py_XDECREF(rid);
+            Py_XDECREF(content);
+            Py_DECREF(record);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(record, 0, rtype);
+        PyTuple_SET_ITEM(record, 1, rid);
+        PyTuple_SET_ITEM(record, 2, content);
+        int rc = PyList_Append(records, record);
+        Py_DECREF(record);
+        if (rc < 0) {
+            goto fail;
+        }
+        pos = next;
+    }
+    PyBuffer_Release(&view);
+    PyObject *result = Py_BuildValue("(Nn)", records, pos);
+    return result;
+
+fail:
+    Py_XDECREF(records);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 /* ---- request_headers: the ASGI header list of a request's params ---------- */
 
 static PyObject *name_cache; /* param name -> header name, bounded */
@@ -209,6 +281,8 @@ fail:
 }
 
 static PyMethodDef methods[] = {
+    {"parse_records", (PyCFunction)(void (*)(void))parse_records, METH_FASTCALL,
+     "Whole records of a buffer and the bytes they took."},
     {"request_headers", request_headers, METH_O,
      "The ASGI headers list for a dict of CGI params."},
     {"decode_params", decode_params, METH_O,

@@ -303,8 +303,10 @@ def decode_params_py(data: bytes | bytearray | memoryview) -> dict[bytes, bytes]
 
 try:
     from ._speedups import decode_params as _decode_params_c
+    from ._speedups import parse_records as _c_parse_records
 except ImportError:  # not built: no compiler, or FCGI_ASGI_NO_EXTENSIONS=1
     _c_decoder = None
+    _c_parse_records = None  # type: ignore[assignment]
 else:
     _c_decoder = _decode_params_c
 
@@ -345,6 +347,24 @@ class RecordReader:
 
         Raises :class:`UnsupportedVersion` for a header whose version is not 1.
         """
+        if _c_parse_records is None:
+            return self._feed_py(data)
+        buf = self._buf
+        try:
+            if buf:
+                buf += data
+                # Parsed in place: the held-back bytes are not copied again.
+                records, pos = _c_parse_records(buf, Record)
+                del buf[:pos]
+            else:
+                records, pos = _c_parse_records(data, Record)
+                if pos < len(data):
+                    buf += memoryview(data)[pos:]
+        except ValueError as exc:
+            raise UnsupportedVersion(str(exc)) from None
+        return records  # type: ignore[return-value]
+
+    def _feed_py(self, data: bytes) -> list[Record]:
         buf = self._buf
         held = bool(buf)
         if held:
