@@ -190,3 +190,29 @@ def test_reader_c_and_python_agree(  # type: ignore[no-untyped-def]
     assert outcomes[0] == outcomes[1]
     if outcomes[0][2] is None:
         assert outcomes[0][0][: len(records)] == [tuple(r) for r in records]
+
+
+_header_name = st.sampled_from([b"content-type", b"Status", b"x-a", b"bad name", b"", b"x\x00"])
+_header_value = st.sampled_from([b"text/plain", b"", b"a\r\nb", b"\x00", b"caf\xe9"])
+_header = st.tuples(_header_name | st.binary(max_size=6), _header_value | st.binary(max_size=6))
+_headers = st.lists(
+    _header | st.lists(_header_value, min_size=2, max_size=2).map(tuple), max_size=5
+)
+
+
+@given(
+    st.sampled_from([200, 404, 418, 599, 999, 100, 99, 1000]),
+    _headers | _headers.map(tuple) | _headers.map(lambda hs: [list(h) for h in hs]),
+)
+def test_encode_head_c_matches_python(status: int, headers) -> None:  # type: ignore[no-untyped-def]
+    from fcgi_asgi.cycle import encode_head_py
+
+    try:
+        expected: bytes | str = encode_head_py(status, headers)
+    except AppProtocolError as exc:
+        expected = str(exc)
+    try:
+        got: bytes | str = encode_head(status, headers)
+    except AppProtocolError as exc:
+        got = str(exc)
+    assert got == expected

@@ -8,6 +8,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
+#include <strings.h>
 
 /* Read one FastCGI name-value length at *pos: 1 byte below 0x80, else 4 bytes
  * big-endian with the top bit set. Returns -1 when the data is cut short. */
@@ -148,6 +149,88 @@ fail:
     return NULL;
 }
 
+/* ---- encode_head: the CGI response head, happy path only ------------------ */
+
+static int
+is_token_char(unsigned char c)
+{
+    /* RFC 9110 tchar */
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
+        return 1;
+    }
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* encode_head(status_line, headers) -> bytes, or None when anything is
+ * unusual (not a list/tuple of (bytes, bytes) pairs, a name that is not a
+ * token or is "status", a value with CR, LF or NUL): cycle.encode_head then
+ * takes the Python path, which raises the precise error or drops the header. */
+static PyObject *
+encode_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "encode_head(status_line: bytes, headers)");
+        return NULL;
+    }
+    PyObject *line = args[0], *headers = args[1];
+    if (!PyList_CheckExact(headers) && !PyTuple_CheckExact(headers)) {
+        Py_RETURN_NONE;
+    }
+    PyObject *seq = headers;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    Py_ssize_t total = PyBytes_GET_SIZE(line) + 2;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *h = items[i];
+        if (!(PyTuple_CheckExact(h) || PyList_CheckExact(h)) || PySequence_Fast_GET_SIZE(h) != 2) {
+            Py_RETURN_NONE;
+        }
+        PyObject *name = PySequence_Fast_GET_ITEM(h, 0), *value = PySequence_Fast_GET_ITEM(h, 1);
+        if (!PyBytes_CheckExact(name) || !PyBytes_CheckExact(value)) {
+            Py_RETURN_NONE;
+        }
+        Py_ssize_t nl = PyBytes_GET_SIZE(name), vl = PyBytes_GET_SIZE(value);
+        const unsigned char *np = (const unsigned char *)PyBytes_AS_STRING(name);
+        const unsigned char *vp = (const unsigned char *)PyBytes_AS_STRING(value);
+        if (nl == 0 || (nl == 6 && strncasecmp((const char *)np, "status", 6) == 0)) {
+            Py_RETURN_NONE;
+        }
+        for (Py_ssize_t j = 0; j < nl; j++) {
+            if (!is_token_char(np[j])) {
+                Py_RETURN_NONE;
+            }
+        }
+        for (Py_ssize_t j = 0; j < vl; j++) {
+            if (vp[j] == '\r' || vp[j] == '\n' || vp[j] == 0) {
+                Py_RETURN_NONE;
+            }
+        }
+        total += nl + vl + 4;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) {
+        return NULL;
+    }
+    char *p = PyBytes_AS_STRING(out);
+    memcpy(p, PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line));
+    p += PyBytes_GET_SIZE(line);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *h = items[i];
+        PyObject *name = PySequence_Fast_GET_ITEM(h, 0), *value = PySequence_Fast_GET_ITEM(h, 1);
+        memcpy(p, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name));
+        p += PyBytes_GET_SIZE(name);
+        *p++ = ':';
+        *p++ = ' ';
+        memcpy(p, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
+        p += PyBytes_GET_SIZE(value);
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    *p++ = '\r';
+    *p++ = '\n';
+    return out;
+}
+
 /* ---- request_headers: the ASGI header list of a request's params ---------- */
 
 static PyObject *name_cache; /* param name -> header name, bounded */
@@ -281,6 +364,8 @@ fail:
 }
 
 static PyMethodDef methods[] = {
+    {"encode_head", (PyCFunction)(void (*)(void))encode_head, METH_FASTCALL,
+     "The CGI head for a status line and plain (bytes, bytes) headers, or None."},
     {"parse_records", (PyCFunction)(void (*)(void))parse_records, METH_FASTCALL,
      "Whole records of a buffer and the bytes they took."},
     {"request_headers", request_headers, METH_O,

@@ -19,6 +19,11 @@ from .errors import AppProtocolError, ClientDisconnected
 from .records import MAX_CONTENT, STDOUT, encode_end_request, encode_record, encode_stream
 from .status import render_status
 
+try:
+    from ._speedups import encode_head as _c_encode_head
+except ImportError:  # not built: the Python path alone
+    _c_encode_head = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
     from .config import ASGIApp
     from .connection import FastCGIConnection
@@ -94,6 +99,18 @@ def encode_head(status: Any, headers: Any) -> bytes:
     integer, or a header name or value that is not bytes, not a token, or
     holds CR, LF or NUL: any of them would corrupt the stream.
     """
+    if _c_encode_head is not None and type(status) is int:
+        line = _STATUS_LINES.get(status)
+        if line is not None:
+            head = _c_encode_head(line, headers)
+            if head is not None:
+                return head
+    # Anything unusual (and everything without the C speedups): the checks below.
+    return encode_head_py(status, headers)
+
+
+def encode_head_py(status: Any, headers: Any) -> bytes:
+    """:func:`encode_head` in Python alone: the checks and their precise errors."""
     if type(status) is not int or not 100 <= status <= 999:
         raise AppProtocolError(f"response status must be an int from 100 to 999, not {status!r}")
     line = _STATUS_LINES.get(status)
