@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fcgi_asgi import records
+from fcgi_asgi import records, scope
 from fcgi_asgi.cycle import encode_head
 from fcgi_asgi.errors import AppProtocolError
 from fcgi_asgi.records import (
@@ -20,7 +21,19 @@ from fcgi_asgi.records import (
     encode_pairs,
     encode_record,
 )
-from fcgi_asgi.scope import build_scope
+from fcgi_asgi.scope import ASGI_VERSION, build_scope
+from tests import recorded_params as rec
+
+try:
+    from fcgi_asgi._speedups import scope_from_params as _c_scope_from_params
+except ImportError:  # FCGI_ASGI_NO_EXTENSIONS: compare the Python path with itself
+    _HAVE_C = False
+
+    def _c_scope_from_params(*args: Any) -> None:
+        return None
+else:
+    _HAVE_C = True
+
 
 # Lengths around the 1-byte/4-byte boundary (127/128) and larger.
 _blob = st.binary(max_size=300) | st.sampled_from([b"x" * 127, b"y" * 128, b"z" * 70000])
@@ -136,8 +149,6 @@ _param_values = st.sampled_from([b"", b"0", b"12", b"-1", b"1 2", b"text/plain"]
 
 @given(st.dictionaries(_param_names, _param_values, max_size=12))
 def test_request_headers_c_matches_python(params: dict[bytes, bytes]) -> None:
-    from fcgi_asgi import scope
-
     expected = scope.request_headers_py(params)
     assert scope.request_headers(params) == expected
     assert scope.request_headers(params) == expected  # the name cache changes nothing
@@ -146,8 +157,6 @@ def test_request_headers_c_matches_python(params: dict[bytes, bytes]) -> None:
 
 
 def test_c_request_headers_is_built() -> None:
-    from fcgi_asgi import scope
-
     if os.environ.get("FCGI_ASGI_NO_EXTENSIONS"):
         pytest.skip("FCGI_ASGI_NO_EXTENSIONS is set: the pure-Python scope is in use")
     assert scope.request_headers is not scope.request_headers_py
@@ -216,3 +225,162 @@ def test_encode_head_c_matches_python(status: int, headers) -> None:  # type: ig
     except AppProtocolError as exc:
         got = str(exc)
     assert got == expected
+
+
+# -- scope_from_params: the C scope straight from PARAMS bytes --------------------
+
+_cgi_names = st.sampled_from(
+    [
+        b"REQUEST_URI",
+        b"QUERY_STRING",
+        b"SCRIPT_NAME",
+        b"PATH_INFO",
+        b"SERVER_SOFTWARE",
+        b"REQUEST_METHOD",
+        b"SERVER_PROTOCOL",
+        b"HTTPS",
+        b"REQUEST_SCHEME",
+        b"REMOTE_ADDR",
+        b"REMOTE_PORT",
+        b"SERVER_ADDR",
+        b"SERVER_NAME",
+        b"SERVER_PORT",
+        b"CONTENT_TYPE",
+        b"CONTENT_LENGTH",
+        b"HTTP_CONTENT_TYPE",
+        b"HTTP_CONTENT_LENGTH",
+        b"HTTP_HOST",
+        b"HTTP_X_A",
+        b"HTTP_",
+        b"HTTPX",
+        b"DOCUMENT_ROOT",
+    ]
+)
+_cgi_values = st.sampled_from(
+    [
+        b"",
+        b"/",
+        b"/a/b",
+        b"/a?x=1",
+        b"?",
+        b"/%41",
+        b"/caf\xc3\xa9",
+        b"/a/b?q=%20&r",
+        b"GET",
+        b"POST",
+        b"get",
+        b"BREW",
+        b"HTTP/1.0",
+        b"HTTP/2.0",
+        b"HTTP/3",
+        b"HTTP/0.9",
+        b"on",
+        b"ON",
+        b"1",
+        b"yes",
+        b"off",
+        b"https",
+        b"HTTPS",
+        b"http",
+        b"127.0.0.1",
+        b"::1",
+        b"8080",
+        b"0",
+        b"-1",
+        b"12345678901234567890",
+        b"lighttpd/1.4.69",
+        b"nginx/1.22.1",
+        b"text/plain",
+    ]
+) | st.binary(max_size=12)
+
+
+def _scope_variants() -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+    return [(None, None), ({"k": 1}, {"http.response.pathsend": {}})]
+
+
+_uris = st.sampled_from(
+    [b"/", b"/a?b", b"/%7e/%zz%4", b"/caf\xc3\xa9/%C3%A9?x", b"/%ff"]
+) | st.binary(max_size=12)
+
+
+@given(
+    st.lists(st.tuples(_cgi_names | st.binary(max_size=8), _cgi_values), max_size=16),
+    st.none() | st.tuples(st.integers(0, 16), _uris),
+)
+def test_scope_from_params_c_matches_python(
+    pairs: list[tuple[bytes, bytes]], uri: tuple[int, bytes] | None
+) -> None:
+    """Whatever the C scope covers, it builds exactly what the Python rules build."""
+    if uri is not None:  # most requests have one: the case the C path covers
+        pairs.insert(uri[0], (b"REQUEST_URI", uri[1]))
+    data = encode_pairs(pairs)
+    for state, extensions in _scope_variants():
+        c_scope = _c_scope_from_params(data, ASGI_VERSION, state, extensions)
+        expected = scope.build_scope(decode_params_py(data), None, state, extensions)
+        if c_scope is not None:
+            assert c_scope == expected
+            assert list(c_scope) == list(expected)
+            if state is not None:
+                assert c_scope["state"] is not state  # copied per request
+        assert scope.scope_from_params(data, None, state, extensions) == expected
+        assert scope.scope_from_params(bytearray(data), None, state, extensions) == expected
+
+
+@given(st.lists(st.tuples(_cgi_names, _cgi_values), max_size=12), st.data())
+def test_scope_from_params_leaves_malformed_data_to_python(
+    pairs: list[tuple[bytes, bytes]], data: st.DataObject
+) -> None:
+    blob = encode_pairs(pairs)
+    cut = blob[: data.draw(st.integers(0, len(blob)))]
+    try:
+        decode_pairs(cut)
+    except MalformedPairs:
+        assert _c_scope_from_params(cut, ASGI_VERSION, None, None) is None
+        with pytest.raises(MalformedPairs):
+            scope.scope_from_params(cut)
+
+
+@pytest.mark.parametrize(
+    ("params", "fast"),
+    [
+        (rec.NGINX, True),
+        (rec.NGINX_POST, True),
+        (rec.APACHE, True),
+        # A SCRIPT_NAME/PATH_INFO split: the Python root_path rule decides.
+        (rec.LIGHTTPD_ROOT_KEY, False),
+        (rec.NGINX_SPLIT_PATH_INFO, False),
+        (rec.CADDY, True),
+        (rec.H2O, True),
+        (rec.CADDY_CHUNKED_POST, True),
+    ],
+    ids=[
+        "nginx",
+        "nginx-post",
+        "apache",
+        "lighttpd",
+        "nginx-split",
+        "caddy",
+        "h2o",
+        "caddy-chunked",
+    ],
+)
+def test_scope_from_params_recorded(params: list[tuple[bytes, bytes]], fast: bool) -> None:
+    """Every server's stock params take the C path, and it agrees."""
+    data = encode_pairs(params)
+    expected = scope.build_scope(dict(params), None, {}, None)
+    c_scope = _c_scope_from_params(data, ASGI_VERSION, {}, None)
+    assert (c_scope is not None) == (fast and _HAVE_C)
+    if c_scope is not None:
+        assert c_scope == expected
+    assert scope.scope_from_params(data, None, {}, None) == expected
+    # --root-path always takes the Python rules.
+    assert scope.scope_from_params(data, "/app", {}, None) == scope.build_scope(
+        dict(params), "/app", {}, None
+    )
+
+
+def test_c_scope_from_params_is_built() -> None:
+    if os.environ.get("FCGI_ASGI_NO_EXTENSIONS"):
+        pytest.skip("FCGI_ASGI_NO_EXTENSIONS is set: the pure-Python scope is in use")
+    assert scope.scope_from_params is not scope.scope_from_params_py

@@ -4,3 +4,10 @@ def parse_records(
     src: bytes | bytearray, record_type: type[tuple[int, int, bytes]], /
 ) -> tuple[list[tuple[int, int, bytes]], int]: ...
 def encode_head(status_line: bytes, headers: object, /) -> bytes | None: ...
+def scope_from_params(
+    data: bytes | bytearray,
+    asgi: dict[str, str],
+    state: dict[str, object] | None,
+    extensions: dict[str, object] | None,
+    /,
+) -> dict[str, object] | None: ...

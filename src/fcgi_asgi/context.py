@@ -31,6 +31,8 @@ class ServerContext:
     state: dict[str, Any] | None = None
     #: Where the server listens, for the status page.
     listen: str = "-"
+    #: The listener is a unix socket: its peers have no address to ask for.
+    unix: bool = False
     #: Set by a supervisor: the shared scoreboard and this worker's slot in it.
     scoreboard: Scoreboard | None = None
     slot: int = 0

@@ -92,6 +92,7 @@ class FastCGIServer:
                 config=config,
                 state=self._lifespan.state,
                 listen=listener.describe(),
+                unix=listener.sock.family == socket.AF_UNIX,
                 scoreboard=self.scoreboard,
                 slot=self.slot,
             )
