@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -507,8 +508,16 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    # SIGTERM/SIGHUP end the run like Ctrl-C does: through the finally blocks
+    # that stop every backend, nginx and wrk this run started.
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
     args = parse_args()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
     if not os.environ.get(IN_VENV):
         bootstrap(args)  # re-runs this script from the venv: does not return
     wanted = [s for s in args.scenarios.split(",") if s]
