@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -568,10 +568,11 @@ async def test_inherited_socket_relistens_with_backlog(launch, how, workers):
     assert backlog in (None, min(2048, somaxconn()))  # not the 5 it was made with
 
 
-async def test_systemd_socket_activation_with_the_example_units(launch, sock_path):
+async def test_systemd_socket_activation_with_the_example_units(launch, sock_path, notify_socket):
     units = ROOT / "examples" / "systemd"
     socket_unit = (units / "fcgi-asgi.socket").read_text()
     service = (units / "fcgi-asgi.service").read_text()
+    assert re.search(r"^Type=notify$", service, re.M)
     assert re.search(r"^ListenStream=/", socket_unit, re.M)
     assert re.search(r"^SocketMode=0660$", socket_unit, re.M)
     assert re.search(r"^ExecReload=/bin/kill -HUP \$MAINPID$", service, re.M)
@@ -603,13 +604,18 @@ async def test_systemd_socket_activation_with_the_example_units(launch, sock_pat
             argv=[sys.executable, "-c", launcher, str(listening.fileno()), APP, *options],
             pass_fds=(listening.fileno(),),
             wait=False,
+            env={"NOTIFY_SOCKET": notify_socket.path},
         )
     gw.sock = sock_path
+    await notify_socket.wait_for("READY")  # Type=notify: systemd waits for this
+    assert len(gw.ready_workers()) == workers
     await gw.wait_serving(workers)
     # The app's environment no longer names the socket (its subprocesses must not take it).
     assert (await gw.get("/env", "LISTEN_FDS")).body == b"-"
     old = gw.ready_workers()
     gw.signal(signal.SIGHUP)  # what ExecReload does
+    await notify_socket.wait_for("RELOADING")
+    await notify_socket.wait_for("READY", count=2)
     await wait_until(lambda: not set(gw.workers()) & old, "the reload")
     assert (await gw.get("/pid")).status == 200
     gw.signal(signal.SIGTERM)
@@ -687,3 +693,110 @@ async def test_single_process_ignores_sighup(launch):
     assert gw.proc.poll() is None
     assert (await gw.get("/pid")).body == first.body == str(gw.pid).encode()
     await wait_until(lambda: "SIGHUP: ignored" in gw.log(), "the SIGHUP warning")
+
+
+class NotifySocket:
+    """A stand-in for systemd's notification socket: a unix datagram socket
+    that also learns each sender's PID (SO_PASSCRED), as systemd does."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.bind(self.path)
+        self.sock.setblocking(False)
+        self.messages: list[tuple[int, dict[str, str]]] = []
+
+    def _drain(self) -> None:
+        creds_size = socket.CMSG_SPACE(12)  # struct ucred: pid, uid, gid
+        while True:
+            try:
+                data, ancdata, _, _ = self.sock.recvmsg(4096, creds_size)
+            except BlockingIOError:
+                return
+            pid = -1
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid = int.from_bytes(payload[:4], sys.byteorder)
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            self.messages.append((pid, fields))
+
+    async def wait_for(self, key: str, count: int = 1, timeout: float = 20.0) -> dict[str, str]:
+        """The ``count``-th message carrying ``key=1``."""
+
+        def arrived() -> bool:
+            self._drain()
+            return sum(1 for _, m in self.messages if m.get(key) == "1") >= count
+
+        await wait_until(arrived, f"{key}=1 #{count} on NOTIFY_SOCKET", timeout)
+        return [m for _, m in self.messages if m.get(key) == "1"][count - 1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
+    ns = NotifySocket(tmp_path / "notify.sock")
+    yield ns
+    ns.close()
+
+
+async def test_systemd_notify_single_process(launch, notify_socket):
+    """Type=notify: READY=1 once it serves, STOPPING=1 on SIGTERM, from the main PID."""
+    gw = await launch(wait=False, env={"NOTIFY_SOCKET": notify_socket.path})
+    ready = await notify_socket.wait_for("READY")
+    assert ready["MAINPID"] == str(gw.pid)
+    assert "serving on" in ready["STATUS"]
+    # Ready means ready: the very first request is answered.
+    assert (await gw.get("/pid")).body == str(gw.pid).encode()
+    gw.signal(signal.SIGTERM)
+    await notify_socket.wait_for("STOPPING")
+    assert await gw.wait_exit() == 0
+    assert {pid for pid, _ in notify_socket.messages} == {gw.pid}
+
+
+async def test_systemd_notify_workers_ready_reload_stop(launch, notify_socket):
+    """With --workers, READY=1 comes when every worker serves; SIGHUP sends
+    RELOADING=1 then READY=1 once new workers serve; only the supervisor speaks."""
+    gw = await launch("--workers", "2", wait=False, env={"NOTIFY_SOCKET": notify_socket.path})
+    ready = await notify_socket.wait_for("READY")
+    assert ready["MAINPID"] == str(gw.pid)
+    assert ready["STATUS"].startswith("2 worker(s) serving on")
+    old = gw.ready_workers()
+    assert len(old) == 2  # both were ready before READY=1
+    assert int((await gw.get("/pid")).body) in old
+
+    gw.signal(signal.SIGHUP)
+    reloading = await notify_socket.wait_for("RELOADING")
+    assert int(reloading["MONOTONIC_USEC"]) > 0
+    await notify_socket.wait_for("READY", count=2)
+    # The new workers serve; the old ones were told to drain.
+    new = gw.ready_workers() - old
+    assert len(new) == 2
+    for _ in range(4):
+        assert int((await gw.get("/pid")).body) in new
+
+    gw.signal(signal.SIGTERM)
+    await notify_socket.wait_for("STOPPING")
+    assert await gw.wait_exit() == 0
+    assert {pid for pid, _ in notify_socket.messages} == {gw.pid}
+    # One READY=1 for the start and one for the reload, nothing from the workers.
+    assert sum(m.get("READY") == "1" for _, m in notify_socket.messages) == 2
+
+
+def test_notifier_abstract_address_and_bad_value(caplog):
+    from fcgi_asgi.sdnotify import Notifier
+
+    name = f"fcgi-asgi-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(5)
+        assert Notifier("@" + name).stopping()
+        assert sock.recv(4096).decode().splitlines() == ["STOPPING=1", "STATUS=stopping"]
+    assert not Notifier(None).enabled and not Notifier(None).ready("x")
+    assert not Notifier("relative/path").enabled
+    assert "not a unix socket path" in caplog.text
+    # A socket that has gone away: logged, never raised.
+    assert not Notifier("/nonexistent/notify.sock").ready("x")
+    assert "could not notify systemd" in caplog.text

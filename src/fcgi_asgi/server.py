@@ -22,6 +22,7 @@ from .draining import cut_remaining, drain, stop_accepting
 from .lifespan import Lifespan
 from .listeners import Listener, effective_backlog, open_listener
 from .scoreboard import Scoreboard
+from .sdnotify import Notifier
 
 __all__ = ["FastCGIServer", "run", "start_server"]
 
@@ -281,6 +282,9 @@ def run(app: ASGIApp | str, **options: Any) -> None:
 async def _serve_until_signalled(server: FastCGIServer) -> None:
     loop = asyncio.get_running_loop()
     await server.start()
+    notifier = Notifier.from_environ()
+    if notifier.enabled and server.listener is not None:
+        notifier.ready(f"serving on {server.listener.describe()}")
     signals = 0
 
     def on_signal(signum: int) -> None:
@@ -288,6 +292,7 @@ async def _serve_until_signalled(server: FastCGIServer) -> None:
         signals += 1
         if signals == 1:
             logger.info("received %s, shutting down", signal.Signals(signum).name)
+            notifier.stopping()
             server.close()
         else:
             logger.warning(

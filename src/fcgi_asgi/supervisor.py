@@ -38,6 +38,7 @@ from .config import Config
 from .listeners import Listener, open_listener
 from .privileges import Identity, resolve_identity
 from .scoreboard import Scoreboard
+from .sdnotify import Notifier
 from .worker import BOOT_ERROR, READY, RETIRE, WorkerSpec, run_worker
 
 __all__ = ["Supervisor", "needs_supervisor", "supervise"]
@@ -135,6 +136,9 @@ class Supervisor:
         # need slots beyond --workers.
         self.scoreboard = Scoreboard(max(64, 4 * config.workers))
         self._free_slots = set(range(self.scoreboard.slots))
+        # systemd hears from the supervisor alone (workers never see the socket).
+        self._notifier = Notifier.from_environ(unset=True)
+        self._announced = False
 
     # -- running ----------------------------------------------------------------
 
@@ -176,6 +180,7 @@ class Supervisor:
             if self._stopping and not self.workers:
                 return
             self._manage()
+            self._announce()
             for fd, _ in self._poll.poll(self._next_timeout() * 1000):
                 if fd == self._wake_r:
                     with contextlib.suppress(BlockingIOError):
@@ -229,6 +234,8 @@ class Supervisor:
 
     def _reload(self) -> None:
         self._generation += 1
+        self._announced = False
+        self._notifier.reloading()
         for worker in self.workers.values():
             worker.obsolete = True
         # A fixed deploy is tried at once, whatever the back-off had reached.
@@ -240,6 +247,7 @@ class Supervisor:
 
     def _begin_stop(self) -> None:
         self._stopping = True
+        self._notifier.stopping()
         # New clients get a clear refusal now rather than waiting in a
         # backlog nobody will accept from.
         self._close_listener()
@@ -292,6 +300,20 @@ class Supervisor:
         surplus = sum(w.ready for w in fresh) + len(serving) - self.target
         for worker in serving[: max(surplus, 0)]:
             self._stop(worker)
+
+    def _announce(self) -> None:
+        # READY=1 once --workers ready workers of the current generation serve
+        # and every older one has been told to drain (start, and each reload).
+        if self._announced or self._stopping or not self._notifier.enabled:
+            return
+        current = [w for w in self.workers.values() if not w.obsolete and not w.stopping]
+        if sum(w.ready for w in current) < self.target or any(
+            w.obsolete and not w.stopping for w in self.workers.values()
+        ):
+            return
+        self._announced = True
+        assert self.listener is not None
+        self._notifier.ready(f"{self.target} worker(s) serving on {self.listener.describe()}")
 
     def _spawn(self) -> Worker:
         assert self.listener is not None
