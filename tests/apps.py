@@ -81,8 +81,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await asyncio.sleep(float(scope["query_string"] or b"0.2"))
         await _respond(send, 200, b"slept")
     elif path == "/stream":
-        # ?N,SIZE: N chunks of SIZE bytes; records whether a disconnect was seen.
-        count, size = (int(x) for x in (scope["query_string"] or b"10,1024").split(b","))
+        # ?N,SIZE[,PAUSE]: N chunks of SIZE bytes, with a PAUSE (s) after every 8;
+        # records whether a disconnect was seen.
+        query = (scope["query_string"] or b"10,1024").split(b",")
+        count, size = int(query[0]), int(query[1])
+        pause = float(query[2]) if len(query) > 2 else 0.0
         EVENTS["stream_sent"] = 0
         EVENTS["stream_disconnected"] = False
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -91,10 +94,15 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 chunk = stream_chunk(i, size)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 EVENTS["stream_sent"] += size
+                if pause and i % 8 == 7:
+                    await asyncio.sleep(pause)
             await send({"type": "http.response.body", "body": b""})
         except OSError:
             EVENTS["stream_disconnected"] = True
-            message = await asyncio.wait_for(receive(), 5)
+            # In this very step (wait_for would run receive() as a new task on
+            # Python 3.11, later, hiding what receive() says right away).
+            async with asyncio.timeout(5):
+                message = await receive()
             EVENTS["stream_receive_after"] = message["type"]
             raise
     elif path == "/wait-disconnect":

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import socket
 import time
 
 import pytest
@@ -15,10 +16,14 @@ from fcgi_asgi.records import (
     AUTHORIZER,
     GET_VALUES,
     OVERLOADED,
+    PARAMS,
     REQUEST_COMPLETE,
+    RESPONDER,
+    STDIN,
     UNKNOWN_ROLE,
     UNKNOWN_TYPE,
     encode_begin_request,
+    encode_pairs,
     encode_record,
 )
 from tests import apps
@@ -164,6 +169,39 @@ async def test_abort_during_streaming(server):
         # The connection lives on for the next request.
         r = await client.request("GET", "/scope")
         assert r.status == 200
+
+
+async def test_failed_write_gives_disconnect(serve):
+    """A write fails (the web server stopped reading for good) before any read
+    sees the connection end: send() raises, and a receive() after that must
+    say http.disconnect (ASGI 2.4), not hand out the request body. On a unix
+    socket, the client's shutdown(SHUT_RD) makes the gateway's writes fail
+    with EPIPE while its reads see no EOF: that order, every time."""
+    server = await serve(apps.app)
+    # Bursts of 8 small chunks, 20 ms apart: between two bursts the client
+    # stops reading, and the next burst's first write fails while the send()
+    # after it runs in the same step, before connection_lost.
+    params = encode_pairs(build_params("GET", "/stream", query="4000,1024,0.02"))
+    request = (
+        encode_begin_request(1, RESPONDER, 0)
+        + encode_record(PARAMS, 1, params)
+        + encode_record(PARAMS, 1)
+        + encode_record(STDIN, 1)
+    )
+    apps.EVENTS.pop("stream_receive_after", None)
+    reader, writer = await asyncio.open_unix_connection(server.config.socket)
+    try:
+        writer.write(request)
+        assert await reader.read(65536)  # streaming has begun
+        writer.get_extra_info("socket").shutdown(socket.SHUT_RD)
+        for _ in range(250):
+            if apps.EVENTS.get("stream_receive_after"):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        writer.close()
+    assert apps.EVENTS["stream_disconnected"] is True
+    assert apps.EVENTS["stream_receive_after"] == "http.disconnect"
 
 
 async def test_abort_gives_disconnect_to_waiting_app(server):

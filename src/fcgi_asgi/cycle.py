@@ -466,7 +466,10 @@ class RequestCycle:
         conn = self.conn
         if pieces:
             if not conn.writable:
-                # The connection is going away; connection_lost will follow.
+                # The connection is going away (a write failed); connection_lost
+                # follows on a later loop iteration, but for the app the client is
+                # gone now: a receive() after this says http.disconnect.
+                self.disconnect()
                 raise ClientDisconnected(_GONE)
             conn.write(pieces)
         if conn.write_paused:
