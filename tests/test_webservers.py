@@ -663,13 +663,17 @@ def test_stock_params_give_the_right_scope(server: str, workdir: Path, recorder:
         assert scope["query_string"] == b"x=1"
 
 
-def test_reload_under_load_through_nginx_loses_nothing(workdir: Path) -> None:
-    """SIGHUP to a `--workers 2` gateway behind nginx's stock config (a connection per
-    request) while a client loop runs: every request answered, the workers replaced."""
+@pytest.mark.parametrize("config", ["stock", "site"])
+def test_reload_under_load_through_nginx_loses_nothing(workdir: Path, config: str) -> None:
+    """SIGHUP to a `--workers 2` gateway behind nginx while client loops POST and GET:
+    every request answered, the workers replaced. ``stock`` opens a connection per
+    request; ``site`` keeps connections (FCGI_KEEP_CONN, upstream keepalive), which the
+    old workers close when they drain (nginx retries a request whose cached
+    connection turns out closed)."""
     gw = Gateway("tests.webapp:starlette_app", workdir, name="reload", extra=("--workers", "2"))
     other = Gateway("tests.webapp:fastapi_app", workdir, name="reload-app", root_path="/app")
     start_gateways(gw, other)
-    ws = start_webserver("nginx", "stock", workdir, socket=gw.socket, app_socket=other.socket)
+    ws = start_webserver("nginx", config, workdir, socket=gw.socket, app_socket=other.socket)
     try:
         with client(ws) as c:
             before = {c.get("/pid").text for _ in range(20)}
@@ -683,6 +687,8 @@ def test_reload_under_load_through_nginx_loses_nothing(workdir: Path) -> None:
                     if stop.is_set():
                         return
                     try:
+                        r = c.post("/echo", content=b"abc")
+                        statuses.append(r.status_code)
                         r = c.get("/pid")
                         statuses.append(r.status_code)
                         pids.add(r.text)
