@@ -321,6 +321,9 @@ def test_scope_from_params_c_matches_python(
         if c_scope is not None:
             assert c_scope == expected
             assert list(c_scope) == list(expected)
+            assert all(type(n) is bytes and type(v) is bytes for n, v in c_scope["headers"])
+            assert type(c_scope["raw_path"]) is bytes and type(c_scope["query_string"]) is bytes
+            assert type(c_scope["path"]) is str
             if state is not None:
                 assert c_scope["state"] is not state  # copied per request
         assert scope.scope_from_params(data, None, state, extensions) == expected
