@@ -350,8 +350,10 @@ def test_scope_from_params_leaves_malformed_data_to_python(
         (rec.NGINX, True),
         (rec.NGINX_POST, True),
         (rec.APACHE, True),
-        # A SCRIPT_NAME/PATH_INFO split: the Python root_path rule decides.
-        (rec.LIGHTTPD_ROOT_KEY, False),
+        # lighttpd's split is never a mount point; another server's is for the
+        # Python root_path rule to judge.
+        (rec.LIGHTTPD_ROOT_KEY, True),
+        (rec.LIGHTTPD_APP_KEY, True),
         (rec.NGINX_SPLIT_PATH_INFO, False),
         (rec.CADDY, True),
         (rec.H2O, True),
@@ -362,6 +364,7 @@ def test_scope_from_params_leaves_malformed_data_to_python(
         "nginx-post",
         "apache",
         "lighttpd",
+        "lighttpd-app",
         "nginx-split",
         "caddy",
         "h2o",

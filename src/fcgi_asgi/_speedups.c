@@ -382,6 +382,7 @@ enum {
     V_REQUEST_METHOD,
     V_CONTENT_LENGTH,
     V_SERVER_PROTOCOL,
+    V_SERVER_SOFTWARE,
     V_COUNT
 };
 
@@ -412,7 +413,8 @@ var_index(const char *n, Py_ssize_t len)
              : IS("REQUEST_METHOD") ? V_REQUEST_METHOD
              : IS("CONTENT_LENGTH") ? V_CONTENT_LENGTH : -1;
     case 15:
-        return IS("SERVER_PROTOCOL") ? V_SERVER_PROTOCOL : -1;
+        return IS("SERVER_PROTOCOL") ? V_SERVER_PROTOCOL
+             : IS("SERVER_SOFTWARE") ? V_SERVER_SOFTWARE : -1;
     }
     return -1;
 }
@@ -592,8 +594,8 @@ set_steal(PyObject *scope, PyObject *key, PyObject *value)
  * 1.1 us here against 4.0 us (benchmarks/hotpath.py: 11.1 -> 8.9 us a request).
  * Anything that needs the full rules returns None and the Python path runs:
  * malformed data, a name sent twice, no REQUEST_URI, both SCRIPT_NAME and
- * PATH_INFO set (the root_path rule), an unusual method, a port too long to
- * be one. Only called without --root-path. */
+ * PATH_INFO set by a server other than lighttpd (the root_path rule), an
+ * unusual method, a port too long to be one. Only called without --root-path. */
 static PyObject *
 scope_from_params(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -664,10 +666,14 @@ scope_from_params(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
 
-    /* The path: REQUEST_URI's path part, ASCII without escapes; root_path is
-     * "" unless SCRIPT_NAME and PATH_INFO are both set (the split rule). */
-    span uri = vars[V_REQUEST_URI];
-    if (uri.len <= 0 || (vars[V_PATH_INFO].len > 0 && vars[V_SCRIPT_NAME].len > 0)) {
+    /* The path: REQUEST_URI's path part. root_path is "" unless SCRIPT_NAME
+     * and PATH_INFO are both set by a server other than lighttpd, whose split
+     * is never a mount point (scope._splits_at_next_segment): then the Python
+     * rule decides. */
+    span uri = vars[V_REQUEST_URI], software = vars[V_SERVER_SOFTWARE];
+    int lighttpd = software.len >= 8 && strncasecmp(software.p, "lighttpd", 8) == 0;
+    if (uri.len <= 0 ||
+        (vars[V_PATH_INFO].len > 0 && vars[V_SCRIPT_NAME].len > 0 && !lighttpd)) {
         goto fallback;
     }
     span raw_path = {uri.p, uri.len}, query = vars[V_QUERY_STRING];
