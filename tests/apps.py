@@ -112,6 +112,27 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         while message["type"] != "http.disconnect":
             message = await receive()
         EVENTS["disconnect_seen"] = True
+    elif path == "/two-receivers":
+        # Two tasks call receive() at once (a body reader and a disconnect
+        # watcher); each records what it got until http.disconnect. ?fail
+        # raises instead of answering.
+        EVENTS["receivers"] = {}
+
+        async def receiver(name: str) -> None:
+            got = []
+            while True:
+                message = await receive()
+                got.append((message["type"], message.get("body"), message.get("more_body")))
+                if message["type"] == "http.disconnect":
+                    break
+            EVENTS["receivers"][name] = got
+
+        tasks = [asyncio.ensure_future(receiver(name)) for name in ("a", "b")]
+        EVENTS["receiver_tasks"] = tasks
+        await asyncio.sleep(0.3)  # both wait (for the body, or for the end)
+        if scope["query_string"] == b"fail":
+            raise RuntimeError("failed while two receivers wait")
+        await _respond(send, 200, b"answered")
     elif path == "/head-then-wait":
         await send({"type": "http.response.start", "status": 202, "headers": [(b"x-a", b"1")]})
         await asyncio.sleep(0.5)

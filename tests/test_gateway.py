@@ -204,6 +204,42 @@ async def test_failed_write_gives_disconnect(serve):
     assert apps.EVENTS["stream_receive_after"] == "http.disconnect"
 
 
+@pytest.mark.parametrize("how", ["get", "post", "fail"])
+async def test_concurrent_receive_calls_all_end(server, how, caplog):
+    """Two tasks of one request wait in receive() at once: a body arriving goes
+    to one of them, and once the response is sent (or the app fails) both get
+    http.disconnect, on a kept connection that stays open. None may hang."""
+    async with await connect(server) as client:
+        req = await client.begin(
+            build_params(
+                "POST" if how == "post" else "GET",
+                "/two-receivers",
+                query="fail" if how == "fail" else "",
+            ),
+            keep_conn=True,
+        )
+        await asyncio.sleep(0.1)  # both receivers wait before the body comes
+        if how == "post":
+            await req.send_body(b"abc")
+        await req.end_body()
+        body = b""
+        while chunk := await req.read_stdout():
+            body += chunk
+        assert (b"answered" in body) == (how != "fail")
+        await asyncio.wait_for(asyncio.gather(*apps.EVENTS["receiver_tasks"]), 2)
+        got = apps.EVENTS["receivers"]
+        assert sorted(got) == ["a", "b"]
+        assert all(messages[-1][0] == "http.disconnect" for messages in got.values())
+        requests = sorted(
+            m for messages in got.values() for m in messages if m[0] == "http.request"
+        )
+        expected_body = b"abc" if how == "post" else b""
+        assert b"".join(m[1] for m in requests) == expected_body
+        assert [m[2] for m in requests][-1:] == [False]
+        # The connection lives on.
+        assert (await client.request("GET", "/scope")).status == 200
+
+
 async def test_abort_gives_disconnect_to_waiting_app(server):
     apps.EVENTS.pop("disconnect_seen", None)
     async with await connect(server) as client:

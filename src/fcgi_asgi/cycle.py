@@ -153,7 +153,7 @@ class RequestCycle:
         "_stdout_sent",
         "_timeout",
         "_unyielded",
-        "_waiter",
+        "_waiters",
         "app_error",
         "body",
         "body_size",
@@ -204,7 +204,9 @@ class RequestCycle:
         self._stdout_sent = False
         self._final_sent = False
         self._expect_trailers = False
-        self._waiter: asyncio.Future[None] | None = None
+        # receive() calls waiting for news; an app may have several (a body
+        # reader and a disconnect watcher), and each must be woken.
+        self._waiters: list[asyncio.Future[None]] = []
         self.task: asyncio.Task[None] | None = None
 
     # -- fed by the connection ------------------------------------------------
@@ -237,9 +239,12 @@ class RequestCycle:
         self._wake()
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _drop_body(self) -> None:
         if self.body_size:
@@ -335,6 +340,7 @@ class RequestCycle:
             self.scope["path"] if self.scope else "?",
             exc_info=exc,
         )
+        self._wake()  # receive() calls of the app's other tasks: http.disconnect
         if self.ended:
             return
         if not self._stdout_sent and not self.disconnected:
@@ -366,11 +372,16 @@ class RequestCycle:
             if self.stdin_done and not self._final_sent:
                 self._final_sent = True
                 return {"type": "http.request", "body": b"", "more_body": False}
-            waiter = self._waiter = self.conn.loop.create_future()
+            waiter = self.conn.loop.create_future()
+            self._waiters.append(waiter)
             try:
                 await waiter
-            finally:
-                self._waiter = None
+            except asyncio.CancelledError:
+                # A receive() given up on (wait_for, a cancelled watcher) leaves
+                # nothing behind, however often it is retried.
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                raise
 
     async def send(self, message: Any) -> None:
         """ASGI ``send``: response start, body, pathsend and trailers."""
@@ -449,6 +460,8 @@ class RequestCycle:
                     self._stdout_sent = self.response_complete = True
                     self.conn.write([encode_record(STDOUT, rid, chunk) + end_records(rid)])
                     self.conn.request_ended(self)
+                    if self._waiters:
+                        self._wake()
                     return
                 pieces: list[bytes | memoryview] = [encode_record(STDOUT, rid, chunk)]
             else:
@@ -460,6 +473,9 @@ class RequestCycle:
             pieces = []
         if not more_body:
             self.response_complete = True
+            # A receive() still waiting (a disconnect watcher) now gets
+            # http.disconnect: the response has been sent (ASGI spec).
+            self._wake()
             if not self._expect_trailers:
                 self._finish(pieces)
                 return
