@@ -112,6 +112,18 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         while message["type"] != "http.disconnect":
             message = await receive()
         EVENTS["disconnect_seen"] = True
+    elif path == "/pause-then-send":
+        # A first chunk, a pause (the web server may abort meanwhile), more:
+        # records what the second send() raised.
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await asyncio.sleep(0.3)
+        try:
+            await send({"type": "http.response.body", "body": b"second"})
+        except Exception as exc:
+            EVENTS["second_send"] = type(exc).__name__
+            raise
+        EVENTS["second_send"] = "sent"
     elif path == "/two-receivers":
         # Two tasks call receive() at once (a body reader and a disconnect
         # watcher); each records what it got until http.disconnect. ?fail

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import socket
 import time
@@ -238,6 +239,28 @@ async def test_concurrent_receive_calls_all_end(server, how, caplog):
         assert [m[2] for m in requests][-1:] == [False]
         # The connection lives on.
         assert (await client.request("GET", "/scope")).status == 200
+
+
+async def test_send_after_abort_raises_client_disconnected(server, caplog):
+    """ABORT_REQUEST while the app is between two sends: the next send() raises
+    ClientDisconnected (an OSError, ASGI 2.4), not an app error, and nothing is
+    logged as an error: the client going away is not the app's fault."""
+    apps.EVENTS.pop("second_send", None)
+    async with await connect(server) as client:
+        req = await client.begin(build_params("GET", "/pause-then-send"), keep_conn=True)
+        await req.end_body()
+        assert await req.read_stdout()
+        await req.abort()
+        while await req.read_stdout():
+            pass
+        assert req.protocol_status == REQUEST_COMPLETE
+        for _ in range(100):
+            if "second_send" in apps.EVENTS:
+                break
+            await asyncio.sleep(0.02)
+        assert apps.EVENTS["second_send"] == "ClientDisconnected"
+        assert (await client.request("GET", "/scope")).status == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_abort_gives_disconnect_to_waiting_app(server):

@@ -431,6 +431,10 @@ class RequestCycle:
         raise AppProtocolError(message)
 
     async def _send_body(self, body: Any, more_body: bool) -> None:
+        if self.disconnected:
+            # First: an aborted request is also complete, and the app must see
+            # the client gone (an OSError), not an error of its own.
+            raise ClientDisconnected(_GONE)
         if not self.response_started:
             self._fail_app("http.response.body sent before http.response.start")
         if self.response_complete:
@@ -439,8 +443,6 @@ class RequestCycle:
             if not isinstance(body, bytes | bytearray | memoryview):
                 self._fail_app(f"http.response.body body must be bytes, not {type(body).__name__}")
             body = bytes(body)
-        if self.disconnected:
-            raise ClientDisconnected(_GONE)
         self.bytes_sent += len(body)
         rid = self.request_id
         head = self._head
@@ -549,6 +551,8 @@ class RequestCycle:
             self.conn.request_ended(self)
 
     async def _send_path(self, path: str) -> None:
+        if self.disconnected:
+            raise ClientDisconnected(_GONE)
         if not self.response_started:
             self._fail_app("http.response.pathsend sent before http.response.start")
         if self.response_complete:
