@@ -800,3 +800,34 @@ def test_notifier_abstract_address_and_bad_value(caplog):
     # A socket that has gone away: logged, never raised.
     assert not Notifier("/nonexistent/notify.sock").ready("x")
     assert "could not notify systemd" in caplog.text
+
+
+@pytest.mark.skipif(
+    not hasattr(asyncio, "eager_task_factory"), reason="eager tasks need Python 3.12+"
+)
+async def test_app_with_an_eager_task_factory(launch):
+    """An app may install asyncio.eager_task_factory: a request's task may then
+    be finished when create_task() returns. None may stay counted as running
+    (the status page, --max-concurrent-requests) or hold up a graceful stop.
+    asyncio's own loop only: uvloop 0.23 passes the factory an argument that
+    asyncio's eager factory does not take."""
+    gw = await launch(
+        "--status-path",
+        "/status",
+        "--max-concurrent-requests",
+        "4",
+        "--loop",
+        "asyncio",
+        app="tests.proc_apps:eager_app",
+    )
+    for _ in range(20):
+        assert (await gw.get("/")).body == b"hello"  # more than the limit of 4, in turn
+    slow = asyncio.ensure_future(gw.get("/sleep", "0.3"))  # a task that does suspend
+    await asyncio.sleep(0.1)
+    status = json.loads((await gw.get("/status", "json")).body)
+    assert status["active requests"] == 1
+    assert (await slow).body.startswith(b"slept")
+    status = json.loads((await gw.get("/status", "json")).body)
+    assert status["active requests"] == 0
+    gw.signal(signal.SIGTERM)  # nothing left to wait for: it stops at once
+    assert await gw.wait_exit(timeout=5) == 0

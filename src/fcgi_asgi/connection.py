@@ -345,6 +345,10 @@ class FastCGIConnection(asyncio.Protocol):
         # The cycle takes its task out of ctx.tasks when it ends, which costs
         # less than a done callback (one loop callback fewer per request).
         cycle.task = task = self.loop.create_task(cycle.run(ctx.app, scope))
+        if task.done():
+            # An eager task factory (Python 3.12+, set by the app) ran the whole
+            # request inside create_task(): nothing is left to track.
+            return
         tasks.add(task)
         if len(tasks) > ctx.stats.max_active_requests:
             ctx.stats.max_active_requests = len(tasks)
