@@ -16,6 +16,7 @@ from fcgi_asgi.client import build_params
 from fcgi_asgi.records import (
     AUTHORIZER,
     GET_VALUES,
+    GET_VALUES_RESULT,
     OVERLOADED,
     PARAMS,
     REQUEST_COMPLETE,
@@ -23,6 +24,7 @@ from fcgi_asgi.records import (
     STDIN,
     UNKNOWN_ROLE,
     UNKNOWN_TYPE,
+    decode_pairs,
     encode_begin_request,
     encode_pairs,
     encode_record,
@@ -111,6 +113,25 @@ async def test_get_values(server):
     assert values[b"FCGI_MAX_REQS"] == b"100"
     assert int(values[b"FCGI_MAX_CONNS"]) > 0
     assert b"FCGI_NOT_A_NAME" not in values
+
+
+async def test_get_values_repeated_names_answered_once(server):
+    """A GET_VALUES asking for the same names over and over fits in one record
+    (65535 bytes); each name is answered once, so the reply fits too."""
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict] = []
+    loop.set_exception_handler(lambda _loop, ctx: unhandled.append(ctx))
+    names = [b"FCGI_MAX_REQS", b"FCGI_MPXS_CONNS", b"FCGI_MAX_CONNS"] * 1365
+    content = encode_pairs((name, b"") for name in names)
+    assert len(content) <= 65535
+    async with await connect(server) as client:
+        await client.send_raw(encode_record(GET_VALUES, 0, content))
+        record = await asyncio.wait_for(client.next_management_record(), 5)
+        assert record.type == GET_VALUES_RESULT
+        answer = decode_pairs(record.content)
+        assert sorted(name for name, _ in answer) == sorted(set(names))
+        assert (await client.request("GET", "/scope")).status == 200
+    assert not unhandled, unhandled
 
 
 async def test_unknown_management_type(server):
