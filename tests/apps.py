@@ -149,6 +149,15 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 202, "headers": [(b"x-a", b"1")]})
         await asyncio.sleep(0.5)
         await send({"type": "http.response.body", "body": b"later"})
+    elif path == "/big-head":
+        # ?SIZE[,yield]: a header value of SIZE bytes, the head sent alone
+        # (the app yields) or with the body.
+        query = scope["query_string"].split(b",")
+        value = b"v" * int(query[0])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-big", value)]})
+        if query[1:] == [b"yield"]:
+            await asyncio.sleep(0.05)
+        await send({"type": "http.response.body", "body": b"after the head"})
     elif path == "/raise-before":
         raise ValueError("boom before start")
     elif path == "/raise-after":

@@ -441,6 +441,31 @@ async def test_head_goes_out_while_the_app_waits(server):
         assert await req.read_stdout() == b"later"
 
 
+@pytest.mark.parametrize("size", [65000, 65535, 140000])
+@pytest.mark.parametrize("how", ["with-body", "yield"])
+async def test_response_head_larger_than_a_record(server, size, how, caplog):
+    """A head too large for one STDOUT record is split over several, whether it
+    goes out with the body or alone; a neighbour's head flushed in the same loop
+    iteration goes out too."""
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict] = []
+    loop.set_exception_handler(lambda _loop, ctx: unhandled.append(ctx))
+    query = f"{size},yield" if how == "yield" else str(size)
+    async with await connect(server) as client:
+        big, small = await asyncio.wait_for(
+            asyncio.gather(
+                client.request("GET", "/big-head", query=query),
+                client.request("GET", "/big-head", query="10,yield"),
+            ),
+            5,
+        )
+    assert big.status == 200 and big.header("x-big") == "v" * size
+    assert big.body == b"after the head" and big.protocol_status == REQUEST_COMPLETE
+    assert small.status == 200 and small.body == b"after the head"
+    assert not unhandled, unhandled
+    assert "Exception in ASGI application" not in caplog.text
+
+
 async def test_end_request_waits_while_stdin_keeps_coming(server):
     """An app that answers before reading its body: END_REQUEST waits for the end of
     STDIN while the web server is still sending it (h2o 2.2 aborts otherwise)."""

@@ -424,7 +424,8 @@ class RequestCycle:
         if head is not None and not self.disconnected and not self.ended:
             self._head = None
             self._stdout_sent = True
-            self.conn.write([encode_record(STDOUT, self.request_id, head)])
+            # encode_stream: a head may be larger than one record.
+            self.conn.write(encode_stream(STDOUT, self.request_id, head))
 
     def _fail_app(self, message: str) -> None:
         self.app_error = message
@@ -465,9 +466,10 @@ class RequestCycle:
                     if self._waiters:
                         self._wake()
                     return
-                pieces: list[bytes | memoryview] = [encode_record(STDOUT, rid, chunk)]
+                # Framed as a stream: a large head may not fit in one record.
+                pieces = encode_stream(STDOUT, rid, chunk)
             else:
-                pieces = [encode_record(STDOUT, rid, head), *encode_stream(STDOUT, rid, body)]
+                pieces = encode_stream(STDOUT, rid, head) + encode_stream(STDOUT, rid, body)
             self._stdout_sent = True
         elif body:
             pieces = encode_stream(STDOUT, rid, body)
