@@ -192,6 +192,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "/trailers":
         await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
         await send({"type": "http.response.body", "body": b"body"})
+        if scope["query_string"] == b"missing":
+            return  # trailers announced, never sent
         await send({"type": "http.response.trailers", "headers": [], "more_trailers": False})
     else:
         await _respond(send, 404, b"not found")

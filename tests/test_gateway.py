@@ -379,6 +379,16 @@ async def test_trailers_ignored(server):
     assert r.status == 200 and r.body == b"body"
 
 
+async def test_trailers_announced_but_never_sent(server):
+    """An app that announces trailers and returns without sending them still
+    ends its request: the body is complete, and trailers are dropped anyway."""
+    async with await connect(server) as client:
+        r = await asyncio.wait_for(client.request("GET", "/trailers", query="missing"), 5)
+        assert r.status == 200 and r.body == b"body"
+        assert r.protocol_status == REQUEST_COMPLETE
+        assert (await client.request("GET", "/scope")).status == 200
+
+
 async def test_lifespan_state(server):
     async with await connect(server) as client:
         r = await client.request("GET", "/scope")

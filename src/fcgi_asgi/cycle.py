@@ -286,6 +286,12 @@ class RequestCycle:
                     self._app_failed("ASGI application returned without starting a response", None)
             elif not self.response_complete:
                 self._app_failed("ASGI application returned without completing the response", None)
+            elif self._expect_trailers and not self.ended:
+                # Trailers announced but never sent: the body is whole and
+                # trailers are dropped anyway, so the request ends as usual.
+                logger.debug("request id %d: the app sent no trailers", self.request_id)
+                self._expect_trailers = False
+                self._finish([])
         finally:
             self._drop_body()
             if self._timeout is not None:
