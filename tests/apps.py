@@ -164,6 +164,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})
         raise ValueError("boom after start")
+    elif path == "/raise-after-complete":
+        # A whole response without reading the body, then a failure (cleanup code).
+        await _respond(send, 200, b"complete")
+        raise ValueError("boom after the response")
     elif path == "/no-response":
         return
     elif path == "/status":

@@ -15,6 +15,7 @@ import pytest
 from fcgi_asgi.client import build_params
 from fcgi_asgi.records import (
     AUTHORIZER,
+    END_REQUEST,
     GET_VALUES,
     GET_VALUES_RESULT,
     OVERLOADED,
@@ -22,12 +23,14 @@ from fcgi_asgi.records import (
     REQUEST_COMPLETE,
     RESPONDER,
     STDIN,
+    STDOUT,
     UNKNOWN_ROLE,
     UNKNOWN_TYPE,
     decode_pairs,
     encode_begin_request,
     encode_pairs,
     encode_record,
+    parse_end_request,
 )
 from tests import apps
 from tests.conftest import connect
@@ -345,6 +348,36 @@ async def test_exception_after_start_spares_multiplexed_neighbours(server):
         assert r.app_status == 1
         assert r.body == b"partial"
         assert (await slow).body == b"slept"
+
+
+@pytest.mark.parametrize("neighbour", [False, True])
+async def test_exception_after_complete_response_keeps_it(server, neighbour, caplog):
+    """An app fails after sending its whole response, while END_REQUEST waits for
+    the rest of an unread body: the response stays complete (END_REQUEST with
+    appStatus 0, after one end of STDOUT), alone or beside another request."""
+    async with await connect(server) as client:
+        other = None
+        if neighbour:
+            other = asyncio.ensure_future(client.request("GET", "/sleep", query="0.5"))
+            await asyncio.sleep(0.05)
+        req = await client.begin(build_params("POST", "/raise-after-complete", content_length=5000))
+        await req.send_body(b"x" * 1000)
+        chunks = []
+        while True:
+            record = await asyncio.wait_for(req.queue.get(), 5)
+            assert record is not None, "connection closed before END_REQUEST"
+            chunks.append(record)
+            if record.type == END_REQUEST:
+                break
+        stdout = [r.content for r in chunks if r.type == STDOUT]
+        assert stdout[-1] == b"" and b"" not in stdout[:-1]
+        assert b"".join(stdout).endswith(b"\r\n\r\ncomplete")
+        assert parse_end_request(chunks[-1].content) == (0, REQUEST_COMPLETE)
+        if other is not None:
+            assert (await asyncio.wait_for(other, 5)).body == b"slept"
+        client.release(req.request_id)
+        assert (await client.request("GET", "/scope")).status == 200
+    assert "boom after the response" in caplog.text
 
 
 async def test_app_errors_are_500(server):

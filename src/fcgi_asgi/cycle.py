@@ -347,7 +347,9 @@ class RequestCycle:
             exc_info=exc,
         )
         self._wake()  # receive() calls of the app's other tasks: http.disconnect
-        if self.ended:
+        if self.ended or self.end_pending:
+            # end_pending: the whole response is out, END_REQUEST only waits
+            # for the end of STDIN; failing now would cut a complete response.
             return
         if not self._stdout_sent and not self.disconnected:
             # Nothing reached the web server yet: answer a plain error instead.
