@@ -77,6 +77,17 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 break
         EVENTS["hash_largest_chunk"] = largest
         await _respond(send, 200, f"{n} {h.hexdigest()}".encode())
+    elif path == "/read-then-listen":
+        # Reads the whole body, then answers with what one more receive() gives
+        # within 0.3 s ("nothing" if it still waits).
+        body = await _read_body(receive)
+        try:
+            async with asyncio.timeout(0.3):
+                message = await receive()
+            after = f"{message['type']} {message.get('body', b'')!r}"
+        except TimeoutError:
+            after = "nothing"
+        await _respond(send, 200, body + b" | " + after.encode())
     elif path == "/sleep":
         await asyncio.sleep(float(scope["query_string"] or b"0.2"))
         await _respond(send, 200, b"slept")

@@ -474,6 +474,22 @@ async def test_get_values_unknown_type_constant():
     assert GET_VALUES == 9
 
 
+async def test_stdin_after_the_end_of_stdin_is_dropped(server):
+    """STDIN data after the empty STDIN record (a broken peer) never reaches the
+    app as another http.request after more_body=False; a second empty STDIN is
+    harmless too."""
+    async with await connect(server) as client:
+        req = await client.begin(build_params("POST", "/read-then-listen", content_length=3))
+        await req.send_body(b"abc")
+        await req.end_body()
+        await asyncio.sleep(0.05)  # the app has read its body and listens
+        await req.send_body(b"xyz")
+        await req.end_body()
+        r = await asyncio.wait_for(req.response(), 5)
+        assert r.body == b"abc | nothing"
+        assert (await client.request("GET", "/scope")).status == 200
+
+
 async def test_head_goes_out_while_the_app_waits(server):
     """The head waits for the first body only while the app does not yield."""
     async with await connect(server) as client:

@@ -213,7 +213,9 @@ class RequestCycle:
 
     def feed_body(self, data: bytes) -> None:
         """Queue a STDIN chunk for ``receive()``."""
-        if self.response_complete or self.disconnected:
+        # stdin_done: data after the end of STDIN (a broken peer) would reach
+        # the app as an http.request after the one with more_body=False.
+        if self.response_complete or self.disconnected or self.stdin_done:
             if self.end_pending:
                 self._stdin_seen = self.conn.loop.time()
             return
