@@ -77,6 +77,17 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 break
         EVENTS["hash_largest_chunk"] = largest
         await _respond(send, 200, f"{n} {h.hexdigest()}".encode())
+    elif path == "/read-then-listen":
+        # Reads the whole body, then answers with what one more receive() gives
+        # within 0.3 s ("nothing" if it still waits).
+        body = await _read_body(receive)
+        try:
+            async with asyncio.timeout(0.3):
+                message = await receive()
+            after = f"{message['type']} {message.get('body', b'')!r}"
+        except TimeoutError:
+            after = "nothing"
+        await _respond(send, 200, body + b" | " + after.encode())
     elif path == "/sleep":
         await asyncio.sleep(float(scope["query_string"] or b"0.2"))
         await _respond(send, 200, b"slept")
@@ -149,12 +160,25 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 202, "headers": [(b"x-a", b"1")]})
         await asyncio.sleep(0.5)
         await send({"type": "http.response.body", "body": b"later"})
+    elif path == "/big-head":
+        # ?SIZE[,yield]: a header value of SIZE bytes, the head sent alone
+        # (the app yields) or with the body.
+        query = scope["query_string"].split(b",")
+        value = b"v" * int(query[0])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-big", value)]})
+        if query[1:] == [b"yield"]:
+            await asyncio.sleep(0.05)
+        await send({"type": "http.response.body", "body": b"after the head"})
     elif path == "/raise-before":
         raise ValueError("boom before start")
     elif path == "/raise-after":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})
         raise ValueError("boom after start")
+    elif path == "/raise-after-complete":
+        # A whole response without reading the body, then a failure (cleanup code).
+        await _respond(send, 200, b"complete")
+        raise ValueError("boom after the response")
     elif path == "/no-response":
         return
     elif path == "/status":
@@ -183,6 +207,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "/trailers":
         await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
         await send({"type": "http.response.body", "body": b"body"})
+        if scope["query_string"] == b"missing":
+            return  # trailers announced, never sent
         await send({"type": "http.response.trailers", "headers": [], "more_trailers": False})
     else:
         await _respond(send, 404, b"not found")

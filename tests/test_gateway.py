@@ -15,17 +15,22 @@ import pytest
 from fcgi_asgi.client import build_params
 from fcgi_asgi.records import (
     AUTHORIZER,
+    END_REQUEST,
     GET_VALUES,
+    GET_VALUES_RESULT,
     OVERLOADED,
     PARAMS,
     REQUEST_COMPLETE,
     RESPONDER,
     STDIN,
+    STDOUT,
     UNKNOWN_ROLE,
     UNKNOWN_TYPE,
+    decode_pairs,
     encode_begin_request,
     encode_pairs,
     encode_record,
+    parse_end_request,
 )
 from tests import apps
 from tests.conftest import connect
@@ -111,6 +116,25 @@ async def test_get_values(server):
     assert values[b"FCGI_MAX_REQS"] == b"100"
     assert int(values[b"FCGI_MAX_CONNS"]) > 0
     assert b"FCGI_NOT_A_NAME" not in values
+
+
+async def test_get_values_repeated_names_answered_once(server):
+    """A GET_VALUES asking for the same names over and over fits in one record
+    (65535 bytes); each name is answered once, so the reply fits too."""
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict] = []
+    loop.set_exception_handler(lambda _loop, ctx: unhandled.append(ctx))
+    names = [b"FCGI_MAX_REQS", b"FCGI_MPXS_CONNS", b"FCGI_MAX_CONNS"] * 1365
+    content = encode_pairs((name, b"") for name in names)
+    assert len(content) <= 65535
+    async with await connect(server) as client:
+        await client.send_raw(encode_record(GET_VALUES, 0, content))
+        record = await asyncio.wait_for(client.next_management_record(), 5)
+        assert record.type == GET_VALUES_RESULT
+        answer = decode_pairs(record.content)
+        assert sorted(name for name, _ in answer) == sorted(set(names))
+        assert (await client.request("GET", "/scope")).status == 200
+    assert not unhandled, unhandled
 
 
 async def test_unknown_management_type(server):
@@ -326,6 +350,36 @@ async def test_exception_after_start_spares_multiplexed_neighbours(server):
         assert (await slow).body == b"slept"
 
 
+@pytest.mark.parametrize("neighbour", [False, True])
+async def test_exception_after_complete_response_keeps_it(server, neighbour, caplog):
+    """An app fails after sending its whole response, while END_REQUEST waits for
+    the rest of an unread body: the response stays complete (END_REQUEST with
+    appStatus 0, after one end of STDOUT), alone or beside another request."""
+    async with await connect(server) as client:
+        other = None
+        if neighbour:
+            other = asyncio.ensure_future(client.request("GET", "/sleep", query="0.5"))
+            await asyncio.sleep(0.05)
+        req = await client.begin(build_params("POST", "/raise-after-complete", content_length=5000))
+        await req.send_body(b"x" * 1000)
+        chunks = []
+        while True:
+            record = await asyncio.wait_for(req.queue.get(), 5)
+            assert record is not None, "connection closed before END_REQUEST"
+            chunks.append(record)
+            if record.type == END_REQUEST:
+                break
+        stdout = [r.content for r in chunks if r.type == STDOUT]
+        assert stdout[-1] == b"" and b"" not in stdout[:-1]
+        assert b"".join(stdout).endswith(b"\r\n\r\ncomplete")
+        assert parse_end_request(chunks[-1].content) == (0, REQUEST_COMPLETE)
+        if other is not None:
+            assert (await asyncio.wait_for(other, 5)).body == b"slept"
+        client.release(req.request_id)
+        assert (await client.request("GET", "/scope")).status == 200
+    assert "boom after the response" in caplog.text
+
+
 async def test_app_errors_are_500(server):
     async with await connect(server) as client:
         for path in ("/no-response", "/bad-header", "/body-before-start"):
@@ -356,6 +410,16 @@ async def test_trailers_ignored(server):
     async with await connect(server) as client:
         r = await client.request("GET", "/trailers")
     assert r.status == 200 and r.body == b"body"
+
+
+async def test_trailers_announced_but_never_sent(server):
+    """An app that announces trailers and returns without sending them still
+    ends its request: the body is complete, and trailers are dropped anyway."""
+    async with await connect(server) as client:
+        r = await asyncio.wait_for(client.request("GET", "/trailers", query="missing"), 5)
+        assert r.status == 200 and r.body == b"body"
+        assert r.protocol_status == REQUEST_COMPLETE
+        assert (await client.request("GET", "/scope")).status == 200
 
 
 async def test_lifespan_state(server):
@@ -410,6 +474,22 @@ async def test_get_values_unknown_type_constant():
     assert GET_VALUES == 9
 
 
+async def test_stdin_after_the_end_of_stdin_is_dropped(server):
+    """STDIN data after the empty STDIN record (a broken peer) never reaches the
+    app as another http.request after more_body=False; a second empty STDIN is
+    harmless too."""
+    async with await connect(server) as client:
+        req = await client.begin(build_params("POST", "/read-then-listen", content_length=3))
+        await req.send_body(b"abc")
+        await req.end_body()
+        await asyncio.sleep(0.05)  # the app has read its body and listens
+        await req.send_body(b"xyz")
+        await req.end_body()
+        r = await asyncio.wait_for(req.response(), 5)
+        assert r.body == b"abc | nothing"
+        assert (await client.request("GET", "/scope")).status == 200
+
+
 async def test_head_goes_out_while_the_app_waits(server):
     """The head waits for the first body only while the app does not yield."""
     async with await connect(server) as client:
@@ -418,6 +498,31 @@ async def test_head_goes_out_while_the_app_waits(server):
         first = await asyncio.wait_for(req.read_stdout(), 0.4)  # before the app's 0.5 s sleep
         assert first == b"Status: 202 Accepted\r\nx-a: 1\r\n\r\n"
         assert await req.read_stdout() == b"later"
+
+
+@pytest.mark.parametrize("size", [65000, 65535, 140000])
+@pytest.mark.parametrize("how", ["with-body", "yield"])
+async def test_response_head_larger_than_a_record(server, size, how, caplog):
+    """A head too large for one STDOUT record is split over several, whether it
+    goes out with the body or alone; a neighbour's head flushed in the same loop
+    iteration goes out too."""
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict] = []
+    loop.set_exception_handler(lambda _loop, ctx: unhandled.append(ctx))
+    query = f"{size},yield" if how == "yield" else str(size)
+    async with await connect(server) as client:
+        big, small = await asyncio.wait_for(
+            asyncio.gather(
+                client.request("GET", "/big-head", query=query),
+                client.request("GET", "/big-head", query="10,yield"),
+            ),
+            5,
+        )
+    assert big.status == 200 and big.header("x-big") == "v" * size
+    assert big.body == b"after the head" and big.protocol_status == REQUEST_COMPLETE
+    assert small.status == 200 and small.body == b"after the head"
+    assert not unhandled, unhandled
+    assert "Exception in ASGI application" not in caplog.text
 
 
 async def test_end_request_waits_while_stdin_keeps_coming(server):

@@ -243,7 +243,9 @@ class FastCGIConnection(asyncio.Protocol):
                 b"FCGI_MPXS_CONNS": b"1",
             }
             asked = decode_pairs(content)
-            answer = [(name, known[name]) for name, _ in asked if name in known]
+            # Each name answered once: a query repeating names fills one record,
+            # and its answer (longer per name) would not fit in one.
+            answer = [(name, known.pop(name)) for name, _ in asked if name in known]
             self.write([encode_record(GET_VALUES_RESULT, 0, encode_pairs(answer))])
         else:
             logger.debug("unknown management record type %d from %s", rtype, self.peer)

@@ -213,7 +213,9 @@ class RequestCycle:
 
     def feed_body(self, data: bytes) -> None:
         """Queue a STDIN chunk for ``receive()``."""
-        if self.response_complete or self.disconnected:
+        # stdin_done: data after the end of STDIN (a broken peer) would reach
+        # the app as an http.request after the one with more_body=False.
+        if self.response_complete or self.disconnected or self.stdin_done:
             if self.end_pending:
                 self._stdin_seen = self.conn.loop.time()
             return
@@ -286,6 +288,12 @@ class RequestCycle:
                     self._app_failed("ASGI application returned without starting a response", None)
             elif not self.response_complete:
                 self._app_failed("ASGI application returned without completing the response", None)
+            elif self._expect_trailers and not self.ended:
+                # Trailers announced but never sent: the body is whole and
+                # trailers are dropped anyway, so the request ends as usual.
+                logger.debug("request id %d: the app sent no trailers", self.request_id)
+                self._expect_trailers = False
+                self._finish([])
         finally:
             self._drop_body()
             if self._timeout is not None:
@@ -341,7 +349,9 @@ class RequestCycle:
             exc_info=exc,
         )
         self._wake()  # receive() calls of the app's other tasks: http.disconnect
-        if self.ended:
+        if self.ended or self.end_pending:
+            # end_pending: the whole response is out, END_REQUEST only waits
+            # for the end of STDIN; failing now would cut a complete response.
             return
         if not self._stdout_sent and not self.disconnected:
             # Nothing reached the web server yet: answer a plain error instead.
@@ -424,7 +434,8 @@ class RequestCycle:
         if head is not None and not self.disconnected and not self.ended:
             self._head = None
             self._stdout_sent = True
-            self.conn.write([encode_record(STDOUT, self.request_id, head)])
+            # encode_stream: a head may be larger than one record.
+            self.conn.write(encode_stream(STDOUT, self.request_id, head))
 
     def _fail_app(self, message: str) -> None:
         self.app_error = message
@@ -465,9 +476,10 @@ class RequestCycle:
                     if self._waiters:
                         self._wake()
                     return
-                pieces: list[bytes | memoryview] = [encode_record(STDOUT, rid, chunk)]
+                # Framed as a stream: a large head may not fit in one record.
+                pieces = encode_stream(STDOUT, rid, chunk)
             else:
-                pieces = [encode_record(STDOUT, rid, head), *encode_stream(STDOUT, rid, body)]
+                pieces = encode_stream(STDOUT, rid, head) + encode_stream(STDOUT, rid, body)
             self._stdout_sent = True
         elif body:
             pieces = encode_stream(STDOUT, rid, body)
