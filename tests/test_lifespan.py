@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+
 import pytest
 
+from fcgi_asgi import start_server
 from fcgi_asgi.lifespan import LifespanFailure
 from tests.conftest import connect
 
@@ -53,8 +57,39 @@ async def test_off_never_calls_lifespan(serve):
 
 @pytest.mark.parametrize("mode", ["auto", "on"])
 async def test_startup_failure_is_raised_with_the_apps_message(serve, mode, sock_path):
-    import os
-
     with pytest.raises(LifespanFailure, match="cannot reach the database"):
         await serve(failing_startup, lifespan=mode)
+    assert not os.path.exists(sock_path)
+
+
+def lingering_lifespan(events: list[str], answer: bool):
+    """A lifespan that, after startup.failed (``answer``) or without answering
+    at all, keeps waiting; ``events`` records that it was cancelled."""
+
+    async def app(scope, receive, send):
+        try:
+            await receive()
+            if answer:
+                await send({"type": "lifespan.startup.failed", "message": "no config"})
+            await receive()
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    return app
+
+
+@pytest.mark.parametrize("how", ["startup.failed", "given up"])
+async def test_failed_startup_leaves_no_lifespan_task_behind(sock_path, how):
+    events: list[str] = []
+    app = lingering_lifespan(events, answer=how == "startup.failed")
+    if how == "startup.failed":
+        with pytest.raises(LifespanFailure, match="no config"):
+            await start_server(app, path=sock_path, lifespan="on")
+    else:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await start_server(app, path=sock_path, lifespan="on")
+    # By the time start_server() has failed, not some time later.
+    assert events == ["cancelled"]
     assert not os.path.exists(sock_path)

@@ -15,6 +15,9 @@ __all__ = ["Lifespan", "LifespanFailure"]
 
 logger = logging.getLogger("fcgi_asgi.error")
 
+#: Seconds a cancelled lifespan task gets to run its cleanup (``finally``).
+CANCEL_GRACE = 5.0
+
 
 class LifespanFailure(RuntimeError):
     """The app reported (or raised) a failure during lifespan startup or shutdown."""
@@ -48,6 +51,18 @@ class Lifespan:
         await self._startup_done.wait()
         if self._failure is not None:
             raise LifespanFailure(self._failure)
+
+    async def cancel(self) -> None:
+        """Cancel the app's lifespan task: startup failed or was given up on.
+
+        An app may still wait in ``receive()`` after ``startup.failed``, or
+        never answer; left alone, its task would outlive the server.
+        """
+        task = self._task
+        if task is None or task.done():
+            return
+        task.cancel()
+        await asyncio.wait({task}, timeout=CANCEL_GRACE)
 
     async def shutdown(self) -> None:
         """Send ``lifespan.shutdown`` and wait; raise :class:`LifespanFailure` on failure."""

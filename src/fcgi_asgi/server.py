@@ -114,6 +114,8 @@ class FastCGIServer:
         except BaseException:
             listener.sock.close()
             listener.remove_file()
+            if self._lifespan is not None:
+                await self._lifespan.cancel()
             raise
         self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
         logger.info("fcgi-asgi serving on %s (backlog %d)", listener.describe(), backlog)
