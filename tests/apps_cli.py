@@ -21,6 +21,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                     return
                 await send({"type": "lifespan.startup.complete"})
             else:
+                if os.environ.get("FCGI_TEST_SHUTDOWN_HANG"):
+                    import asyncio
+
+                    await asyncio.sleep(3600)
                 marker = os.environ.get("FCGI_TEST_SHUTDOWN_MARKER")
                 if marker:
                     Path(marker).write_text("shutdown ran")

@@ -93,3 +93,28 @@ async def test_failed_startup_leaves_no_lifespan_task_behind(sock_path, how):
     # By the time start_server() has failed, not some time later.
     assert events == ["cancelled"]
     assert not os.path.exists(sock_path)
+
+
+async def test_abort_cuts_a_hung_lifespan_shutdown(serve, caplog):
+    events: list[str] = []
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            try:
+                await asyncio.sleep(3600)  # never answers lifespan.shutdown
+            except asyncio.CancelledError:
+                events.append("cancelled")
+                raise
+        await http_only(scope, receive, send)
+
+    server = await serve(app, lifespan="on")
+    closing = asyncio.ensure_future(server.aclose())
+    await asyncio.sleep(0.3)
+    assert not closing.done()
+    server.abort()
+    await asyncio.wait_for(closing, 5)
+    assert events == ["cancelled"]
+    assert "lifespan shutdown cancelled" in caplog.text

@@ -41,6 +41,7 @@ class Lifespan:
         self._shutdown_done = asyncio.Event()
         self._failure: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._shutting_down = False
 
     async def startup(self) -> None:
         """Send ``lifespan.startup`` and wait; raise :class:`LifespanFailure` on failure."""
@@ -70,10 +71,24 @@ class Lifespan:
             return
         if self._task.done():
             return
+        self._shutting_down = True
         await self._queue.put({"type": "lifespan.shutdown"})
         await self._shutdown_done.wait()
         if self._failure is not None:
             raise LifespanFailure(self._failure)
+
+    def cancel_shutdown(self) -> bool:
+        """Cut a running shutdown short: cancel the app's task, stop waiting.
+
+        Returns False when no shutdown is running. :meth:`shutdown` returns
+        at once even if the app ignores the cancellation.
+        """
+        task = self._task
+        if not self._shutting_down or task is None or task.done():
+            return False
+        task.cancel()
+        self._shutdown_done.set()
+        return True
 
     async def _main(self) -> None:
         scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.state}

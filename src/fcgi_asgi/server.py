@@ -154,11 +154,15 @@ class FastCGIServer:
         """Stop gracefully but without waiting for running requests.
 
         They see ``http.disconnect`` at once and are cancelled shortly after
-        (what a second SIGTERM does).
+        (what a second SIGTERM does). Called while the app's lifespan
+        shutdown runs, it cancels that instead: one that hangs would
+        otherwise keep the process alive whatever signal came next.
         """
         self.close()
         if self._abort is not None:
             self._abort.set()
+        if self._lifespan is not None and self._lifespan.cancel_shutdown():
+            logger.warning("lifespan shutdown cancelled before it completed")
 
     async def wait_closed(self) -> None:
         """Wait for a full shutdown started by :meth:`close` or :meth:`aclose`."""
