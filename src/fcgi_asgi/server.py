@@ -166,6 +166,10 @@ class FastCGIServer:
 
     async def wait_closed(self) -> None:
         """Wait for a full shutdown started by :meth:`close` or :meth:`aclose`."""
+        # Like asyncio.Server.wait_closed(): a task watching for the end must
+        # not bring it about; once asked to close, it does the shutdown.
+        if self._closed is not None:
+            await self._closed.wait()
         await self.aclose()
 
     async def aclose(self, timeout: float | None = None) -> None:
