@@ -16,6 +16,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if os.environ.get("FCGI_TEST_STARTUP_HANG"):
+                    import asyncio
+
+                    await asyncio.sleep(3600)
                 if os.environ.get("FCGI_TEST_STARTUP_FAIL"):
                     await send({"type": "lifespan.startup.failed", "message": "db is down"})
                     return

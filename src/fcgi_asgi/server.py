@@ -291,16 +291,21 @@ def run(app: ASGIApp | str, **options: Any) -> None:
 
 async def _serve_until_signalled(server: FastCGIServer) -> None:
     loop = asyncio.get_running_loop()
-    await server.start()
+    main = asyncio.current_task()
     notifier = Notifier.from_environ()
-    if notifier.enabled and server.listener is not None:
-        notifier.ready(f"serving on {server.listener.describe()}")
     signals = 0
+    starting = True
 
     def on_signal(signum: int) -> None:
         nonlocal signals
         signals += 1
-        if signals == 1:
+        if starting:
+            # Handled from the start: SIGTERM's default action would kill the
+            # process with its socket file bound and the app half started.
+            if signals == 1 and main is not None:
+                logger.info("received %s during startup, stopping", signal.Signals(signum).name)
+                main.cancel()
+        elif signals == 1:
             logger.info("received %s, shutting down", signal.Signals(signum).name)
             notifier.stopping()
             server.close()
@@ -318,6 +323,16 @@ async def _serve_until_signalled(server: FastCGIServer) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
+        try:
+            await server.start()
+        except asyncio.CancelledError:
+            if not signals or main is None:
+                raise
+            main.uncancel()
+            return  # start() has closed the listener and cancelled the lifespan
+        starting = False
+        if notifier.enabled and server.listener is not None:
+            notifier.ready(f"serving on {server.listener.describe()}")
         await server.serve_forever()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
