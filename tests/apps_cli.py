@@ -16,11 +16,19 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if os.environ.get("FCGI_TEST_STARTUP_HANG"):
+                    import asyncio
+
+                    await asyncio.sleep(3600)
                 if os.environ.get("FCGI_TEST_STARTUP_FAIL"):
                     await send({"type": "lifespan.startup.failed", "message": "db is down"})
                     return
                 await send({"type": "lifespan.startup.complete"})
             else:
+                if os.environ.get("FCGI_TEST_SHUTDOWN_HANG"):
+                    import asyncio
+
+                    await asyncio.sleep(3600)
                 marker = os.environ.get("FCGI_TEST_SHUTDOWN_MARKER")
                 if marker:
                     Path(marker).write_text("shutdown ran")

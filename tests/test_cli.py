@@ -236,6 +236,27 @@ def test_sigint_exits_zero(gateway, sock_path):
     assert not os.path.exists(sock_path)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_lifespan_startup_stops_cleanly(gateway, sock_path, sig):
+    # The socket is bound (and accepts into its backlog) before startup ends.
+    proc = gateway(env={"FCGI_TEST_STARTUP_HANG": "1"})
+    proc.send_signal(sig)
+    assert proc.wait(10) == 0
+    assert b"during startup, stopping" in proc.stderr.read()
+    assert not os.path.exists(sock_path)
+
+
+def test_second_signal_ends_a_hung_lifespan_shutdown(gateway, sock_path):
+    proc = gateway(env={"FCGI_TEST_SHUTDOWN_HANG": "1"})
+    proc.send_signal(signal.SIGTERM)
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(0.5)  # waits for the app's shutdown, as it should
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert b"lifespan shutdown cancelled" in proc.stderr.read()
+    assert not os.path.exists(sock_path)
+
+
 def test_lifespan_startup_failure_exits_nonzero(sock_path):
     code, _, err = run_cli(
         "tests.apps_cli:app",

@@ -555,3 +555,17 @@ async def test_end_request_goes_out_when_stdin_goes_quiet(server):
         assert r.status == 202 and r.protocol_status == REQUEST_COMPLETE
         assert time.monotonic() - started < 2.0  # quiet for 0.2 s, not stdin_linger (5 s)
         assert (await client.request("GET", "/scope")).status == 200
+
+
+async def test_wait_closed_waits_for_close_and_does_not_start_it(serve):
+    """As asyncio.Server.wait_closed(): a task watching for the end of the
+    server must not end it."""
+    server = await serve(apps.app)
+    watcher = asyncio.ensure_future(server.wait_closed())
+    await asyncio.sleep(0.2)
+    async with await connect(server) as client:
+        assert (await client.request("GET", "/sleep", query="0")).body == b"slept"
+    assert not watcher.done()
+    server.close()
+    await asyncio.wait_for(watcher, 5)
+    assert not server.sockets

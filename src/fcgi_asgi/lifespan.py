@@ -15,6 +15,9 @@ __all__ = ["Lifespan", "LifespanFailure"]
 
 logger = logging.getLogger("fcgi_asgi.error")
 
+#: Seconds a cancelled lifespan task gets to run its cleanup (``finally``).
+CANCEL_GRACE = 5.0
+
 
 class LifespanFailure(RuntimeError):
     """The app reported (or raised) a failure during lifespan startup or shutdown."""
@@ -38,6 +41,7 @@ class Lifespan:
         self._shutdown_done = asyncio.Event()
         self._failure: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._shutting_down = False
 
     async def startup(self) -> None:
         """Send ``lifespan.startup`` and wait; raise :class:`LifespanFailure` on failure."""
@@ -49,16 +53,42 @@ class Lifespan:
         if self._failure is not None:
             raise LifespanFailure(self._failure)
 
+    async def cancel(self) -> None:
+        """Cancel the app's lifespan task: startup failed or was given up on.
+
+        An app may still wait in ``receive()`` after ``startup.failed``, or
+        never answer; left alone, its task would outlive the server.
+        """
+        task = self._task
+        if task is None or task.done():
+            return
+        task.cancel()
+        await asyncio.wait({task}, timeout=CANCEL_GRACE)
+
     async def shutdown(self) -> None:
         """Send ``lifespan.shutdown`` and wait; raise :class:`LifespanFailure` on failure."""
         if not self.supported or self._task is None:
             return
         if self._task.done():
             return
+        self._shutting_down = True
         await self._queue.put({"type": "lifespan.shutdown"})
         await self._shutdown_done.wait()
         if self._failure is not None:
             raise LifespanFailure(self._failure)
+
+    def cancel_shutdown(self) -> bool:
+        """Cut a running shutdown short: cancel the app's task, stop waiting.
+
+        Returns False when no shutdown is running. :meth:`shutdown` returns
+        at once even if the app ignores the cancellation.
+        """
+        task = self._task
+        if not self._shutting_down or task is None or task.done():
+            return False
+        task.cancel()
+        self._shutdown_done.set()
+        return True
 
     async def _main(self) -> None:
         scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.state}

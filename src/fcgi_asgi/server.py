@@ -114,6 +114,8 @@ class FastCGIServer:
         except BaseException:
             listener.sock.close()
             listener.remove_file()
+            if self._lifespan is not None:
+                await self._lifespan.cancel()
             raise
         self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
         logger.info("fcgi-asgi serving on %s (backlog %d)", listener.describe(), backlog)
@@ -152,14 +154,22 @@ class FastCGIServer:
         """Stop gracefully but without waiting for running requests.
 
         They see ``http.disconnect`` at once and are cancelled shortly after
-        (what a second SIGTERM does).
+        (what a second SIGTERM does). Called while the app's lifespan
+        shutdown runs, it cancels that instead: one that hangs would
+        otherwise keep the process alive whatever signal came next.
         """
         self.close()
         if self._abort is not None:
             self._abort.set()
+        if self._lifespan is not None and self._lifespan.cancel_shutdown():
+            logger.warning("lifespan shutdown cancelled before it completed")
 
     async def wait_closed(self) -> None:
         """Wait for a full shutdown started by :meth:`close` or :meth:`aclose`."""
+        # Like asyncio.Server.wait_closed(): a task watching for the end must
+        # not bring it about; once asked to close, it does the shutdown.
+        if self._closed is not None:
+            await self._closed.wait()
         await self.aclose()
 
     async def aclose(self, timeout: float | None = None) -> None:
@@ -281,16 +291,21 @@ def run(app: ASGIApp | str, **options: Any) -> None:
 
 async def _serve_until_signalled(server: FastCGIServer) -> None:
     loop = asyncio.get_running_loop()
-    await server.start()
+    main = asyncio.current_task()
     notifier = Notifier.from_environ()
-    if notifier.enabled and server.listener is not None:
-        notifier.ready(f"serving on {server.listener.describe()}")
     signals = 0
+    starting = True
 
     def on_signal(signum: int) -> None:
         nonlocal signals
         signals += 1
-        if signals == 1:
+        if starting:
+            # Handled from the start: SIGTERM's default action would kill the
+            # process with its socket file bound and the app half started.
+            if signals == 1 and main is not None:
+                logger.info("received %s during startup, stopping", signal.Signals(signum).name)
+                main.cancel()
+        elif signals == 1:
             logger.info("received %s, shutting down", signal.Signals(signum).name)
             notifier.stopping()
             server.close()
@@ -308,6 +323,16 @@ async def _serve_until_signalled(server: FastCGIServer) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
+        try:
+            await server.start()
+        except asyncio.CancelledError:
+            if not signals or main is None:
+                raise
+            main.uncancel()
+            return  # start() has closed the listener and cancelled the lifespan
+        starting = False
+        if notifier.enabled and server.listener is not None:
+            notifier.ready(f"serving on {server.listener.describe()}")
         await server.serve_forever()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
