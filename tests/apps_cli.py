@@ -47,6 +47,16 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         except OSError as exc:
             marker.write_text(f"{type(exc).__name__} after {sent}")
         return
+    if scope["path"] == "/stubborn":
+        # Ignores cancellation (an app bug): it must not keep the gateway alive.
+        import asyncio
+        import contextlib
+
+        Path(os.environ["FCGI_TEST_MARKER"]).write_text("running")
+        for _ in range(3600):
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(1)
+        return
     if scope["path"] == "/loop":
         import asyncio
 

@@ -257,6 +257,33 @@ def test_second_signal_ends_a_hung_lifespan_shutdown(gateway, sock_path):
     assert not os.path.exists(sock_path)
 
 
+def test_request_ignoring_cancellation_does_not_keep_the_process(gateway, sock_path, tmp_path):
+    """A request that swallows every cancellation (an app bug): after the graceful
+    timeout and the cut, the single process still exits, and says why it left
+    that task behind."""
+    marker = tmp_path / "marker"
+    proc = gateway("--timeout-graceful-shutdown", "0.5", env={"FCGI_TEST_MARKER": str(marker)})
+    client = subprocess.Popen(
+        [*FCGI, "request", "--socket", sock_path, "/stubborn"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            if marker.exists():
+                break
+            time.sleep(0.05)
+        assert marker.read_text() == "running"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        client.kill()
+        client.wait(10)
+    err = proc.stderr.read()
+    assert b"ignored cancellation" in err, err
+    assert not os.path.exists(sock_path)
+
+
 def test_lifespan_startup_failure_exits_nonzero(sock_path):
     code, _, err = run_cli(
         "tests.apps_cli:app",

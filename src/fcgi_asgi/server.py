@@ -11,7 +11,7 @@ import inspect
 import logging
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
@@ -29,6 +29,8 @@ __all__ = ["FastCGIServer", "run", "start_server"]
 logger = logging.getLogger("fcgi_asgi.error")
 
 _SWEEP_INTERVAL = 1.0
+#: Seconds tasks still running when the loop ends get to honour their cancellation.
+EXIT_GRACE = 5.0
 
 
 class FastCGIServer:
@@ -285,8 +287,50 @@ def run(app: ASGIApp | str, **options: Any) -> None:
     """
     config = options.pop("config", None) or Config(app=app, **options)
     loaded = None if isinstance(app, str) else app
-    with asyncio.Runner(loop_factory=_new_loop_factory(config.loop)) as runner:
-        runner.run(_serve_until_signalled(FastCGIServer(config, loaded)))
+    _run_bounded(_serve_until_signalled(FastCGIServer(config, loaded)), config.loop)
+
+
+def _run_bounded(main: Coroutine[Any, Any, None], loop_name: str) -> None:
+    # asyncio.Runner, except for its exit: Runner waits without limit for the
+    # tasks it cancels, so one request that swallows its cancellation (an app
+    # bug) would keep the process alive for good after the shutdown; here the
+    # leftovers get EXIT_GRACE seconds, then are named in the log and dropped.
+    loop = _new_loop_factory(loop_name)()
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+    finally:
+        try:
+            _cancel_leftovers(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    if not tasks:
+        return
+    for task in tasks:
+        task.cancel()
+    done, pending = loop.run_until_complete(asyncio.wait(tasks, timeout=EXIT_GRACE))
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler(
+                {
+                    "message": "unhandled exception in a task cancelled at exit",
+                    "exception": task.exception(),
+                    "task": task,
+                }
+            )
+    if pending:
+        logger.error(
+            "%d task(s) ignored cancellation at exit and are left behind: %s",
+            len(pending),
+            ", ".join(repr(task.get_coro()) for task in pending),
+        )
 
 
 async def _serve_until_signalled(server: FastCGIServer) -> None:
