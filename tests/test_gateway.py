@@ -14,10 +14,12 @@ import pytest
 
 from fcgi_asgi.client import build_params
 from fcgi_asgi.records import (
+    ABORT_REQUEST,
     AUTHORIZER,
     END_REQUEST,
     GET_VALUES,
     GET_VALUES_RESULT,
+    KEEP_CONN,
     OVERLOADED,
     PARAMS,
     REQUEST_COMPLETE,
@@ -285,6 +287,38 @@ async def test_send_after_abort_raises_client_disconnected(server, caplog):
         assert apps.EVENTS["second_send"] == "ClientDisconnected"
         assert (await client.request("GET", "/scope")).status == 200
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_abort_wakes_a_send_waiting_for_the_peer(serve):
+    """The web server stops reading a streamed response, then aborts it: the
+    app's send(), waiting for the connection to drain, raises at once (it used
+    to wait until the peer read again, or the connection closed)."""
+    server = await serve(apps.app)
+    params = encode_pairs(build_params("GET", "/stream", query="100000,65536"))
+    apps.EVENTS.pop("stream_receive_after", None)
+    reader, writer = await asyncio.open_unix_connection(server.config.socket)
+    try:
+        writer.write(
+            encode_begin_request(1, RESPONDER, KEEP_CONN)
+            + encode_record(PARAMS, 1, params)
+            + encode_record(PARAMS, 1)
+            + encode_record(STDIN, 1)
+        )
+        assert await reader.read(65536)  # streaming has begun; now nothing is read
+        for _ in range(100):  # until the app waits for the peer
+            sent = apps.EVENTS["stream_sent"]
+            await asyncio.sleep(0.05)
+            if apps.EVENTS["stream_sent"] == sent:
+                break
+        writer.write(encode_record(ABORT_REQUEST, 1))
+        for _ in range(100):
+            if apps.EVENTS.get("stream_receive_after"):
+                break
+            await asyncio.sleep(0.02)
+        assert apps.EVENTS["stream_disconnected"] is True
+        assert apps.EVENTS["stream_receive_after"] == "http.disconnect"
+    finally:
+        writer.close()
 
 
 async def test_abort_gives_disconnect_to_waiting_app(server):

@@ -79,7 +79,9 @@ class FastCGIConnection(asyncio.Protocol):
         self.closing = False
         self._reader = RecordReader()
         self._gather_writes = False
-        self._writable: asyncio.Event | None = None
+        # send() calls waiting for the peer to read (resolved on resume_writing,
+        # on connection_lost, or by their own request's abort).
+        self._drain_waiters: list[asyncio.Future[None]] = []
         # Reading pauses for either of two reasons: too much unread request body,
         # or a peer that keeps sending while it reads none of what we write
         # (replies to GET_VALUES or refused requests must not pile up).
@@ -160,20 +162,16 @@ class FastCGIConnection(asyncio.Protocol):
         for cycle in requests.values():
             cycle.ended = True
             cycle.disconnect()
-        if self._writable is not None:
-            self._writable.set()
+        self.write_paused = False
+        self._release_drain_waiters()
         self.transport = None
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        if self._writable is None:
-            self._writable = asyncio.Event()
-        self._writable.clear()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self._writable is not None:
-            self._writable.set()
+        self._release_drain_waiters()
         if self._paused_for_write:
             self._paused_for_write = False
             self._update_reading()
@@ -377,10 +375,32 @@ class FastCGIConnection(asyncio.Protocol):
         transport = self.transport
         return transport is not None and not self.closing and not transport.is_closing()
 
-    async def drain(self) -> None:
-        """Wait until the transport accepts writes again (or the connection is gone)."""
-        if self.write_paused and self._writable is not None:
-            await self._writable.wait()
+    async def drain(self, cycle: RequestCycle | None = None) -> None:
+        """Wait until the transport accepts writes again, the connection is
+        gone, or ``cycle`` (the request waiting) is aborted."""
+        if not self.write_paused or self.transport is None:
+            return
+        waiter = self.loop.create_future()
+        self._drain_waiters.append(waiter)
+        if cycle is not None:
+            cycle.drain_waiter = waiter
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter in self._drain_waiters:
+                self._drain_waiters.remove(waiter)
+            raise
+        finally:
+            if cycle is not None:
+                cycle.drain_waiter = None
+
+    def _release_drain_waiters(self) -> None:
+        waiters = self._drain_waiters
+        if waiters:
+            self._drain_waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def body_buffered(self, n: int) -> None:
         """Count unread request body; pause reading above the configured size."""

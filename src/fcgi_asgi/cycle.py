@@ -160,6 +160,7 @@ class RequestCycle:
         "bytes_sent",
         "conn",
         "disconnected",
+        "drain_waiter",
         "end_pending",
         "ended",
         "keep_conn",
@@ -207,6 +208,8 @@ class RequestCycle:
         # receive() calls waiting for news; an app may have several (a body
         # reader and a disconnect watcher), and each must be woken.
         self._waiters: list[asyncio.Future[None]] = []
+        #: Set while send() waits for the web server to read (conn.drain()).
+        self.drain_waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
 
     # -- fed by the connection ------------------------------------------------
@@ -239,6 +242,9 @@ class RequestCycle:
         self.disconnected = True
         self._drop_body()
         self._wake()
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # a send() waiting for the peer raises now
 
     def _wake(self) -> None:
         waiters = self._waiters
@@ -503,7 +509,7 @@ class RequestCycle:
                 raise ClientDisconnected(_GONE)
             conn.write(pieces)
         if conn.write_paused:
-            await conn.drain()
+            await conn.drain(self)
             if self.disconnected:
                 raise ClientDisconnected(_GONE)
             self._unyielded = 0
