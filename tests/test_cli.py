@@ -437,3 +437,23 @@ def test_fast_reader_that_vanishes_stops_a_tight_streaming_loop(gateway, sock_pa
         assert time.monotonic() < deadline, "the app never noticed the peer was gone"
         time.sleep(0.05)
     assert marker.read_text().startswith("ClientDisconnected after ")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("--fd", "-1"), "--fd must be"),
+        (("--port", "0", "--params-timeout", "nan"), "--params-timeout must be"),
+        (("--port", "0", "--request-timeout", "nan"), "--request-timeout must be"),
+        (("--port", "0", "--slow-request-threshold", "nan"), "--slow-request-threshold must be"),
+        (("--port", "0", "--timeout-graceful-shutdown", "-5"), "--timeout-graceful-shutdown"),
+        (("--port", "0", "--timeout-graceful-shutdown", "nan"), "--timeout-graceful-shutdown"),
+    ],
+)
+def test_bad_number_is_one_line_error(args, message):
+    # Before the fix, --fd -1 died in socket() with a traceback and NaN
+    # timeouts were accepted (NaN compares false with everything).
+    code, _, err = run_cli("tests.apps:app", *args, timeout=10)
+    assert code == 1
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err

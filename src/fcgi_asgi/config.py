@@ -124,6 +124,8 @@ class Config:
             raise ConfigError(f"--port must be 0-65535, not {self.port}")
         if self.socket == "":
             raise ConfigError("--socket needs a path")
+        if self.fd is not None and self.fd < 0:
+            raise ConfigError(f"--fd must be a file descriptor number (0 or more), not {self.fd}")
         for name in (
             "backlog",
             "max_params_size",
@@ -137,11 +139,14 @@ class Config:
         for name in ("max_concurrent_requests", "max_connections"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 (no limit) or more")
+        # "not x > 0" rather than "x <= 0": NaN compares false both ways.
         for name in ("params_timeout", "keepalive_timeout", "slow_request_threshold"):
-            if getattr(self, name) <= 0:
+            if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be more than 0 seconds")
-        if self.request_timeout is not None and self.request_timeout <= 0:
+        if self.request_timeout is not None and not self.request_timeout > 0:
             raise ConfigError("--request-timeout must be more than 0 seconds")
+        if not self.timeout_graceful_shutdown >= 0:
+            raise ConfigError("--timeout-graceful-shutdown must be 0 seconds or more")
         for name in ("status_path", "ping_path"):
             value = getattr(self, name)
             if value is not None and not value.startswith("/"):
