@@ -203,3 +203,14 @@ async def test_max_connections_refuses_extra_connections(serve, caplog):
     async with await connect(server) as again:
         assert (await again.request("GET", "/scope")).status == 200
     await second.close()
+
+
+@pytest.mark.parametrize("fmt", ["{method:d}", "{status!z}", "{duration_ms:%}{status:s}"])
+def test_access_log_format_that_cannot_render_is_a_config_error(fmt):
+    # Before the fix these passed the field-name check and then raised in
+    # every request's cleanup, after the response, with a traceback.
+    from fcgi_asgi.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match="--access-log-format: "):
+        Config(app="x:y", socket="/tmp/x", access_log_format=fmt)
+    Config(app="x:y", socket="/tmp/x", access_log_format="{status:>5} {duration_ms:.1f}")

@@ -50,6 +50,17 @@ FIELDS = frozenset(
     }
 )
 _HEADER_FIELDS = {b"host": "host", b"user-agent": "user_agent", b"referer": "referer"}
+# One value of each field's type, to try a format once at start: a spec or a
+# conversion that does not fit its field ("{method:d}", "{status!z}") would
+# otherwise raise in every request's cleanup.
+_SAMPLE: dict[str, Any] = {
+    **dict.fromkeys(FIELDS, "-"),
+    "status": 200,
+    "bytes": 0,
+    "duration_ms": 0.0,
+    "request_id": 1,
+    "pid": 1,
+}
 
 
 class AccessLogFormat:
@@ -68,6 +79,10 @@ class AccessLogFormat:
                 f"--access-log-format: unknown field(s) {', '.join(unknown) or '{}'}; "
                 f"known: {', '.join(sorted(FIELDS))}"
             )
+        try:
+            self.fmt.format_map(_SAMPLE)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"--access-log-format: {exc}") from None
         self._needs_headers = bool(names & set(_HEADER_FIELDS.values()))
 
     def render(
