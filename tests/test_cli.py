@@ -457,3 +457,14 @@ def test_bad_number_is_one_line_error(args, message):
     assert code == 1
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bad_allow_with_workers_is_one_line_error():
+    # Before the fix --allow was only parsed in each worker, after the
+    # supervisor had bound the port: one error per worker among the logs.
+    code, _, err = run_cli(
+        "tests.apps:app", "--port", "0", "--workers", "2", "--allow", "10.0.0.0/33", timeout=20
+    )
+    assert code == 1
+    assert "'10.0.0.0/33' is not an IP address or network" in err
+    assert err.count("\n") == 1 and "Traceback" not in err

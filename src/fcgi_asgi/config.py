@@ -156,6 +156,10 @@ class Config:
 
             AccessLogFormat(self.access_log_format)  # raises ConfigError when malformed
         self.allow = tuple(self.allow)
+        from .allowlist import AllowList
+
+        # Here, not only in each worker: a bad entry is one error before binding.
+        AllowList(self.allow)  # raises ConfigError for an entry that is no network
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError("--workers must be a positive integer")
         for name in ("max_requests", "max_requests_jitter"):
