@@ -468,3 +468,13 @@ def test_bad_allow_with_workers_is_one_line_error():
     assert code == 1
     assert "'10.0.0.0/33' is not an IP address or network" in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_status_path_equal_to_ping_path_is_an_error():
+    # Before the fix the ping answer silently shadowed the status page.
+    code, _, err = run_cli(
+        "tests.apps:app", "--port", "0", "--status-path", "/x", "--ping-path", "/x", timeout=10
+    )
+    assert code == 1
+    assert "--status-path and --ping-path must differ" in err
+    assert err.count("\n") == 1

@@ -151,6 +151,11 @@ class Config:
             value = getattr(self, name)
             if value is not None and not value.startswith("/"):
                 raise ConfigError(f"--{name.replace('_', '-')} must start with '/', not {value!r}")
+        if self.status_path is not None and self.status_path == self.ping_path:
+            # Only one page can answer a path: the ping would hide the status.
+            raise ConfigError(
+                f"--status-path and --ping-path must differ, not both {self.ping_path!r}"
+            )
         if self.access_log_format is not None:
             from .accesslog import AccessLogFormat
 
