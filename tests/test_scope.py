@@ -177,3 +177,15 @@ def test_unescaped_utf8_in_request_uri():
     assert scope["path"] == "/café"
     assert scope["raw_path"] == "/café".encode()
     assert build_scope({b"REQUEST_URI": b"/bad\xff%C3%A9"})["path"] == "/bad\ufffdé"
+
+
+def test_utf8_script_name_without_request_uri_is_not_encoded_twice():
+    # Servers send SCRIPT_NAME/PATH_INFO decoded, as UTF-8 bytes. Before the
+    # fix they were read as latin-1 and quoted as UTF-8: /café became
+    # /caf%C3%83%C2%A9 and path "/cafÃ©".
+    scope = build_scope({b"SCRIPT_NAME": "/café".encode(), b"PATH_INFO": b""})
+    assert scope["raw_path"] == b"/caf%C3%A9"
+    assert scope["path"] == "/café"
+    scope = build_scope({b"SCRIPT_NAME": b"/app", b"PATH_INFO": "/ü x".encode()})
+    assert scope["raw_path"] == b"/app/%C3%BC%20x"
+    assert scope["path"] == "/app/ü x" and scope["root_path"] == "/app"

@@ -166,8 +166,9 @@ def build_scope(
         if query is None:
             query = uri_query
     else:
-        joined = (script_name + path_info).decode("latin-1")
-        raw_path = quote(joined, safe="/:@!$&'()*+,;=-._~").encode("ascii")
+        # quote() the bytes as they are: they are UTF-8 already, and a str
+        # from latin-1 would be encoded to UTF-8 a second time.
+        raw_path = quote(script_name + path_info, safe="/:@!$&'()*+,;=-._~").encode("ascii")
     if not raw_path:
         raw_path = b"/"
     path = _decode_path(raw_path)
