@@ -478,3 +478,10 @@ def test_status_path_equal_to_ping_path_is_an_error():
     assert code == 1
     assert "--status-path and --ping-path must differ" in err
     assert err.count("\n") == 1
+
+
+def test_request_port_out_of_range_is_one_line_error():
+    # Before the fix connect() raised OverflowError: a traceback, exit 1.
+    code, _, err = run_cli("request", "/", "--port", "70000", timeout=10)
+    assert code == 2
+    assert "Traceback" not in err and "0-65535" in err

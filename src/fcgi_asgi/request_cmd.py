@@ -26,7 +26,7 @@ def build_request_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", help="request path with optional ?query, e.g. /health")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--socket", metavar="SOCK", help="unix socket of the gateway")
-    where.add_argument("--port", type=int, help="TCP port of the gateway")
+    where.add_argument("--port", type=_port, help="TCP port of the gateway")
     p.add_argument("--host", default="127.0.0.1", help="TCP host (default: %(default)s)")
     p.add_argument("-X", "--method", default="GET", help="HTTP method (default: GET)")
     p.add_argument(
@@ -41,6 +41,17 @@ def build_request_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--include", action="store_true", help="print status and headers too")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds (default: %(default)s)")
     return p
+
+
+def _port(value: str) -> int:
+    # Checked here: connect() raises OverflowError, not OSError, for 65536 up.
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0-65535, not {value!r}")
+    return port
 
 
 async def _send(args: argparse.Namespace) -> Response:
