@@ -300,7 +300,18 @@ def _scope_variants() -> list[tuple[dict[str, Any] | None, dict[str, Any] | None
 
 
 _uris = st.sampled_from(
-    [b"/", b"/a?b", b"/%7e/%zz%4", b"/caf\xc3\xa9/%C3%A9?x", b"/%ff"]
+    [
+        b"/",
+        b"/a?b",
+        b"/%7e/%zz%4",
+        b"/caf\xc3\xa9/%C3%A9?x",
+        b"/%ff",
+        # absolute-form targets (RFC 9112 3.2.2), as Apache passes them on
+        b"http://h/a?b",
+        b"https://h:8443",
+        b"http://h?x",
+        b"*",
+    ]
 ) | st.binary(max_size=12)
 
 

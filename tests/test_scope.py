@@ -189,3 +189,22 @@ def test_utf8_script_name_without_request_uri_is_not_encoded_twice():
     scope = build_scope({b"SCRIPT_NAME": b"/app", b"PATH_INFO": "/ü x".encode()})
     assert scope["raw_path"] == b"/app/%C3%BC%20x"
     assert scope["path"] == "/app/ü x" and scope["root_path"] == "/app"
+
+
+@pytest.mark.parametrize(
+    "uri,raw_path,query",
+    [
+        (b"http://example.com/a/b?x=1", b"/a/b", b"x=1"),
+        (b"https://example.com:8443/caf%C3%A9", b"/caf%C3%A9", b""),
+        (b"http://example.com", b"/", b""),
+        (b"http://example.com?x", b"/", b"x"),
+    ],
+)
+def test_absolute_form_request_uri(uri, raw_path, query):
+    # A client may send "GET http://host/path HTTP/1.1" (absolute-form) and
+    # Apache passes it on in REQUEST_URI. Before the fix the scheme and host
+    # ended up in path and raw_path, so no route matched.
+    scope = build_scope({b"REQUEST_URI": uri})
+    assert scope["raw_path"] == raw_path
+    assert scope["path"] == raw_path.decode().replace("%C3%A9", "é")
+    assert scope["query_string"] == query

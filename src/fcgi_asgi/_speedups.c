@@ -593,9 +593,9 @@ set_steal(PyObject *scope, PyObject *key, PyObject *value)
  * over the raw PARAMS bytes, without the params dict: nginx's 25 params take
  * 1.1 us here against 4.0 us (benchmarks/hotpath.py: 11.1 -> 8.9 us a request).
  * Anything that needs the full rules returns None and the Python path runs:
- * malformed data, a name sent twice, no REQUEST_URI, both SCRIPT_NAME and
- * PATH_INFO set by a server other than lighttpd (the root_path rule), an
- * unusual method, a port too long to be one. Only called without --root-path. */
+ * malformed data, a name sent twice, no REQUEST_URI or one not starting with
+ * '/', both SCRIPT_NAME and PATH_INFO set by a server other than lighttpd (the
+ * root_path rule), an unusual method, a port too long to be one. Only called without --root-path. */
 static PyObject *
 scope_from_params(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -672,7 +672,9 @@ scope_from_params(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
      * rule decides. */
     span uri = vars[V_REQUEST_URI], software = vars[V_SERVER_SOFTWARE];
     int lighttpd = software.len >= 8 && strncasecmp(software.p, "lighttpd", 8) == 0;
-    if (uri.len <= 0 ||
+    /* A target not starting with '/' may be absolute-form (http://h/a), whose
+     * scheme and host the Python rule strips. */
+    if (uri.len <= 0 || uri.p[0] != '/' ||
         (vars[V_PATH_INFO].len > 0 && vars[V_SCRIPT_NAME].len > 0 && !lighttpd)) {
         goto fallback;
     }

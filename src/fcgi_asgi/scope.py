@@ -4,7 +4,8 @@ A pure function, table-tested against what nginx, lighttpd, Apache httpd,
 Caddy and h2o send with their stock configurations. The path rules:
 
 * ``raw_path`` is the path part of ``REQUEST_URI`` (the request target as the
-  client sent it) and ``path`` its percent-decoded UTF-8 form. Without
+  client sent it, without scheme and host when it was in absolute form) and
+  ``path`` its percent-decoded UTF-8 form. Without
   ``REQUEST_URI`` both come from ``SCRIPT_NAME + PATH_INFO``.
 * ``path`` always includes ``root_path`` (ASGI 2.4 / Starlette >= 0.35).
 * ``root_path`` is the operator's ``--root-path`` when given; otherwise
@@ -133,6 +134,20 @@ def _splits_at_next_segment(server_software: bytes | None) -> bool:
     return server_software is not None and server_software[:8].lower() == b"lighttpd"
 
 
+def _strip_scheme_and_authority(target: bytes) -> bytes:
+    """The path of an absolute-form target (``http://host/a`` -> ``/a``).
+
+    A client may send one (RFC 9112 3.2.2) and Apache passes it on in
+    REQUEST_URI; ASGI's path has no scheme or host. Anything else (``*``)
+    stays as it is.
+    """
+    sep = target.find(b"://")
+    if sep <= 0:
+        return target
+    slash = target.find(b"/", sep + 3)
+    return target[slash:] if slash >= 0 else b""
+
+
 def _decode_path(raw: bytes) -> str:
     """Percent-decode a raw path as UTF-8, as is: a client may also have sent
     UTF-8 bytes unescaped, which web servers pass on in REQUEST_URI."""
@@ -165,6 +180,8 @@ def build_scope(
         raw_path, _, uri_query = request_uri.partition(b"?")
         if query is None:
             query = uri_query
+        if raw_path[:1] != b"/":
+            raw_path = _strip_scheme_and_authority(raw_path)
     else:
         # quote() the bytes as they are: they are UTF-8 already, and a str
         # from latin-1 would be encoded to UTF-8 a second time.
