@@ -595,7 +595,8 @@ set_steal(PyObject *scope, PyObject *key, PyObject *value)
  * Anything that needs the full rules returns None and the Python path runs:
  * malformed data, a name sent twice, no REQUEST_URI or one not starting with
  * '/', both SCRIPT_NAME and PATH_INFO set by a server other than lighttpd (the
- * root_path rule), an unusual method, a port too long to be one. Only called without --root-path. */
+ * root_path rule), an unusual method, a port too long to be one. Only called
+ * without --root-path. */
 static PyObject *
 scope_from_params(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
