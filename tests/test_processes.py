@@ -326,6 +326,65 @@ async def test_second_signal_forces_exit(launch, workers):
     assert await gw.wait_exit(10) == 0
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGQUIT])
+async def test_stop_while_workers_start_does_not_wait_for_the_kill(launch, sock_path, sig):
+    # Lifespan startup never ends: the workers must give up starting when
+    # told to stop, not wait for the supervisor's kill (graceful timeout + 10 s).
+    gw = await launch(
+        "--workers",
+        "2",
+        app="tests.apps_cli:app",
+        env={"FCGI_TEST_STARTUP_HANG": "1"},
+        wait=False,
+    )
+    await wait_until(lambda: len(gw.workers()) == 2 and exists(sock_path), "2 workers")
+    await asyncio.sleep(1.0)  # their apps are starting now
+    started = time.monotonic()
+    gw.signal(sig)
+    assert await gw.wait_exit(20) == 0
+    assert time.monotonic() - started < 4, gw.log()
+    assert "did not stop in time" not in gw.log()
+    assert not exists(sock_path)
+
+
+async def test_sighup_while_new_workers_start_stops_them_at_once(launch, tmp_path):
+    # The reloaded app hangs in startup; a second SIGHUP (a fixed deploy) must
+    # stop the hung new workers at once, not leave them for the kill deadline.
+    mode = tmp_path / "mode"
+    mode.write_text("ok")
+    module = tmp_path / "hanging_app.py"
+    module.write_text(
+        "import asyncio, pathlib\n"
+        f"HANG = pathlib.Path({str(mode)!r}).read_text() == 'hang'\n"
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] == 'lifespan':\n"
+        "        await receive()\n"
+        "        if HANG:\n"
+        "            await asyncio.sleep(3600)\n"
+        "        await send({'type': 'lifespan.startup.complete'})\n"
+        "        await receive()\n"
+        "        await send({'type': 'lifespan.shutdown.complete'})\n"
+        "        return\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'ok'})\n"
+    )
+    gw = await launch(
+        "--workers", "2", "--app-dir", str(tmp_path), app="hanging_app:app", workers=2
+    )
+    old = set(gw.workers())
+    mode.write_text("hang")
+    gw.signal(signal.SIGHUP)
+    await wait_until(lambda: len(gw.workers()) == 4, "2 new workers")
+    hung = set(gw.workers()) - old
+    await asyncio.sleep(1.0)  # their apps are starting now
+    mode.write_text("ok")
+    gw.signal(signal.SIGHUP)
+    await wait_until(lambda: not any(alive(pid) for pid in hung), "the hung workers to go", 5)
+    await wait_until(lambda: not set(gw.workers()) & old, "the reload")
+    assert (await gw.get("/")).status == 200
+    assert "did not stop in time" not in gw.log()
+
+
 # -- workers -------------------------------------------------------------------------
 
 

@@ -8,7 +8,8 @@ The supervisor forks it and talks to it over a socketpair, the *channel*:
 - the supervisor holds the other end: when the supervisor dies, the worker
   reads end-of-file and drains, so no worker outlives its parent.
 
-SIGTERM drains and exits 0; SIGQUIT cuts running requests (the supervisor
+SIGTERM drains and exits 0 (while the app is still starting, it gives up
+starting and exits 0 at once); SIGQUIT cuts running requests (the supervisor
 sends it on a second stop signal). A repeated SIGTERM changes nothing, since
 ``kill -TERM`` of the whole process group (systemd's default KillMode, or
 ``timeout``) plus the supervisor's own SIGTERM must still drain. SIGINT,
@@ -90,6 +91,7 @@ def run_worker(spec: WorkerSpec) -> int:
 
 async def _serve(spec: WorkerSpec, early: list[int]) -> int:
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
     server = FastCGIServer(spec.config, listener=Listener(spec.sock))
     server.scoreboard = spec.scoreboard
     server.slot = spec.slot
@@ -99,6 +101,10 @@ async def _serve(spec: WorkerSpec, early: list[int]) -> int:
 
     def on_term() -> None:
         nonlocal stopping
+        if not started and not stopping and main is not None:
+            # Nobody is served yet: give up starting (a hung lifespan startup)
+            # rather than make the supervisor wait for its kill deadline.
+            main.cancel()
         if started and not stopping:
             logger.info("worker stopping: draining connections")
             server.close()
@@ -106,6 +112,8 @@ async def _serve(spec: WorkerSpec, early: list[int]) -> int:
 
     def on_quit() -> None:
         nonlocal aborting
+        if not started and not stopping and not aborting and main is not None:
+            main.cancel()
         if started and not aborting:
             logger.warning("worker told to stop now: cutting running requests")
             server.abort()
@@ -141,7 +149,15 @@ async def _serve(spec: WorkerSpec, early: list[int]) -> int:
     stopping = stopping or signal.SIGTERM in early
     aborting = aborting or signal.SIGQUIT in early
     loop.add_reader(channel.fileno(), on_channel)
-    await server.start()
+    if stopping or aborting:
+        return 0  # told to stop before the app was even imported
+    try:
+        await server.start()
+    except asyncio.CancelledError:
+        if not (stopping or aborting) or main is None:
+            raise
+        main.uncancel()
+        return 0  # start() has cancelled the lifespan
     started = True
     if aborting:
         server.abort()
