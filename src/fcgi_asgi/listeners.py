@@ -41,6 +41,8 @@ __all__ = [
 FCGI_LISTENSOCK_FILENO = 0
 #: The first file descriptor systemd passes (SD_LISTEN_FDS_START).
 SD_LISTEN_FDS_START = 3
+#: Bytes in ``sockaddr_un.sun_path`` on Linux: the longest unix socket path.
+SUN_PATH_MAX = 108
 
 logger = logging.getLogger("fcgi_asgi.error")
 
@@ -140,7 +142,14 @@ def bind_unix(
     except OSError as exc:
         sock.close()
         directory = os.path.dirname(os.path.abspath(path))
-        if exc.errno == errno.ENOENT:
+        size = len(os.fsencode(path))
+        if size > SUN_PATH_MAX:
+            # Python raises this one with no errno (its strerror would print "None").
+            msg = (
+                f"socket path {path} is too long ({size} bytes; the limit is "
+                f"{SUN_PATH_MAX}): use a shorter path"
+            )
+        elif exc.errno == errno.ENOENT:
             msg = f"cannot create socket {path}: directory {directory} does not exist"
         elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             msg = f"cannot create socket {path}: directory {directory} is not writable"
@@ -148,7 +157,7 @@ def bind_unix(
             msg = f"{path} was created by another process meanwhile"
         else:
             msg = f"cannot create socket {path}: {exc.strerror}"
-        raise ListenError(exc.errno, msg) from None
+        raise ListenError(exc.errno or errno.ENAMETOOLONG, msg) from None
     st = os.lstat(path)
     listener = Listener(sock, path=path, file_id=(st.st_dev, st.st_ino))
     try:
