@@ -31,7 +31,8 @@ async def _respond(send: Any, body: bytes, status: int = 200) -> None:
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """Routes: ``/pid``, ``/env?NAME``, ``/ids``, ``/sleep?SECONDS``, ``/wait-disconnect``;
+    """Routes: ``/pid``, ``/env?NAME``, ``/ids``, ``/child-fds``, ``/sleep?SECONDS``,
+    ``/wait-disconnect``;
     anything else answers ``hello``."""
     if scope["type"] == "lifespan":
         while True:
@@ -51,6 +52,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await _respond(send, os.environ.get(name, "-").encode())
     elif path == "/ids":
         await _respond(send, f"{os.getuid()} {os.getgid()}".encode())
+    elif path == "/child-fds":
+        # What a program the app starts inherits (as os.system() would).
+        proc = await asyncio.create_subprocess_exec(
+            "ls", "-l", "/proc/self/fd", stdout=asyncio.subprocess.PIPE, close_fds=False
+        )
+        out, _ = await proc.communicate()
+        await _respond(send, out)
     elif path == "/sleep":
         await asyncio.sleep(float(scope["query_string"] or b"1"))
         await _respond(send, b"slept %d" % os.getpid())

@@ -627,6 +627,23 @@ async def test_inherited_socket_relistens_with_backlog(launch, how, workers):
     assert backlog in (None, min(2048, somaxconn()))  # not the 5 it was made with
 
 
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+async def test_fd_socket_is_not_inherited_by_the_apps_programs(launch, workers):
+    # As with systemd's sockets: a program the app starts must not keep the
+    # gateway's listening socket open (clients would queue on it after exit).
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(5)
+    port = listening.getsockname()[1]
+    fd = listening.fileno()
+    inode = os.fstat(fd).st_ino
+    with listening:
+        gw = await launch(*workers, "--fd", str(fd), pass_fds=(fd,), tcp=("127.0.0.1", port))
+    response = await gw.get("/child-fds")
+    assert response.status == 200 and b"/proc/" in response.body
+    assert f"socket:[{inode}]".encode() not in response.body
+
+
 async def test_systemd_socket_activation_with_the_example_units(launch, sock_path, notify_socket):
     units = ROOT / "examples" / "systemd"
     socket_unit = (units / "fcgi-asgi.socket").read_text()

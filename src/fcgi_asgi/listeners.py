@@ -227,6 +227,11 @@ def from_fd(fd: int, backlog: int) -> Listener:
     """Wrap an inherited listening socket (``--fd``, fd 0 from a web server)."""
     if not is_listening_socket(fd):
         raise ListenError(errno.ENOTSOCK, f"file descriptor {fd} is not a listening socket")
+    if fd != FCGI_LISTENSOCK_FILENO:
+        # Close-on-exec, as sd_listen_fds does: a program the app starts must
+        # not hold the listening socket (clients would queue on it after we
+        # exit). fd 0 stays: it is also the standard input programs expect.
+        os.set_inheritable(fd, False)
     sock = socket.socket(fileno=fd)
     # listen() again: the backlog a parent chose is often the 100 or 128 default.
     sock.listen(backlog)
