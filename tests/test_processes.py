@@ -347,6 +347,28 @@ async def test_stop_while_workers_start_does_not_wait_for_the_kill(launch, sock_
     assert not exists(sock_path)
 
 
+async def test_stop_right_after_a_fork_is_not_lost(launch):
+    # A SIGTERM the supervisor sends a worker it has just forked, before the
+    # worker has its own handlers, must not be lost (the worker would serve
+    # on until killed, graceful timeout + 10 s later). The window is short:
+    # try a few times.
+    for _ in range(15):
+        gw = await launch("--workers", "8", "--timeout-graceful-shutdown", "1", wait=False)
+
+        def forked(kids: Path = Path(f"/proc/{gw.pid}/task/{gw.pid}/children")) -> bool:
+            try:
+                return bool(kids.read_text())  # cheaper than children(): no /proc scan
+            except OSError:
+                return False
+
+        await wait_until(forked, "a worker", 10)
+        gw.signal(signal.SIGTERM)  # the supervisor stops the workers at once
+        started = time.monotonic()
+        assert await gw.wait_exit(15) == 0
+        assert "did not stop in time" not in gw.log(), gw.log()
+        assert time.monotonic() - started < 5
+
+
 async def test_sighup_while_new_workers_start_stops_them_at_once(launch, tmp_path):
     # The reloaded app hangs in startup; a second SIGHUP (a fixed deploy) must
     # stop the hung new workers at once, not leave them for the kill deadline.

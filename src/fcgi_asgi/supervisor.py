@@ -327,12 +327,19 @@ class Supervisor:
         parent_end, child_end = socket.socketpair()
         sys.stdout.flush()
         sys.stderr.flush()
+        # Blocked across the fork, and in the child until run_worker() has its
+        # handlers: a SIGTERM sent to a just-forked worker would otherwise run
+        # the supervisor's handler in the child and be lost.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
         try:
             pid = os.fork()
         except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             parent_end.close()
             child_end.close()
             raise
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if pid == 0:  # the worker
             status = 1
             try:

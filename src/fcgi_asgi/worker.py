@@ -74,6 +74,10 @@ def run_worker(spec: WorkerSpec) -> int:
     for sig in _IGNORED:
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # The supervisor forks with these blocked; pending ones now reach our handlers.
+    signal.pthread_sigmask(
+        signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD, *_IGNORED)
+    )
     try:
         loop_factory = _new_loop_factory(spec.config.loop)
         if spec.identity is not None:
