@@ -562,6 +562,19 @@ async def test_app_that_cannot_start_exits_1(launch, sock_path):
     assert not exists(sock_path)
 
 
+async def test_app_that_exits_while_loading_exits_1(launch, sock_path, tmp_path):
+    # sys.exit() at import (a missing setting) ends the single process with
+    # status 1; under the supervisor it must too, not be retried forever.
+    (tmp_path / "exiting_app.py").write_text("import sys\nsys.exit('DATABASE_URL is not set')\n")
+    gw = await launch(
+        "--workers", "2", "--app-dir", str(tmp_path), app="exiting_app:app", wait=False
+    )
+    assert await gw.wait_exit(10) == 1, gw.log()
+    assert "DATABASE_URL is not set" in gw.log()
+    assert "Traceback" not in gw.log()
+    assert not exists(sock_path)
+
+
 async def test_supervisor_keeps_no_event_loop(launch):
     gw = await launch("--workers", "2", workers=2)
 

@@ -91,6 +91,12 @@ def run_worker(spec: WorkerSpec) -> int:
     except OSError as exc:
         print(f"fcgi-asgi: error: worker could not start: {exc}", file=sys.stderr)
         return BOOT_ERROR
+    except SystemExit as exc:
+        # sys.exit() while the app loads (a missing setting) ends the single
+        # process; here it must stop the supervisor too, not be retried forever.
+        # Once ready, the supervisor replaces the worker whatever its status.
+        print(f"fcgi-asgi: error: the app called sys.exit({exc.code!r})", file=sys.stderr)
+        return BOOT_ERROR
 
 
 async def _serve(spec: WorkerSpec, early: list[int]) -> int:
