@@ -679,6 +679,19 @@ async def test_fd_socket_is_not_inherited_by_the_apps_programs(launch, workers):
     assert f"socket:[{inode}]".encode() not in response.body
 
 
+@pytest.mark.parametrize("workers", [None, 2])
+async def test_programs_the_app_starts_do_not_ignore_signals(launch, workers):
+    # Workers ignore SIGINT, SIGHUP, SIGTTIN and SIGTTOU (meant for the
+    # supervisor), but an ignored signal stays ignored across exec: a program
+    # the app starts and stops with SIGINT (ffmpeg, say) would never stop.
+    args = ["--workers", str(workers)] if workers else []
+    gw = await launch(*args, workers=workers)
+    status = (await gw.get("/child-status")).body.decode()
+    ignored = int(re.search(r"SigIgn:\s*([0-9a-f]+)", status).group(1), 16)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        assert not ignored & (1 << (sig - 1)), sig.name
+
+
 async def test_systemd_socket_activation_with_the_example_units(launch, sock_path, notify_socket):
     units = ROOT / "examples" / "systemd"
     socket_unit = (units / "fcgi-asgi.socket").read_text()

@@ -66,13 +66,18 @@ class WorkerSpec:
     slot: int = 0
 
 
+def _ignore(signum: int, frame: object) -> None:
+    """Caught, not SIG_IGN: an ignored signal stays ignored in every program
+    the app starts (which then could not be stopped with SIGINT, say)."""
+
+
 def run_worker(spec: WorkerSpec) -> int:
     """Run the worker in this (freshly forked) process; returns its exit status."""
     early: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, lambda signum, frame: early.append(signum))
     for sig in _IGNORED:
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, _ignore)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # The supervisor forks with these blocked; pending ones now reach our handlers.
     signal.pthread_sigmask(
