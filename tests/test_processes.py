@@ -369,6 +369,27 @@ async def test_stop_right_after_a_fork_is_not_lost(launch):
         assert time.monotonic() - started < 5
 
 
+async def test_group_sigterm_while_workers_start_logs_no_failure(launch):
+    # systemd stops the whole group: workers exit at once and may be reaped
+    # before the supervisor reads its own SIGTERM; that is a stop, not a
+    # failed start to retry (nor an error in the journal).
+    for _ in range(8):
+        gw = await launch(
+            "--workers",
+            "4",
+            app="tests.apps_cli:app",
+            env={"FCGI_TEST_STARTUP_HANG": "1"},
+            wait=False,
+            start_new_session=True,
+        )
+        await wait_until(lambda: len(gw.workers()) == 4, "4 workers", 10)  # noqa: B023
+        await asyncio.sleep(0.2)
+        os.killpg(gw.pid, signal.SIGTERM)
+        assert await gw.wait_exit(10) == 0
+        assert "failed to start" not in gw.log(), gw.log()
+        assert " died " not in gw.log(), gw.log()
+
+
 async def test_sighup_while_new_workers_start_stops_them_at_once(launch, tmp_path):
     # The reloaded app hangs in startup; a second SIGHUP (a fixed deploy) must
     # stop the hung new workers at once, not leave them for the kill deadline.

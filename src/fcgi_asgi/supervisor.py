@@ -175,8 +175,10 @@ class Supervisor:
 
     def _main_loop(self) -> None:
         while True:
-            self._reap()
+            # Signals first: after a stop signal to the whole group (systemd),
+            # workers that exited already are stopped ones, not failures.
             self._handle_signals()
+            self._reap()
             if self._stopping and not self.workers:
                 return
             self._manage()
