@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 from typing import Any
 
 
@@ -31,8 +32,8 @@ async def _respond(send: Any, body: bytes, status: int = 200) -> None:
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """Routes: ``/pid``, ``/env?NAME``, ``/ids``, ``/sleep?SECONDS``, ``/wait-disconnect``;
-    anything else answers ``hello``."""
+    """Routes: ``/pid``, ``/env?NAME``, ``/ids``, ``/child-fds``, ``/child-status``,
+    ``/sleep?SECONDS``, ``/wait-disconnect``; anything else answers ``hello``."""
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -51,6 +52,19 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await _respond(send, os.environ.get(name, "-").encode())
     elif path == "/ids":
         await _respond(send, f"{os.getuid()} {os.getgid()}".encode())
+    elif path == "/child-fds":
+        # What a program the app starts inherits (fds as os.system() would).
+        proc = await asyncio.create_subprocess_exec(
+            "ls", "-l", "/proc/self/fd", stdout=asyncio.subprocess.PIPE, close_fds=False
+        )
+        out, _ = await proc.communicate()
+        await _respond(send, out)
+    elif path == "/child-status":
+        # Started with subprocess, as most apps do (uvloop's spawn resets signals).
+        done = await asyncio.to_thread(
+            subprocess.run, ["cat", "/proc/self/status"], capture_output=True
+        )
+        await _respond(send, done.stdout)
     elif path == "/sleep":
         await asyncio.sleep(float(scope["query_string"] or b"1"))
         await _respond(send, b"slept %d" % os.getpid())

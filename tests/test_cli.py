@@ -158,6 +158,16 @@ def test_missing_directory(tmp_path):
     assert code == 1 and "does not exist" in err
 
 
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+def test_socket_path_too_long(workers):
+    path = "/tmp/" + "x" * 120 + ".sock"
+    code, _, err = run_cli("tests.apps_cli:app", "--socket", path, *workers)
+    assert code == 1
+    assert "None" not in err
+    assert f"socket path {path} is too long (130 bytes; the limit is 108)" in err
+    assert not os.path.exists(path)
+
+
 @pytest.fixture
 def read_only_dir(tmp_path):
     """A directory nobody, root included, can create files in: a read-only tmpfs."""

@@ -326,6 +326,108 @@ async def test_second_signal_forces_exit(launch, workers):
     assert await gw.wait_exit(10) == 0
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGQUIT])
+async def test_stop_while_workers_start_does_not_wait_for_the_kill(launch, sock_path, sig):
+    # Lifespan startup never ends: the workers must give up starting when
+    # told to stop, not wait for the supervisor's kill (graceful timeout + 10 s).
+    gw = await launch(
+        "--workers",
+        "2",
+        app="tests.apps_cli:app",
+        env={"FCGI_TEST_STARTUP_HANG": "1"},
+        wait=False,
+    )
+    await wait_until(lambda: len(gw.workers()) == 2 and exists(sock_path), "2 workers")
+    await asyncio.sleep(1.0)  # their apps are starting now
+    started = time.monotonic()
+    gw.signal(sig)
+    assert await gw.wait_exit(20) == 0
+    assert time.monotonic() - started < 4, gw.log()
+    assert "did not stop in time" not in gw.log()
+    assert not exists(sock_path)
+
+
+async def test_stop_right_after_a_fork_is_not_lost(launch):
+    # A SIGTERM the supervisor sends a worker it has just forked, before the
+    # worker has its own handlers, must not be lost (the worker would serve
+    # on until killed, graceful timeout + 10 s later). The window is short:
+    # try a few times.
+    for _ in range(15):
+        gw = await launch("--workers", "8", "--timeout-graceful-shutdown", "1", wait=False)
+
+        def forked(kids: Path = Path(f"/proc/{gw.pid}/task/{gw.pid}/children")) -> bool:
+            try:
+                return bool(kids.read_text())  # cheaper than children(): no /proc scan
+            except OSError:
+                return False
+
+        await wait_until(forked, "a worker", 10)
+        gw.signal(signal.SIGTERM)  # the supervisor stops the workers at once
+        started = time.monotonic()
+        assert await gw.wait_exit(15) == 0
+        assert "did not stop in time" not in gw.log(), gw.log()
+        assert time.monotonic() - started < 5
+
+
+async def test_group_sigterm_while_workers_start_logs_no_failure(launch):
+    # systemd stops the whole group: workers exit at once and may be reaped
+    # before the supervisor reads its own SIGTERM; that is a stop, not a
+    # failed start to retry (nor an error in the journal).
+    for _ in range(8):
+        gw = await launch(
+            "--workers",
+            "4",
+            app="tests.apps_cli:app",
+            env={"FCGI_TEST_STARTUP_HANG": "1"},
+            wait=False,
+            start_new_session=True,
+        )
+        await wait_until(lambda: len(gw.workers()) == 4, "4 workers", 10)  # noqa: B023
+        await asyncio.sleep(0.2)
+        os.killpg(gw.pid, signal.SIGTERM)
+        assert await gw.wait_exit(10) == 0
+        assert "failed to start" not in gw.log(), gw.log()
+        assert " died " not in gw.log(), gw.log()
+
+
+async def test_sighup_while_new_workers_start_stops_them_at_once(launch, tmp_path):
+    # The reloaded app hangs in startup; a second SIGHUP (a fixed deploy) must
+    # stop the hung new workers at once, not leave them for the kill deadline.
+    mode = tmp_path / "mode"
+    mode.write_text("ok")
+    module = tmp_path / "hanging_app.py"
+    module.write_text(
+        "import asyncio, pathlib\n"
+        f"HANG = pathlib.Path({str(mode)!r}).read_text() == 'hang'\n"
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] == 'lifespan':\n"
+        "        await receive()\n"
+        "        if HANG:\n"
+        "            await asyncio.sleep(3600)\n"
+        "        await send({'type': 'lifespan.startup.complete'})\n"
+        "        await receive()\n"
+        "        await send({'type': 'lifespan.shutdown.complete'})\n"
+        "        return\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'ok'})\n"
+    )
+    gw = await launch(
+        "--workers", "2", "--app-dir", str(tmp_path), app="hanging_app:app", workers=2
+    )
+    old = set(gw.workers())
+    mode.write_text("hang")
+    gw.signal(signal.SIGHUP)
+    await wait_until(lambda: len(gw.workers()) == 4, "2 new workers")
+    hung = set(gw.workers()) - old
+    await asyncio.sleep(1.0)  # their apps are starting now
+    mode.write_text("ok")
+    gw.signal(signal.SIGHUP)
+    await wait_until(lambda: not any(alive(pid) for pid in hung), "the hung workers to go", 5)
+    await wait_until(lambda: not set(gw.workers()) & old, "the reload")
+    assert (await gw.get("/")).status == 200
+    assert "did not stop in time" not in gw.log()
+
+
 # -- workers -------------------------------------------------------------------------
 
 
@@ -481,6 +583,19 @@ async def test_app_that_cannot_start_exits_1(launch, sock_path):
     assert not exists(sock_path)
 
 
+async def test_app_that_exits_while_loading_exits_1(launch, sock_path, tmp_path):
+    # sys.exit() at import (a missing setting) ends the single process with
+    # status 1; under the supervisor it must too, not be retried forever.
+    (tmp_path / "exiting_app.py").write_text("import sys\nsys.exit('DATABASE_URL is not set')\n")
+    gw = await launch(
+        "--workers", "2", "--app-dir", str(tmp_path), app="exiting_app:app", wait=False
+    )
+    assert await gw.wait_exit(10) == 1, gw.log()
+    assert "DATABASE_URL is not set" in gw.log()
+    assert "Traceback" not in gw.log()
+    assert not exists(sock_path)
+
+
 async def test_supervisor_keeps_no_event_loop(launch):
     gw = await launch("--workers", "2", workers=2)
 
@@ -566,6 +681,36 @@ async def test_inherited_socket_relistens_with_backlog(launch, how, workers):
     assert (await gw.get("/pid")).status == 200
     backlog = listen_backlog(port)
     assert backlog in (None, min(2048, somaxconn()))  # not the 5 it was made with
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+async def test_fd_socket_is_not_inherited_by_the_apps_programs(launch, workers):
+    # As with systemd's sockets: a program the app starts must not keep the
+    # gateway's listening socket open (clients would queue on it after exit).
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(5)
+    port = listening.getsockname()[1]
+    fd = listening.fileno()
+    inode = os.fstat(fd).st_ino
+    with listening:
+        gw = await launch(*workers, "--fd", str(fd), pass_fds=(fd,), tcp=("127.0.0.1", port))
+    response = await gw.get("/child-fds")
+    assert response.status == 200 and b"/proc/" in response.body
+    assert f"socket:[{inode}]".encode() not in response.body
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+async def test_programs_the_app_starts_do_not_ignore_signals(launch, workers):
+    # Workers ignore SIGINT, SIGHUP, SIGTTIN and SIGTTOU (meant for the
+    # supervisor), but an ignored signal stays ignored across exec: a program
+    # the app starts and stops with SIGINT (ffmpeg, say) would never stop.
+    args = ["--workers", str(workers)] if workers else []
+    gw = await launch(*args, workers=workers)
+    status = (await gw.get("/child-status")).body.decode()
+    ignored = int(re.search(r"SigIgn:\s*([0-9a-f]+)", status).group(1), 16)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        assert not ignored & (1 << (sig - 1)), sig.name
 
 
 async def test_systemd_socket_activation_with_the_example_units(launch, sock_path, notify_socket):

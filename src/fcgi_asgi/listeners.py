@@ -41,6 +41,8 @@ __all__ = [
 FCGI_LISTENSOCK_FILENO = 0
 #: The first file descriptor systemd passes (SD_LISTEN_FDS_START).
 SD_LISTEN_FDS_START = 3
+#: Bytes in ``sockaddr_un.sun_path`` on Linux: the longest unix socket path.
+SUN_PATH_MAX = 108
 
 logger = logging.getLogger("fcgi_asgi.error")
 
@@ -140,7 +142,14 @@ def bind_unix(
     except OSError as exc:
         sock.close()
         directory = os.path.dirname(os.path.abspath(path))
-        if exc.errno == errno.ENOENT:
+        size = len(os.fsencode(path))
+        if size > SUN_PATH_MAX:
+            # Python raises this one with no errno (its strerror would print "None").
+            msg = (
+                f"socket path {path} is too long ({size} bytes; the limit is "
+                f"{SUN_PATH_MAX}): use a shorter path"
+            )
+        elif exc.errno == errno.ENOENT:
             msg = f"cannot create socket {path}: directory {directory} does not exist"
         elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             msg = f"cannot create socket {path}: directory {directory} is not writable"
@@ -148,7 +157,7 @@ def bind_unix(
             msg = f"{path} was created by another process meanwhile"
         else:
             msg = f"cannot create socket {path}: {exc.strerror}"
-        raise ListenError(exc.errno, msg) from None
+        raise ListenError(exc.errno or errno.ENAMETOOLONG, msg) from None
     st = os.lstat(path)
     listener = Listener(sock, path=path, file_id=(st.st_dev, st.st_ino))
     try:
@@ -218,6 +227,11 @@ def from_fd(fd: int, backlog: int) -> Listener:
     """Wrap an inherited listening socket (``--fd``, fd 0 from a web server)."""
     if not is_listening_socket(fd):
         raise ListenError(errno.ENOTSOCK, f"file descriptor {fd} is not a listening socket")
+    if fd != FCGI_LISTENSOCK_FILENO:
+        # Close-on-exec, as sd_listen_fds does: a program the app starts must
+        # not hold the listening socket (clients would queue on it after we
+        # exit). fd 0 stays: it is also the standard input programs expect.
+        os.set_inheritable(fd, False)
     sock = socket.socket(fileno=fd)
     # listen() again: the backlog a parent chose is often the 100 or 128 default.
     sock.listen(backlog)

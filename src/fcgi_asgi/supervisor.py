@@ -175,8 +175,10 @@ class Supervisor:
 
     def _main_loop(self) -> None:
         while True:
-            self._reap()
+            # Signals first: after a stop signal to the whole group (systemd),
+            # workers that exited already are stopped ones, not failures.
             self._handle_signals()
+            self._reap()
             if self._stopping and not self.workers:
                 return
             self._manage()
@@ -327,12 +329,19 @@ class Supervisor:
         parent_end, child_end = socket.socketpair()
         sys.stdout.flush()
         sys.stderr.flush()
+        # Blocked across the fork, and in the child until run_worker() has its
+        # handlers: a SIGTERM sent to a just-forked worker would otherwise run
+        # the supervisor's handler in the child and be lost.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
         try:
             pid = os.fork()
         except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             parent_end.close()
             child_end.close()
             raise
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if pid == 0:  # the worker
             status = 1
             try:

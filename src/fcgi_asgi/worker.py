@@ -8,7 +8,8 @@ The supervisor forks it and talks to it over a socketpair, the *channel*:
 - the supervisor holds the other end: when the supervisor dies, the worker
   reads end-of-file and drains, so no worker outlives its parent.
 
-SIGTERM drains and exits 0; SIGQUIT cuts running requests (the supervisor
+SIGTERM drains and exits 0 (while the app is still starting, it gives up
+starting and exits 0 at once); SIGQUIT cuts running requests (the supervisor
 sends it on a second stop signal). A repeated SIGTERM changes nothing, since
 ``kill -TERM`` of the whole process group (systemd's default KillMode, or
 ``timeout``) plus the supervisor's own SIGTERM must still drain. SIGINT,
@@ -65,14 +66,23 @@ class WorkerSpec:
     slot: int = 0
 
 
+def _ignore(signum: int, frame: object) -> None:
+    """Caught, not SIG_IGN: an ignored signal stays ignored in every program
+    the app starts (which then could not be stopped with SIGINT, say)."""
+
+
 def run_worker(spec: WorkerSpec) -> int:
     """Run the worker in this (freshly forked) process; returns its exit status."""
     early: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGQUIT):
         signal.signal(sig, lambda signum, frame: early.append(signum))
     for sig in _IGNORED:
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, _ignore)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # The supervisor forks with these blocked; pending ones now reach our handlers.
+    signal.pthread_sigmask(
+        signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD, *_IGNORED)
+    )
     try:
         loop_factory = _new_loop_factory(spec.config.loop)
         if spec.identity is not None:
@@ -86,10 +96,17 @@ def run_worker(spec: WorkerSpec) -> int:
     except OSError as exc:
         print(f"fcgi-asgi: error: worker could not start: {exc}", file=sys.stderr)
         return BOOT_ERROR
+    except SystemExit as exc:
+        # sys.exit() while the app loads (a missing setting) ends the single
+        # process; here it must stop the supervisor too, not be retried forever.
+        # Once ready, the supervisor replaces the worker whatever its status.
+        print(f"fcgi-asgi: error: the app called sys.exit({exc.code!r})", file=sys.stderr)
+        return BOOT_ERROR
 
 
 async def _serve(spec: WorkerSpec, early: list[int]) -> int:
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
     server = FastCGIServer(spec.config, listener=Listener(spec.sock))
     server.scoreboard = spec.scoreboard
     server.slot = spec.slot
@@ -99,6 +116,10 @@ async def _serve(spec: WorkerSpec, early: list[int]) -> int:
 
     def on_term() -> None:
         nonlocal stopping
+        if not started and not stopping and main is not None:
+            # Nobody is served yet: give up starting (a hung lifespan startup)
+            # rather than make the supervisor wait for its kill deadline.
+            main.cancel()
         if started and not stopping:
             logger.info("worker stopping: draining connections")
             server.close()
@@ -106,6 +127,8 @@ async def _serve(spec: WorkerSpec, early: list[int]) -> int:
 
     def on_quit() -> None:
         nonlocal aborting
+        if not started and not stopping and not aborting and main is not None:
+            main.cancel()
         if started and not aborting:
             logger.warning("worker told to stop now: cutting running requests")
             server.abort()
@@ -141,7 +164,15 @@ async def _serve(spec: WorkerSpec, early: list[int]) -> int:
     stopping = stopping or signal.SIGTERM in early
     aborting = aborting or signal.SIGQUIT in early
     loop.add_reader(channel.fileno(), on_channel)
-    await server.start()
+    if stopping or aborting:
+        return 0  # told to stop before the app was even imported
+    try:
+        await server.start()
+    except asyncio.CancelledError:
+        if not (stopping or aborting) or main is None:
+            raise
+        main.uncancel()
+        return 0  # start() has cancelled the lifespan
     started = True
     if aborting:
         server.abort()
