@@ -40,6 +40,15 @@ from tests.conftest import connect
 pytestmark = pytest.mark.timeout(60)
 
 
+async def until(check, tries: int, delay: float) -> None:
+    """Poll ``check`` up to ``tries`` times, ``delay`` seconds apart (the test's
+    assertions then say what was expected)."""
+    for _ in range(tries):
+        if check():
+            return
+        await asyncio.sleep(delay)
+
+
 @pytest.fixture(params=["unix", "tcp"])
 async def server(request, serve):
     return await serve(apps.app, tcp=request.param == "tcp")
@@ -187,10 +196,7 @@ async def test_abort_during_streaming(server):
         while await req.read_stdout():
             pass
         assert req.protocol_status == REQUEST_COMPLETE
-        for _ in range(100):
-            if apps.EVENTS.get("stream_receive_after"):
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: apps.EVENTS.get("stream_receive_after"), tries=100, delay=0.05)
         assert apps.EVENTS["stream_disconnected"] is True
         assert apps.EVENTS["stream_receive_after"] == "http.disconnect"
         # The connection lives on for the next request.
@@ -221,10 +227,7 @@ async def test_failed_write_gives_disconnect(serve):
         writer.write(request)
         assert await reader.read(65536)  # streaming has begun
         writer.get_extra_info("socket").shutdown(socket.SHUT_RD)
-        for _ in range(250):
-            if apps.EVENTS.get("stream_receive_after"):
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: apps.EVENTS.get("stream_receive_after"), tries=250, delay=0.02)
     finally:
         writer.close()
     assert apps.EVENTS["stream_disconnected"] is True
@@ -280,10 +283,7 @@ async def test_send_after_abort_raises_client_disconnected(server, caplog):
         while await req.read_stdout():
             pass
         assert req.protocol_status == REQUEST_COMPLETE
-        for _ in range(100):
-            if "second_send" in apps.EVENTS:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: "second_send" in apps.EVENTS, tries=100, delay=0.02)
         assert apps.EVENTS["second_send"] == "ClientDisconnected"
         assert (await client.request("GET", "/scope")).status == 200
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -311,10 +311,7 @@ async def test_abort_wakes_a_send_waiting_for_the_peer(serve):
             if apps.EVENTS["stream_sent"] == sent:
                 break
         writer.write(encode_record(ABORT_REQUEST, 1))
-        for _ in range(100):
-            if apps.EVENTS.get("stream_receive_after"):
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: apps.EVENTS.get("stream_receive_after"), tries=100, delay=0.02)
         assert apps.EVENTS["stream_disconnected"] is True
         assert apps.EVENTS["stream_receive_after"] == "http.disconnect"
     finally:
@@ -328,10 +325,7 @@ async def test_abort_gives_disconnect_to_waiting_app(server):
         await req.end_body()
         assert await req.read_stdout()
         await req.abort()
-        for _ in range(100):
-            if apps.EVENTS.get("disconnect_seen"):
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: apps.EVENTS.get("disconnect_seen"), tries=100, delay=0.02)
     assert apps.EVENTS.get("disconnect_seen") is True
 
 
@@ -342,10 +336,7 @@ async def test_lost_connection_gives_disconnect(server):
     await req.end_body()
     assert await req.read_stdout()
     await client.close()
-    for _ in range(100):
-        if apps.EVENTS.get("disconnect_seen"):
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: apps.EVENTS.get("disconnect_seen"), tries=100, delay=0.02)
     assert apps.EVENTS.get("disconnect_seen") is True
 
 

@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
-from .cycle import RequestCycle, end_records
+from .cycle import RequestCycle, end_records, resolve_all
 from .records import (
     ABORT_REQUEST,
     BEGIN_REQUEST,
@@ -395,12 +395,9 @@ class FastCGIConnection(asyncio.Protocol):
                 cycle.drain_waiter = None
 
     def _release_drain_waiters(self) -> None:
-        waiters = self._drain_waiters
-        if waiters:
-            self._drain_waiters = []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+        if self._drain_waiters:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            resolve_all(waiters)
 
     def body_buffered(self, n: int) -> None:
         """Count unread request body; pause reading above the configured size."""

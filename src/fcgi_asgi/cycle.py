@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .config import ASGIApp
     from .connection import FastCGIConnection
 
-__all__ = ["RequestCycle", "encode_head", "end_records"]
+__all__ = ["RequestCycle", "encode_head", "end_records", "resolve_all"]
 
 logger = logging.getLogger("fcgi_asgi.error")
 access_logger = logging.getLogger("fcgi_asgi.access")
@@ -141,6 +141,13 @@ def encode_head_py(status: Any, headers: Any) -> bytes:
     return b"".join(parts)
 
 
+def resolve_all(waiters: list[asyncio.Future[None]]) -> None:
+    """Wake every waiter not woken or cancelled yet (already detached from its list)."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+
+
 class RequestCycle:
     """The state of one request: params, body queue, response progress."""
 
@@ -247,12 +254,9 @@ class RequestCycle:
             waiter.set_result(None)  # a send() waiting for the peer raises now
 
     def _wake(self) -> None:
-        waiters = self._waiters
-        if waiters:
-            self._waiters = []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            resolve_all(waiters)
 
     def _drop_body(self) -> None:
         if self.body_size:
