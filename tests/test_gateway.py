@@ -13,7 +13,7 @@ import time
 import pytest
 
 from fcgi_asgi.client import build_params
-from fcgi_asgi.records import (
+from fcgi_asgi.protocol.records import (
     ABORT_REQUEST,
     AUTHORIZER,
     END_REQUEST,
@@ -553,7 +553,7 @@ async def test_response_head_larger_than_a_record(server, size, how, caplog):
 async def test_end_request_waits_while_stdin_keeps_coming(server):
     """An app that answers before reading its body: END_REQUEST waits for the end of
     STDIN while the web server is still sending it (h2o 2.2 aborts otherwise)."""
-    from fcgi_asgi.records import END_REQUEST
+    from fcgi_asgi.protocol.records import END_REQUEST
 
     async with await connect(server) as client:
         req = await client.begin(build_params("POST", "/status", query="201", content_length=9000))

@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fcgi_asgi import records, scope
-from fcgi_asgi.cycle import encode_head
+from fcgi_asgi.asgi import scope
+from fcgi_asgi.asgi.scope import ASGI_VERSION, build_scope
 from fcgi_asgi.errors import AppProtocolError
-from fcgi_asgi.records import (
+from fcgi_asgi.protocol import records
+from fcgi_asgi.protocol.records import (
     MalformedPairs,
     ProtocolError,
     RecordReader,
@@ -21,7 +22,7 @@ from fcgi_asgi.records import (
     encode_pairs,
     encode_record,
 )
-from fcgi_asgi.scope import ASGI_VERSION, build_scope
+from fcgi_asgi.protocol.request import encode_head
 from tests import recorded_params as rec
 
 try:
@@ -214,7 +215,7 @@ _headers = st.lists(
     _headers | _headers.map(tuple) | _headers.map(lambda hs: [list(h) for h in hs]),
 )
 def test_encode_head_c_matches_python(status: int, headers) -> None:  # type: ignore[no-untyped-def]
-    from fcgi_asgi.cycle import encode_head_py
+    from fcgi_asgi.protocol.request import encode_head_py
 
     try:
         expected: bytes | str = encode_head_py(status, headers)

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fcgi_asgi.scope import build_scope
+from fcgi_asgi.asgi.scope import build_scope
 from tests.webapp import pattern
 from tests.webservers import (
     SERVERS,

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from . import __version__
 from .allowlist import parse_web_server_addrs
+from .asgi.lifespan import LifespanFailure
 from .config import Config, ConfigError
-from .lifespan import LifespanFailure
 from .listeners import ListenError
 from .server import run
 from .supervisor import needs_supervisor, supervise

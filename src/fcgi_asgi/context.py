@@ -15,8 +15,8 @@ from .scoreboard import Scoreboard, WorkerStats
 
 if TYPE_CHECKING:
     from .config import ASGIApp, Config
-    from .connection import FastCGIConnection
-    from .cycle import RequestCycle
+    from .protocol.connection import FastCGIConnection
+    from .protocol.request import RequestCycle
 
 __all__ = ["ServerContext"]
 

@@ -14,8 +14,8 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .connection import FastCGIConnection
     from .context import ServerContext
+    from .protocol.connection import FastCGIConnection
 
 __all__ = ["cut_remaining", "drain", "stop_accepting"]
 

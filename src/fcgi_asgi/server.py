@@ -15,12 +15,12 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
+from .asgi.lifespan import Lifespan
 from .config import ASGIApp, Config
-from .connection import FastCGIConnection
 from .context import ServerContext
 from .draining import cut_remaining, drain, stop_accepting
-from .lifespan import Lifespan
 from .listeners import Listener, effective_backlog, open_listener
+from .protocol.connection import FastCGIConnection
 from .scoreboard import Scoreboard
 from .sdnotify import Notifier
 
@@ -75,7 +75,7 @@ class FastCGIServer:
         """Load the app, run lifespan startup, bind and begin accepting.
 
         Raises :class:`~fcgi_asgi.config.AppLoadError`,
-        :class:`~fcgi_asgi.lifespan.LifespanFailure` or
+        :class:`~fcgi_asgi.asgi.lifespan.LifespanFailure` or
         :class:`~fcgi_asgi.listeners.ListenError` with a printable message.
         """
         config = self.config

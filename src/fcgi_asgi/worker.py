@@ -27,8 +27,8 @@ import socket
 import sys
 from dataclasses import dataclass
 
+from .asgi.lifespan import LifespanFailure
 from .config import Config, ConfigError
-from .lifespan import LifespanFailure
 from .listeners import Listener
 from .privileges import Identity, drop_privileges
 from .scoreboard import Scoreboard

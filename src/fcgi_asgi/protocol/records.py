@@ -302,8 +302,8 @@ def decode_params_py(data: bytes | bytearray | memoryview) -> dict[bytes, bytes]
 
 
 try:
-    from ._speedups import decode_params as _decode_params_c
-    from ._speedups import parse_records as _c_parse_records
+    from .._speedups import decode_params as _decode_params_c
+    from .._speedups import parse_records as _c_parse_records
 except ImportError:  # not built: no compiler, or FCGI_ASGI_NO_EXTENSIONS=1
     _c_decoder = None
     _c_parse_records = None  # type: ignore[assignment]

@@ -15,17 +15,17 @@ from collections import deque
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from .errors import AppProtocolError, ClientDisconnected
+from ..errors import AppProtocolError, ClientDisconnected
+from ..status import render_status
 from .records import MAX_CONTENT, STDOUT, encode_end_request, encode_record, encode_stream
-from .status import render_status
 
 try:
-    from ._speedups import encode_head as _c_encode_head
+    from .._speedups import encode_head as _c_encode_head
 except ImportError:  # not built: the Python path alone
     _c_encode_head = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from .config import ASGIApp
+    from ..config import ASGIApp
     from .connection import FastCGIConnection
 
 __all__ = ["RequestCycle", "encode_head", "end_records", "resolve_all"]

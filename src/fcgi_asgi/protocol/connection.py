@@ -1,6 +1,6 @@
 """The FastCGI connection: an :class:`asyncio.Protocol` per web server socket.
 
-It feeds received bytes to the sans-IO :class:`~fcgi_asgi.records.RecordReader`,
+It feeds received bytes to the sans-IO :class:`~fcgi_asgi.protocol.records.RecordReader`,
 keeps the table of live requests by id, answers management records, runs
 each request as its own task, and applies flow control both ways: reading
 pauses while too much request body is unread, and ``send()`` waits while the
@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
-from .cycle import RequestCycle, end_records, resolve_all
+from ..asgi.scope import scope_from_params
 from .records import (
     ABORT_REQUEST,
     BEGIN_REQUEST,
@@ -38,10 +38,10 @@ from .records import (
     encode_unknown_type,
     parse_begin_request,
 )
-from .scope import scope_from_params
+from .request import RequestCycle, end_records, resolve_all
 
 if TYPE_CHECKING:
-    from .context import ServerContext
+    from ..context import ServerContext
 
 __all__ = ["FastCGIConnection"]
 

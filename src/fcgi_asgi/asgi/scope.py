@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
-from .records import decode_params
+from ..protocol.records import decode_params
 
 __all__ = ["ASGI_VERSION", "build_scope", "scope_from_params", "split_request_uri"]
 
@@ -100,8 +100,8 @@ def request_headers_py(params: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
 #: The C version when built (same results; tests/test_hot_path.py), else Python.
 request_headers: Callable[[dict[bytes, bytes]], list[tuple[bytes, bytes]]]
 try:
-    from ._speedups import request_headers
-except ImportError:  # not built: see records.py
+    from .._speedups import request_headers
+except ImportError:  # not built: see protocol/records.py
     request_headers = request_headers_py
 
 
@@ -257,7 +257,7 @@ def scope_from_params_py(
 ) -> dict[str, Any]:
     """The scope of a request from its raw PARAMS data (decoded, then built).
 
-    Raises :class:`~fcgi_asgi.records.MalformedPairs` for malformed data.
+    Raises :class:`~fcgi_asgi.protocol.records.MalformedPairs` for malformed data.
     """
     return build_scope(decode_params(data), root_path, state, extensions)
 
@@ -281,7 +281,7 @@ def _scope_from_params_with_c(
 #: The C version when built (same results; tests/test_hot_path.py), else Python.
 scope_from_params: Callable[..., dict[str, Any]]
 try:
-    from ._speedups import scope_from_params as _c_scope_from_params
+    from .._speedups import scope_from_params as _c_scope_from_params
 except ImportError:
     scope_from_params = scope_from_params_py
 else:
