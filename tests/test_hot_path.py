@@ -13,6 +13,7 @@ from fcgi_asgi.asgi import scope
 from fcgi_asgi.asgi.scope import ASGI_VERSION, build_scope
 from fcgi_asgi.errors import AppProtocolError
 from fcgi_asgi.protocol import records
+from fcgi_asgi.protocol.head import encode_head
 from fcgi_asgi.protocol.records import (
     MalformedPairs,
     ProtocolError,
@@ -22,7 +23,6 @@ from fcgi_asgi.protocol.records import (
     encode_pairs,
     encode_record,
 )
-from fcgi_asgi.protocol.request import encode_head
 from tests import recorded_params as rec
 
 try:
@@ -215,7 +215,7 @@ _headers = st.lists(
     _headers | _headers.map(tuple) | _headers.map(lambda hs: [list(h) for h in hs]),
 )
 def test_encode_head_c_matches_python(status: int, headers) -> None:  # type: ignore[no-untyped-def]
-    from fcgi_asgi.protocol.request import encode_head_py
+    from fcgi_asgi.protocol.head import encode_head_py
 
     try:
         expected: bytes | str = encode_head_py(status, headers)

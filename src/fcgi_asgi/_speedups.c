@@ -510,7 +510,7 @@ hex_value(char c)
                                     : -1;
 }
 
-/* scope._decode_path: percent-decode (a '%' without two hex digits stays as
+/* protocol/paths.py _decode_path: percent-decode (a '%' without two hex digits stays as
  * is, like urllib's unquote_to_bytes), then UTF-8 with "replace". */
 static PyObject *
 decode_path(span raw)
@@ -669,7 +669,7 @@ scope_from_params(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
     /* The path: REQUEST_URI's path part. root_path is "" unless SCRIPT_NAME
      * and PATH_INFO are both set by a server other than lighttpd, whose split
-     * is never a mount point (scope._splits_at_next_segment): then the Python
+     * is never a mount point (paths._splits_at_next_segment): then the Python
      * rule decides. */
     span uri = vars[V_REQUEST_URI], software = vars[V_SERVER_SOFTWARE];
     int lighttpd = software.len >= 8 && strncasecmp(software.p, "lighttpd", 8) == 0;

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from .accesslog import AccessLogFormat
 from .allowlist import AllowList
+from .asgi.bridge import ASGIRequest
 from .scoreboard import Scoreboard, WorkerStats
 
 if TYPE_CHECKING:
     from .config import ASGIApp, Config
     from .protocol.connection import FastCGIConnection
-    from .protocol.request import RequestCycle
+    from .protocol.request import Request
 
 __all__ = ["ServerContext"]
 
@@ -40,7 +41,7 @@ class ServerContext:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     stats: WorkerStats = field(default_factory=WorkerStats)
     #: Requests whose response head waits for its first body message.
-    pending_heads: list[RequestCycle] = field(default_factory=list)
+    pending_heads: list[Request] = field(default_factory=list)
     #: Connections closed at once because --max-connections was reached.
     refused_connections: int = 0
     last_refusal_log: float = float("-inf")
@@ -48,6 +49,8 @@ class ServerContext:
     access_format: AccessLogFormat | None = field(init=False)
     #: Paths the gateway answers itself (status, ping); empty when none are set.
     internal_paths: frozenset[str] = field(init=False)
+    #: What each BEGIN_REQUEST makes: the wire side plus the app's interface.
+    request_class: type[Request] = ASGIRequest
 
     def __post_init__(self) -> None:
         config = self.config

@@ -13,7 +13,6 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
-from ..asgi.scope import scope_from_params
 from .records import (
     ABORT_REQUEST,
     BEGIN_REQUEST,
@@ -38,7 +37,7 @@ from .records import (
     encode_unknown_type,
     parse_begin_request,
 )
-from .request import RequestCycle, end_records, resolve_all
+from .request import Request, end_records, resolve_all, wait_in
 
 if TYPE_CHECKING:
     from ..context import ServerContext
@@ -47,7 +46,6 @@ __all__ = ["FastCGIConnection"]
 
 logger = logging.getLogger("fcgi_asgi.error")
 
-_EXTENSIONS: dict[str, Any] = {"http.response.pathsend": {}}
 _RECORD_NAMES = {
     1: "BEGIN_REQUEST",
     2: "ABORT_REQUEST",
@@ -72,7 +70,7 @@ class FastCGIConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = "-"
-        self.requests: dict[int, RequestCycle] = {}
+        self.requests: dict[int, Request] = {}
         #: BEGIN_REQUESTs seen; 0 means the web server has not sent a request yet.
         self.requests_begun = 0
         self.write_paused = False
@@ -290,7 +288,7 @@ class FastCGIConnection(asyncio.Protocol):
                 raise ProtocolError(
                     f"BEGIN_REQUEST for request id {rid} after a request without FCGI_KEEP_CONN"
                 )
-            self.requests[rid] = RequestCycle(self, rid, keep_conn)
+            self.requests[rid] = self.ctx.request_class(self, rid, keep_conn)
             self._idle_since = None
             if self._params_since is None:
                 self._params_since = self.loop.time()
@@ -300,7 +298,7 @@ class FastCGIConnection(asyncio.Protocol):
         if not keep_conn:
             self._linger(rid)
 
-    def _params(self, cycle: RequestCycle, content: bytes) -> None:
+    def _params(self, cycle: Request, content: bytes) -> None:
         params = cycle.params
         if params is None:
             raise ProtocolError(f"PARAMS for request id {cycle.request_id} after its PARAMS ended")
@@ -335,25 +333,7 @@ class FastCGIConnection(asyncio.Protocol):
             len(self.requests) == 1 or all(c.params is None for c in self.requests.values())
         ):
             self._params_since = None
-        ctx = self.ctx
-        scope = scope_from_params(params, self.config.root_path, ctx.state, _EXTENSIONS)
-        cycle.scope = scope
-        if ctx.internal_paths and scope["path"] in ctx.internal_paths:
-            cycle.answer_internal()
-            return
-        tasks = ctx.tasks
-        # The cycle takes its task out of ctx.tasks when it ends, which costs
-        # less than a done callback (one loop callback fewer per request).
-        cycle.task = task = self.loop.create_task(cycle.run(ctx.app, scope))
-        if task.done():
-            # An eager task factory (Python 3.12+, set by the app) ran the whole
-            # request inside create_task(): nothing is left to track.
-            return
-        tasks.add(task)
-        if len(tasks) > ctx.stats.max_active_requests:
-            ctx.stats.max_active_requests = len(tasks)
-        if self.config.request_timeout is not None:
-            cycle.set_timeout(task, self.config.request_timeout)
+        cycle.start(params)
 
     # -- called by request cycles --------------------------------------------------
 
@@ -375,21 +355,16 @@ class FastCGIConnection(asyncio.Protocol):
         transport = self.transport
         return transport is not None and not self.closing and not transport.is_closing()
 
-    async def drain(self, cycle: RequestCycle | None = None) -> None:
+    async def drain(self, cycle: Request | None = None) -> None:
         """Wait until the transport accepts writes again, the connection is
         gone, or ``cycle`` (the request waiting) is aborted."""
         if not self.write_paused or self.transport is None:
             return
         waiter = self.loop.create_future()
-        self._drain_waiters.append(waiter)
         if cycle is not None:
             cycle.drain_waiter = waiter
         try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter in self._drain_waiters:
-                self._drain_waiters.remove(waiter)
-            raise
+            await wait_in(self._drain_waiters, waiter)
         finally:
             if cycle is not None:
                 cycle.drain_waiter = None
@@ -423,7 +398,7 @@ class FastCGIConnection(asyncio.Protocol):
         else:
             self.transport.resume_reading()
 
-    def request_ended(self, cycle: RequestCycle) -> None:
+    def request_ended(self, cycle: Request) -> None:
         """The cycle wrote its END_REQUEST: free the id, close if not keep-conn."""
         cycle.ended = True
         self.ctx.stats.requests_served += 1
@@ -445,7 +420,7 @@ class FastCGIConnection(asyncio.Protocol):
         elif self._close_when_idle and not self.requests:
             self._close()
 
-    def request_failed(self, cycle: RequestCycle) -> None:
+    def request_failed(self, cycle: Request) -> None:
         """The app failed after part of the response was written.
 
         Alone on its connection, the request is cut by closing the connection
@@ -469,7 +444,7 @@ class FastCGIConnection(asyncio.Protocol):
             self.requests.pop(cycle.request_id, None)
             self._close()
 
-    def _end_aborted(self, cycle: RequestCycle) -> None:
+    def _end_aborted(self, cycle: Request) -> None:
         if cycle.ended:
             return
         if cycle.end_pending:  # its STDOUT is already closed
