@@ -161,10 +161,26 @@ is_token_char(unsigned char c)
     return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
 }
 
+/* A hop-by-hop header name (protocol/head.py HOP_BY_HOP), any case. */
+static int
+is_hop_by_hop(const unsigned char *np, Py_ssize_t nl)
+{
+    static const char *const names[] = {
+        "connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade",
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if ((size_t)nl == strlen(names[i]) && strncasecmp((const char *)np, names[i], nl) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* encode_head(status_line, headers) -> bytes, or None when anything is
  * unusual (not a list/tuple of (bytes, bytes) pairs, a name that is not a
- * token or is "status", a value with CR, LF or NUL): cycle.encode_head then
- * takes the Python path, which raises the precise error or drops the header. */
+ * token, is "status" or hop-by-hop, a value with CR, LF or NUL):
+ * protocol/head.py then takes the Python path, which raises the precise
+ * error or drops the header. */
 static PyObject *
 encode_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -192,7 +208,8 @@ encode_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_ssize_t nl = PyBytes_GET_SIZE(name), vl = PyBytes_GET_SIZE(value);
         const unsigned char *np = (const unsigned char *)PyBytes_AS_STRING(name);
         const unsigned char *vp = (const unsigned char *)PyBytes_AS_STRING(value);
-        if (nl == 0 || (nl == 6 && strncasecmp((const char *)np, "status", 6) == 0)) {
+        if (nl == 0 || (nl == 6 && strncasecmp((const char *)np, "status", 6) == 0) ||
+            is_hop_by_hop(np, nl)) {
             Py_RETURN_NONE;
         }
         for (Py_ssize_t j = 0; j < nl; j++) {

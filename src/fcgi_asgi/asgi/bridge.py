@@ -45,6 +45,7 @@ class ASGIRequest(Request):
         self.scope = scope = scope_from_params(
             params, conn.config.root_path, ctx.state, _EXTENSIONS
         )
+        self.head_only = scope["method"] == "HEAD"
         if ctx.internal_paths and scope["path"] in ctx.internal_paths:
             self.answer_internal()
             return

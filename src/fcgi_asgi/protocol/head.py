@@ -4,11 +4,12 @@ Shared by every interface: the ASGI bridge hands its ``(bytes, bytes)``
 headers over as they are, the WSGI bridge encodes its ``str`` pairs to
 latin-1 first. The rules hold for both: a header that would corrupt the
 stream is an app error, a ``Status`` header is dropped (CGI would read it
-as the status line).
+as the status line), and so are hop-by-hop headers.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from http import HTTPStatus
 from typing import Any
@@ -20,7 +21,17 @@ try:
 except ImportError:  # not built: the Python path alone
     _c_encode_head = None  # type: ignore[assignment]
 
-__all__ = ["encode_head", "encode_head_py"]
+__all__ = ["HOP_BY_HOP", "encode_head", "encode_head_py"]
+
+logger = logging.getLogger("fcgi_asgi.error")
+
+#: Headers about one HTTP connection (RFC 9110 7.6.1). CGI leaves transfer
+#: coding and connection management to the web server: an app's own
+#: ``Transfer-Encoding: chunked`` makes lighttpd, Caddy and HAProxy answer
+#: with an empty body, so these never reach the web server.
+HOP_BY_HOP = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade")
+)
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]")
@@ -29,16 +40,22 @@ _STATUS_LINES: dict[int, bytes] = {
 }
 
 # Response header name -> True if it is a valid token to pass on, False for
-# "Status" (dropped). Apps send the same few names over and
+# one dropped ("Status", hop-by-hop). Apps send the same few names over and
 # over: a lookup instead of a regex match and a lower() per header
 # (encode_head for 2 headers: 1.2 us -> 0.9 us).
 _valid_names: dict[bytes, bool] = {}
+# Names in a Connection header already logged as dropped: once each.
+_logged_listed: set[bytes] = set()
 
 
 def _check_name(name: bytes) -> bool:
     if not _TOKEN.fullmatch(name):
         raise AppProtocolError(f"response header name {name!r} is not a valid token")
-    keep = name.lower() != b"status"
+    lower = name.lower()
+    keep = lower != b"status" and lower not in HOP_BY_HOP
+    if lower in HOP_BY_HOP:
+        # Logged when first classified: once per name and process.
+        logger.debug("dropping hop-by-hop response header %r set by the app", name)
     if len(_valid_names) < 1024:
         _valid_names[name] = keep
     return keep
@@ -50,11 +67,13 @@ def encode_head(status: Any, headers: Any) -> bytes:
     Raises :class:`AppProtocolError` for a status that is not a 3-digit
     integer, or a header name or value that is not bytes, not a token, or
     holds CR, LF or NUL: any of them would corrupt the stream. Drops
-    ``Status`` headers.
+    ``Status`` and hop-by-hop headers (:data:`HOP_BY_HOP` and the names a
+    ``Connection`` header lists).
     """
     if _c_encode_head is not None and type(status) is int:
         line = _STATUS_LINES.get(status)
         if line is not None:
+            # None for anything unusual, hop-by-hop names included.
             head = _c_encode_head(line, headers)
             if head is not None:
                 return head
@@ -69,8 +88,8 @@ def encode_head_py(status: Any, headers: Any) -> bytes:
     line = _STATUS_LINES.get(status)
     if line is None:
         line = b"Status: %d Unknown\r\n" % status
-    parts = [line]
-    append = parts.append
+    kept: list[tuple[bytes, bytes]] = []
+    listed: set[bytes] = set()
     valid_name = _valid_names.get
     for header in headers:
         try:
@@ -89,6 +108,16 @@ def encode_head_py(status: Any, headers: Any) -> bytes:
         if _BAD_VALUE.search(value):
             raise AppProtocolError(f"response header {name!r} has CR, LF or NUL in its value")
         if known:
-            append(name + b": " + value + b"\r\n")
-    append(b"\r\n")
+            kept.append((name, value))
+        elif name.lower() == b"connection":
+            listed.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    parts = [line]
+    for name, value in kept:
+        if listed and name.lower() in listed:
+            if name.lower() not in _logged_listed and len(_logged_listed) < 1024:
+                _logged_listed.add(name.lower())
+                logger.debug("dropping response header %r named in the app's Connection", name)
+            continue
+        parts.append(name + b": " + value + b"\r\n")
+    parts.append(b"\r\n")
     return b"".join(parts)

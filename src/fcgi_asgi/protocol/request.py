@@ -114,6 +114,7 @@ class Request:
         "end_held",
         "end_pending",
         "ended",
+        "head_only",
         "keep_conn",
         "params",
         "request_id",
@@ -145,6 +146,10 @@ class Request:
         self.end_pending = False
         #: The body is complete but the end waits for the interface (ASGI trailers).
         self.end_held = False
+        #: A HEAD request: the response keeps its head (Content-Length too)
+        #: but no body bytes; h2o 2.2 would forward them and corrupt the next
+        #: response on the client's connection.
+        self.head_only = False
         self._stdin_seen = self._end_deadline = 0.0
         self.response_started = False
         self.response_complete = False
@@ -269,6 +274,8 @@ class Request:
         Waits while the web server is not reading; raises
         :class:`ClientDisconnected` once it is gone.
         """
+        if self.head_only:
+            body = b""  # and not counted as sent in the access log
         self.bytes_sent += len(body)
         rid = self.request_id
         head = self._head
