@@ -15,11 +15,9 @@ import contextlib
 import hashlib
 import os
 import secrets
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -52,16 +50,6 @@ MiB = 1 << 20
 
 
 # -- fixtures -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def workdir() -> Iterator[Path]:
-    # Not pytest's tmp_path: web-server workers that dropped root must be able
-    # to enter it, and pytest's base directory is private to root.
-    path = Path(tempfile.mkdtemp(prefix="fcgi-asgi-web-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class Gateways:

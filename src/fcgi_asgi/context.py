@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,8 @@ class ServerContext:
     internal_paths: frozenset[str] = field(init=False)
     #: What each BEGIN_REQUEST makes: the wire side plus the app's interface.
     request_class: type[Request] = ASGIRequest
+    #: The WSGI app's threads (``--threads``), made on the first WSGI request.
+    executor: ThreadPoolExecutor | None = None
 
     def __post_init__(self) -> None:
         config = self.config

@@ -95,10 +95,13 @@ async def cut_remaining(ctx: ServerContext) -> None:
         logger.warning("cutting %d request(s) still running at shutdown", len(pending))
     for conn in list(ctx.connections):
         conn.fail_quietly()
-    if not pending:
-        return
-    _, still = await asyncio.wait(pending, timeout=DISCONNECT_GRACE)
-    for task in still:
-        task.cancel()
-    if still:
-        await asyncio.wait(still, timeout=5)
+    if pending:
+        _, still = await asyncio.wait(pending, timeout=DISCONNECT_GRACE)
+        for task in still:
+            task.cancel()
+        if still:
+            await asyncio.wait(still, timeout=5)
+    if ctx.executor is not None:
+        # WSGI threads still running cannot be stopped; the process waits
+        # for them when it exits.
+        ctx.executor.shutdown(wait=False, cancel_futures=True)

@@ -19,6 +19,7 @@ from .asgi.lifespan import Lifespan
 from .config import ASGIApp, Config
 from .context import ServerContext
 from .draining import cut_remaining, drain, stop_accepting
+from .interface import detect_interface, request_class
 from .listeners import Listener, effective_backlog, open_listener
 from .protocol.connection import FastCGIConnection
 from .scoreboard import Scoreboard
@@ -84,11 +85,14 @@ class FastCGIServer:
         self._abort = asyncio.Event()
         app = self.app if self.app is not None else config.load()
         self.app = app
+        name = repr(config.app) if isinstance(config.app, str) else "the app"
+        interface = detect_interface(app, config.interface, name)
         # Bind before lifespan startup so that a busy socket fails fast,
         # but accept only once the app is ready.
         listener = self.listener = self.listener or self._bind()
         try:
-            self._lifespan = Lifespan(app, config.lifespan)
+            # WSGI has no lifespan protocol.
+            self._lifespan = Lifespan(app, config.lifespan if interface == "asgi" else "off")
             await self._lifespan.startup()
             self.ctx = ServerContext(
                 app=app,
@@ -98,6 +102,7 @@ class FastCGIServer:
                 unix=listener.sock.family == socket.AF_UNIX,
                 scoreboard=self.scoreboard,
                 slot=self.slot,
+                request_class=request_class(interface),
             )
             ctx = self.ctx
 

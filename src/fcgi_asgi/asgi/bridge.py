@@ -49,43 +49,16 @@ class ASGIRequest(Request):
         if ctx.internal_paths and scope["path"] in ctx.internal_paths:
             self.answer_internal()
             return
-        tasks = ctx.tasks
-        # The request takes its task out of ctx.tasks when it ends, which costs
-        # less than a done callback (one loop callback fewer per request).
-        self.task = task = conn.loop.create_task(self.run(ctx.app, scope))
-        if task.done():
-            # An eager task factory (Python 3.12+, set by the app) ran the whole
-            # request inside create_task(): nothing is left to track.
-            return
-        tasks.add(task)
-        if len(tasks) > ctx.stats.max_active_requests:
-            ctx.stats.max_active_requests = len(tasks)
-        if conn.config.request_timeout is not None:
-            self.set_timeout(task, conn.config.request_timeout)
+        self.spawn(self.run(ctx.app, scope))
 
     async def run(self, app: Any, scope: dict[str, Any]) -> None:
         """Run the app for this request and make sure the request ends."""
         try:
             await app(scope, self.receive, self.send)
-        except ClientDisconnected as exc:
-            if self.disconnected:
-                # The app let our own disconnect error escape: nothing to report.
-                logger.debug("request id %d ended by the client going away", self.request_id)
-            else:
-                self.fail(f"Exception in ASGI application: {exc!r}", exc)
         except Exception as exc:
-            self.fail(f"Exception in ASGI application: {type(exc).__name__}: {exc}", exc)
+            self.app_raised(exc, "ASGI")
         except asyncio.CancelledError:
-            if self.timed_out:
-                # Our own --request-timeout: the worker goes on, the client gets a 504.
-                self.fail(
-                    f"request timed out after {self.conn.config.request_timeout:g} s; "
-                    "ASGI application cancelled",
-                    None,
-                    status=504,
-                )
-            else:
-                self.fail("ASGI application cancelled", None)
+            if not self.app_cancelled("ASGI"):
                 raise
         else:
             if self.app_error is not None:
