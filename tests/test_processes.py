@@ -1077,3 +1077,23 @@ async def test_max_requests_stops_at_n_while_others_serve(launch):
     assert len(early) >= 3, (served, gw.log())
     # n - 1: the launch's readiness probe was served before counting began.
     assert all(n - 1 <= count <= n + 3 for count in early.values()), (early, served)
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+async def test_sigterm_keeps_a_socket_it_did_not_bind(launch, sock_path, workers):
+    """A unix socket passed in (--fd here; systemd's the same way) belongs to
+    whoever bound it: after a stop its file is still there and it still
+    listens, so clients queue for the next start instead of being refused."""
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(sock_path)
+    listening.listen(16)
+    fd = listening.fileno()
+    with listening:
+        gw = await launch(*workers, "--fd", str(fd), pass_fds=(fd,), unix=False, wait=False)
+        gw.sock = sock_path
+        await gw.wait_serving(2 if workers else None)
+        gw.signal(signal.SIGTERM)
+        assert await gw.wait_exit() == 0
+        assert exists(sock_path)
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.connect(sock_path)  # queued in the backlog, not refused

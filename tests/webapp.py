@@ -227,6 +227,13 @@ async def _raw_endless(scope: dict[str, Any], receive: Any, send: Any) -> None:
         ev["outcome"] = message["type"]
 
 
+async def _raw_fail_midway(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``/fail-midway``: part of the body, then the app raises."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+    raise RuntimeError("the app failed mid-response on purpose")
+
+
 starlette_app = Starlette(
     routes=[
         Route("/ping", ping),
@@ -246,6 +253,7 @@ starlette_app = Starlette(
         Mount("/download", _raw_download),
         Mount("/held", _raw_held),
         Mount("/endless", _raw_endless),
+        Mount("/fail-midway", _raw_fail_midway),
         # A nested router: it must see its own route under the mount point.
         Mount("/mounted", routes=[Route("/café/{rest:path}", show_scope)]),
     ]

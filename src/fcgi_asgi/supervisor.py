@@ -264,8 +264,10 @@ class Supervisor:
         self._close_listener()
         self._relay.close_all()
         for worker in self.workers.values():
-            # Also those handing connections over: they close them now.
-            self._stop(worker)
+            if worker.stopping:  # handing connections over: it closes them now
+                self._signal(worker, signal.SIGTERM)
+            else:
+                self._stop(worker)
 
     def _force_stop(self) -> None:
         self._forced = True

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -173,9 +174,12 @@ async def _serve(spec: WorkerSpec, early: list[int]) -> int:
             if not data:
                 parent_gone()
                 return
-            if data[:1] == CONNECTION and fds and server.ctx is not None:
+            if data[:1] == CONNECTION and len(fds) == 1 and server.ctx is not None:
                 handoff.adopt(server.ctx, fds[0], bytes(data[1:]))
-            elif data[:1] == HAND_OVER:
+                continue
+            for fd in fds:  # not ours to serve (none is ever sent before READY)
+                os.close(fd)
+            if data[:1] == HAND_OVER:
                 if started:
                     hand_over()
                 else:
