@@ -80,10 +80,11 @@ def receive(channel: socket.socket) -> tuple[bytes, list[int]] | None:
         # Not left to programs the app starts: they would hold the socket open.
         os.set_inheritable(fd, False)
     if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or (fds and data[:1] != CONNECTION):
+        # Only our own processes write here: a bug, not a peer to guard against.
         logger.error("malformed message on a worker channel (%d bytes): dropped", len(data))
         for fd in fds:
             os.close(fd)
-        return bytes(data[:1]) if data[:1] != CONNECTION else b"?", []
+        return b"?", []  # a type nobody acts on
     return data, fds
 
 
