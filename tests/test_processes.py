@@ -1097,3 +1097,21 @@ async def test_sigterm_keeps_a_socket_it_did_not_bind(launch, sock_path, workers
         assert exists(sock_path)
         with socket.socket(socket.AF_UNIX) as probe:
             probe.connect(sock_path)  # queued in the backlog, not refused
+
+
+async def test_one_keep_conn_connection_outlives_recycled_workers(launch):
+    """--workers 1 --max-requests: the worker serves on until its replacement
+    is ready, then hands the connection over; one keep-conn connection sees
+    several workers and is never closed."""
+    gw = await launch("--workers", "1", "--max-requests", "5", workers=1)
+    pids: list[int] = []
+    async with await gw.connect() as client:
+        for _ in range(400):  # bounded; a few recycles need far fewer
+            response = await asyncio.wait_for(client.request("GET", "/pid"), 10)
+            assert response.status == 200
+            pids.append(int(response.body))
+            if len(set(pids)) >= 3:
+                break
+            await asyncio.sleep(0.02)
+        assert not client.closed.is_set()
+    assert len(set(pids)) >= 3, gw.log()
