@@ -631,6 +631,48 @@ async def _balancer_checks(ws: WebServer, a: Gateway, b: Gateway) -> None:
         assert [(status, pid) for status, pid, _ in after] == [(200, b.pid)] * 40, ws.logs()
 
 
+@pytest.mark.parametrize("keepalive", ["On", "Off"])
+def test_apache_shows_a_truncated_response(
+    workdir: Path, gateways: Gateways, keepalive: str
+) -> None:
+    """An app failing mid-response: the gateway closes the connection without
+    END_REQUEST and Apache passes the truncation on (no last chunk). Apache
+    ignores END_REQUEST's appStatus and keeps the client connection alive
+    after such a response, so the client waits for KeepAliveTimeout before it
+    sees the end; with ``KeepAlive Off`` the connection closes at once (what
+    the README documents). A long KeepAliveTimeout shows which one happened."""
+    ws = WebServer(
+        "apache2",
+        "site",
+        workdir,
+        socket=gateways.root.socket,
+        app_socket=gateways.prefixed.socket,
+    )
+    ws.config.write_text(ws.config.read_text() + f"\nKeepAlive {keepalive}\nKeepAliveTimeout 120\n")
+    ws.start()
+    try:
+        ws.wait_ready()
+        # KeepAlive Off closes at once; with it on, the connection is still
+        # open long after the response stopped (KeepAliveTimeout is 120 s).
+        with socket.create_connection(("127.0.0.1", ws.port), timeout=3) as s:
+            s.sendall(b"GET /fail-midway/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            closed = False
+            with contextlib.suppress(TimeoutError):
+                while len(data) < 65536:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        closed = True
+                        break
+                    data += chunk
+    finally:
+        ws.stop()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower(), data
+    assert b"partial" in body and not body.endswith(b"0\r\n\r\n"), data  # visibly cut
+    assert closed == (keepalive == "Off")
+
+
 # -- what each server sends, recorded live ----------------------------------------------
 
 # For GET /items/42?x=1 and /app/items/42: SCRIPT_NAME, PATH_INFO (None: not
@@ -699,8 +741,7 @@ def test_reload_under_load_through_nginx_loses_nothing(workdir: Path, config: st
     """SIGHUP to a `--workers 2` gateway behind nginx while client loops POST and GET:
     every request answered, the workers replaced. ``stock`` opens a connection per
     request; ``site`` keeps connections (FCGI_KEEP_CONN, upstream keepalive), which the
-    old workers close when they drain (nginx retries a request whose cached
-    connection turns out closed)."""
+    old workers hand over to the new ones (tests/test_handoff.py loads it harder)."""
     gw = Gateway("tests.webapp:starlette_app", workdir, name="reload", extra=("--workers", "2"))
     other = Gateway("tests.webapp:fastapi_app", workdir, name="reload-app", root_path="/app")
     start_gateways(gw, other)

@@ -251,6 +251,13 @@ async def _raw_hop_by_hop(scope: dict[str, Any], receive: Any, send: Any) -> Non
     await send({"type": "http.response.body", "body": b""})
 
 
+async def _raw_fail_midway(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``/fail-midway``: part of the body, then the app raises."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+    raise RuntimeError("the app failed mid-response on purpose")
+
+
 starlette_app = Starlette(
     routes=[
         Route("/ping", ping),
@@ -271,6 +278,7 @@ starlette_app = Starlette(
         Mount("/held", _raw_held),
         Mount("/endless", _raw_endless),
         Mount("/hop-by-hop", _raw_hop_by_hop),
+        Mount("/fail-midway", _raw_fail_midway),
         # A nested router: it must see its own route under the mount point.
         Mount("/mounted", routes=[Route("/café/{rest:path}", show_scope)]),
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,10 @@ class ServerContext:
     #: Connections closed at once because --max-connections was reached.
     refused_connections: int = 0
     last_refusal_log: float = float("-inf")
+    #: Called once when requests_served reaches retire_at (0: never); a
+    #: worker with --max-requests asks to be replaced there.
+    retire_at: int = 0
+    on_retire: Callable[[], None] | None = None
     allow: AllowList = field(init=False)
     access_format: AccessLogFormat | None = field(init=False)
     #: Paths the gateway answers itself (status, ping); empty when none are set.
@@ -66,6 +71,13 @@ class ServerContext:
         )
         self.stats.pid = os.getpid()
         self.stats.started = time.time()
+
+    def count_served(self) -> None:
+        """Count one finished request (at its end, so --max-requests is exact)."""
+        stats = self.stats
+        stats.requests_served += 1
+        if stats.requests_served == self.retire_at and self.on_retire is not None:
+            self.on_retire()
 
     def flush_heads(self) -> None:
         """Write the heads still waiting: their apps yielded before sending a body."""

@@ -59,6 +59,9 @@ class FastCGIServer:
         #: Set by a supervisor before start(): shared counters and this worker's slot.
         self.scoreboard: Scoreboard | None = None
         self.slot = 0
+        #: Set by a worker that hands its idle connections over when it
+        #: drains (see handoff.py) instead of closing them.
+        self.on_idle: Callable[[FastCGIConnection], None] | None = None
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -204,7 +207,7 @@ class FastCGIServer:
         ctx = self.ctx
         if ctx is not None:
             abort = self._abort or asyncio.Event()
-            if not await drain(ctx, timeout, abort) and not abort.is_set():
+            if not await drain(ctx, timeout, abort, self.on_idle) and not abort.is_set():
                 logger.warning("graceful shutdown timed out after %.1f s", timeout)
             await cut_remaining(ctx)
         if self._lifespan is not None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from .records import (
@@ -64,7 +66,7 @@ _RECORD_NAMES = {
 class FastCGIConnection(asyncio.Protocol):
     """One connection from a web server, carrying one or many requests."""
 
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, adopted: bytes | None = None) -> None:
         self.ctx = ctx
         self.config = ctx.config
         self.loop = asyncio.get_running_loop()
@@ -92,8 +94,12 @@ class FastCGIConnection(asyncio.Protocol):
         # that request's STDIN has ended (Apache answers 503 if we close early).
         self._linger_id: int | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
-        # Set on server shutdown: close once idle.
+        # Set on server shutdown: close once idle (or pass it to _on_idle).
         self._close_when_idle = False
+        self._on_idle: Callable[[FastCGIConnection], None] | None = None
+        # Handed over by another worker (see handoff.py): already accepted,
+        # with the bytes that worker had read but not parsed.
+        self._adopted = adopted
         # Timeout bookkeeping, read by check_timeouts() about once a second:
         # since when the connection has had no request, whether it has served
         # any (keep-alive idle) and since when a BEGIN_REQUEST waits for PARAMS.
@@ -107,6 +113,9 @@ class FastCGIConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport; same interface.
         self.transport = transport = cast(asyncio.Transport, transport)
         ctx = self.ctx
+        if self._adopted is not None:
+            self._connection_adopted(transport, self._adopted)
+            return
         ctx.stats.accepted_connections += 1
         # A web server's end of a unix socket is unnamed: not asking saves a
         # getpeername() and a socket object per connection (uvloop; about 2 us
@@ -149,6 +158,21 @@ class FastCGIConnection(asyncio.Protocol):
         # 3.11 it joins the pieces anyway), so there the pieces are joined here.
         self._gather_writes = type(transport).__module__.startswith("uvloop")
         ctx.connections.add(self)
+
+    def _connection_adopted(self, transport: asyncio.Transport, carried: bytes) -> None:
+        # Counted, checked against the allow list and the connection limit
+        # where it was accepted; refusing it now would lose its next request.
+        self._adopted = None
+        self.peer = "unix" if self.ctx.unix else "handed-over"
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = f"{peer[0]}:{peer[1]}"
+        size = self.config.write_buffer_size
+        transport.set_write_buffer_limits(high=size, low=size // 4)
+        self._gather_writes = type(transport).__module__.startswith("uvloop")
+        self.ctx.connections.add(self)
+        if carried:
+            self.data_received(carried)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -401,7 +425,7 @@ class FastCGIConnection(asyncio.Protocol):
     def request_ended(self, cycle: Request) -> None:
         """The cycle wrote its END_REQUEST: free the id, close if not keep-conn."""
         cycle.ended = True
-        self.ctx.stats.requests_served += 1
+        self.ctx.count_served()
         if self.requests.get(cycle.request_id) is cycle:
             del self.requests[cycle.request_id]
         if cycle.params is not None:  # aborted before its PARAMS ended
@@ -418,7 +442,10 @@ class FastCGIConnection(asyncio.Protocol):
             else:
                 self._linger(cycle.request_id)
         elif self._close_when_idle and not self.requests:
-            self._close()
+            if self._on_idle is not None:
+                self._on_idle(self)
+            else:
+                self._close()
 
     def request_failed(self, cycle: Request) -> None:
         """The app failed after part of the response was written.
@@ -436,7 +463,7 @@ class FastCGIConnection(asyncio.Protocol):
             self.write(
                 [encode_record(STDOUT, cycle.request_id), encode_end_request(cycle.request_id, 1)]
             )
-            self.ctx.stats.requests_served += 1
+            self.ctx.count_served()
             if not cycle.keep_conn:
                 self._close()
         else:
@@ -517,14 +544,58 @@ class FastCGIConnection(asyncio.Protocol):
         self.requests.clear()
         self._close()
 
-    def shutdown(self) -> None:
+    def shutdown(self, on_idle: Callable[[FastCGIConnection], None] | None = None) -> None:
         """Close now if idle; otherwise close once the running requests end.
 
         A connection that has not begun a request yet stays open: the web
         server has likely written one that is not read yet (the server's
         drain closes it after a grace). One lingering for the rest of a
         finished request's STDIN closes when that ends, as usual.
+
+        With ``on_idle``, the connection is not closed: ``on_idle`` is called
+        with it now if idle, else each time its last running request ends
+        (it hands the connection to another process, see :meth:`detach`).
         """
         self._close_when_idle = True
-        if not self.requests and self.requests_begun and self._linger_id is None:
+        self._on_idle = on_idle
+        if on_idle is not None:
+            if not self.requests:
+                on_idle(self)
+        elif not self.requests and self.requests_begun and self._linger_id is None:
             self._close()
+
+    @property
+    def detachable(self) -> bool:
+        """True when the connection can move to another process now.
+
+        No request is running or lingering, everything written has reached
+        the kernel, and what was read has been parsed (bar the start of a
+        record, which :meth:`detach` carries along): the next byte on the
+        socket begins or continues a record nobody has acted on yet.
+        """
+        transport = self.transport
+        return (
+            not self.requests
+            and self._linger_id is None
+            and not self.closing
+            and transport is not None
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() == 0
+        )
+
+    def detach(self) -> tuple[int, bytes]:
+        """Give up the connection without closing it: returns a duplicate of
+        its file descriptor and the bytes read but not yet parsed.
+
+        The caller owns the descriptor. This process stops reading at once
+        and closes its own descriptor, which leaves the socket open (the
+        duplicate holds it), so the peer sees nothing.
+        """
+        transport = self.transport
+        assert transport is not None and self.detachable
+        sock = transport.get_extra_info("socket")
+        fd = os.dup(sock.fileno())
+        carried = self._reader.take_buffered()
+        self.closing = True
+        transport.close()  # stops reading now; the write buffer is empty
+        return fd, carried

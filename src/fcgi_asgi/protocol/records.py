@@ -342,6 +342,12 @@ class RecordReader:
         """Bytes held back as the start of an incomplete record."""
         return len(self._buf)
 
+    def take_buffered(self) -> bytes:
+        """Remove and return the bytes held back (for another reader to go on)."""
+        held = bytes(self._buf)
+        self._buf.clear()
+        return held
+
     def feed(self, data: bytes) -> list[Record]:
         """Parse ``data`` (appended to anything held back) into records.
 
