@@ -32,11 +32,6 @@ STATUS = "/fcgi-status"
 BOUND = 20  # seconds any one test step may take before it counts as a hang
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: Any) -> str:
-    return str(request.param)
-
-
 @pytest.fixture(scope="module")
 def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Gateway]]:
     workdir = tmp_path_factory.mktemp("httpx")
