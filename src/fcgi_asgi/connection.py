@@ -39,6 +39,7 @@ from .records import (
     parse_begin_request,
 )
 from .scope import scope_from_params
+from .scoreboard import REFUSED_ALLOW, REFUSED_CONCURRENT, REFUSED_PER_CONNECTION
 
 if TYPE_CHECKING:
     from .context import ServerContext
@@ -120,6 +121,7 @@ class FastCGIConnection(asyncio.Protocol):
                 logger.warning(
                     "refused connection from %s: not in the allow list (%s)", self.peer, ctx.allow
                 )
+                ctx.stats.refused[REFUSED_ALLOW] += 1
                 self.closing = True
                 transport.abort()
                 return
@@ -276,6 +278,7 @@ class FastCGIConnection(asyncio.Protocol):
                 self.peer,
                 len(self.ctx.tasks),
             )
+            self.ctx.stats.refused[REFUSED_CONCURRENT] += 1
             self._reject(rid, OVERLOADED, keep_conn)
         elif len(self.requests) >= self.config.max_requests_per_connection:
             logger.warning(
@@ -284,6 +287,7 @@ class FastCGIConnection(asyncio.Protocol):
                 self.peer,
                 len(self.requests),
             )
+            self.ctx.stats.refused[REFUSED_PER_CONNECTION] += 1
             self._reject(rid, OVERLOADED, keep_conn)
         else:
             if self._linger_id is not None:

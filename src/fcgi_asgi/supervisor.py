@@ -236,6 +236,7 @@ class Supervisor:
 
     def _reload(self) -> None:
         self._generation += 1
+        self.scoreboard.count(reloads=1)
         self._announced = False
         self._notifier.reloading()
         for worker in self.workers.values():
@@ -419,6 +420,7 @@ class Supervisor:
         if RETIRE in data and not worker.obsolete and not worker.stopping:
             worker.obsolete = True
             logger.info("worker %d reached its max requests: replacing it", worker.pid)
+            self.scoreboard.count(worker_restarts=1)
 
     def _unwatch(self, worker: Worker) -> None:
         fd = worker.channel.fileno()
@@ -450,6 +452,7 @@ class Supervisor:
             return
         if worker.ready:
             logger.warning("worker %d died (%s): starting another", worker.pid, how)
+            self.scoreboard.count(worker_restarts=1)
             return
         if code == BOOT_ERROR and not self._ever_ready:
             logger.error("worker %d could not start the app (%s): stopping", worker.pid, how)
