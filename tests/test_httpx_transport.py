@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from fcgi_asgi.cgi_exchange import BadResponse, parse_head
-from fcgi_asgi.httpx import FastCGITransport, SyncFastCGITransport
+from fcgi_asgi.httpx import FastCGITransport, SyncFastCGITransport, cgi_params
 from fcgi_asgi.records import (
     STDIN,
     STDOUT,
@@ -380,3 +380,42 @@ def test_parse_head() -> None:
     for bad in (b"Status: 20", b"Status: abc", b"X A: 1", b"nothing"):
         with pytest.raises(BadResponse):
             parse_head(bad)
+
+
+def test_cgi_params() -> None:
+    request = httpx.Request(
+        "POST",
+        "https://[::1]:8443/app/items/%C3%A9?q=1",
+        headers=[
+            ("Content-Type", "text/plain"),
+            ("X-Multi", "a"),
+            ("X-Multi", "b"),
+            ("Cookie", "a=1"),
+            ("Cookie", "b=2"),
+            ("X-Under_Score", "dropped"),
+            ("Proxy", "http://evil/"),
+            ("Transfer-Encoding", "chunked"),
+        ],
+        content=b"abc",
+    )
+    params = cgi_params(request, script_name="/app", script_filename="/srv/index.php")
+    assert params[b"REQUEST_METHOD"] == b"POST"
+    assert params[b"REQUEST_URI"] == b"/app/items/%C3%A9?q=1"
+    assert params[b"QUERY_STRING"] == b"q=1"
+    assert params[b"SCRIPT_NAME"] == b"/app"
+    assert params[b"PATH_INFO"] == "/items/é".encode()
+    assert params[b"SCRIPT_FILENAME"] == b"/srv/index.php"
+    assert (params[b"SERVER_NAME"], params[b"SERVER_PORT"], params[b"HTTPS"]) == (
+        b"::1",
+        b"8443",
+        b"on",
+    )
+    assert params[b"CONTENT_TYPE"] == b"text/plain"
+    assert params[b"CONTENT_LENGTH"] == b"3"
+    assert params[b"HTTP_X_MULTI"] == b"a, b"
+    assert params[b"HTTP_COOKIE"] == b"a=1; b=2"
+    for dropped in (b"HTTP_X_UNDER_SCORE", b"HTTP_PROXY", b"HTTP_TRANSFER_ENCODING"):
+        assert dropped not in params
+    # Outside the mount point: the whole path is PATH_INFO.
+    other = cgi_params(httpx.Request("GET", "http://h/elsewhere"), script_name="/app")
+    assert (other[b"SCRIPT_NAME"], other[b"PATH_INFO"]) == (b"", b"/elsewhere")

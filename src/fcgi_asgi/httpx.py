@@ -88,7 +88,7 @@ def cgi_params(
         b"QUERY_STRING": url.query,
         b"SCRIPT_NAME": script_name.encode(),
         b"PATH_INFO": path_info.encode(),
-        b"SERVER_NAME": url.host.encode("idna") if url.host else b"localhost",
+        b"SERVER_NAME": url.raw_host or b"localhost",
         b"SERVER_PORT": str(url.port or (443 if https else 80)).encode(),
         b"SERVER_ADDR": b"127.0.0.1",
         b"REMOTE_ADDR": b"127.0.0.1",
@@ -342,6 +342,8 @@ class FastCGITransport(_Configured, httpx.AsyncBaseTransport):
     for at most ``keepalive_expiry`` seconds. One request runs per connection
     at a time, as web servers do. The request body is sent in full before the
     response is read, as httpx's own HTTP/1.1 transport does.
+    A streamed body of unknown length is sent without CONTENT_LENGTH (our
+    gateway reads it to the end of FCGI_STDIN; php-fpm reads it as empty).
 
     A reused connection found closed before any byte of the response came
     back is replaced and the request sent again, once, when that is safe:
