@@ -281,6 +281,23 @@ async def test_server_dies_mid_response(fake: Any, sock_path: str) -> None:
             await r.aread()
 
 
+async def test_write_timeout(fake: Any, sock_path: str) -> None:
+    done = threading.Event()
+
+    def handle(conn: socket.socket, index: int) -> None:
+        done.wait(BOUND)  # never reads: the client's writes fill the socket buffers
+
+    fake(handle)
+    try:
+        async with httpx.AsyncClient(transport=FastCGITransport(path=sock_path)) as c:
+            with pytest.raises(httpx.WriteTimeout):
+                await c.post(
+                    "http://x/", content=b"x" * (16 << 20), timeout=httpx.Timeout(5, write=0.3)
+                )
+    finally:
+        done.set()
+
+
 async def test_malformed_record(fake: Any, sock_path: str) -> None:
     def handle(conn: socket.socket, index: int) -> None:
         read_request(conn)
