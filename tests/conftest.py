@@ -35,6 +35,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: Any) -> str:
+    """Tests marked ``anyio`` (the httpx transport's) run on both of anyio's backends."""
+    return str(request.param)
+
+
 @pytest.fixture
 def sock_path(tmp_path: Path) -> str:
     # AF_UNIX paths are limited to 107 bytes; pytest's tmp_path can be longer.

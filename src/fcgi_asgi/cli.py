@@ -223,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="path the gateway answers itself with 200 'pong', e.g. /fcgi-ping",
     )
     access.add_argument(
+        "--metrics-path",
+        metavar="PATH",
+        help="path the gateway answers itself with Prometheus metrics of every worker, "
+        "e.g. /metrics",
+    )
+    access.add_argument(
         "--slow-request-threshold",
         type=float,
         default=5.0,
@@ -293,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             access_log_format=args.access_log_format,
             status_path=args.status_path,
             ping_path=args.ping_path,
+            metrics_path=args.metrics_path,
             slow_request_threshold=args.slow_request_threshold,
             workers=1 if args.workers is None else args.workers,
             supervise=args.workers is not None,

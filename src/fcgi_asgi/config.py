@@ -97,6 +97,8 @@ class Config:
     status_path: str | None = None
     #: Path answered by the gateway itself with 200 "pong" (like php-fpm's ping.path).
     ping_path: str | None = None
+    #: Path answered by the gateway itself with Prometheus metrics, summed over workers.
+    metrics_path: str | None = None
     #: Access log line format (see README); None is the default format.
     access_log_format: str | None = None
     #: Worker processes; more than 1 (or max_requests, user, group) runs a supervisor.
@@ -159,15 +161,20 @@ class Config:
             raise ConfigError("--request-timeout must be more than 0 seconds")
         if not self.timeout_graceful_shutdown >= 0:
             raise ConfigError("--timeout-graceful-shutdown must be 0 seconds or more")
-        for name in ("status_path", "ping_path"):
+        internal = ("status_path", "ping_path", "metrics_path")
+        for name in internal:
             value = getattr(self, name)
             if value is not None and not value.startswith("/"):
                 raise ConfigError(f"--{name.replace('_', '-')} must start with '/', not {value!r}")
-        if self.status_path is not None and self.status_path == self.ping_path:
-            # Only one page can answer a path: the ping would hide the status.
-            raise ConfigError(
-                f"--status-path and --ping-path must differ, not both {self.ping_path!r}"
-            )
+        for i, name in enumerate(internal):
+            for other in internal[i + 1 :]:
+                value = getattr(self, name)
+                if value is not None and value == getattr(self, other):
+                    # Only one page can answer a path: one would hide the other.
+                    raise ConfigError(
+                        f"--{name.replace('_', '-')} and --{other.replace('_', '-')} "
+                        f"must differ, not both {value!r}"
+                    )
         if self.access_log_format is not None:
             from .accesslog import AccessLogFormat
 

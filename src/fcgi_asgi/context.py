@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 from .accesslog import AccessLogFormat
 from .allowlist import AllowList
 from .asgi.bridge import ASGIRequest
-from .scoreboard import Scoreboard, WorkerStats
+from .scoreboard import (
+    DURATION_BUCKETS,
+    REFUSED_MAX_CONNECTIONS,
+    Scoreboard,
+    SupervisorStats,
+    WorkerStats,
+)
 
 if TYPE_CHECKING:
     from .config import ASGIApp, Config
@@ -67,7 +74,7 @@ class ServerContext:
             AccessLogFormat(config.access_log_format) if config.access_log else None
         )
         self.internal_paths = frozenset(
-            p for p in (config.status_path, config.ping_path) if p is not None
+            p for p in (config.status_path, config.ping_path, config.metrics_path) if p is not None
         )
         self.stats.pid = os.getpid()
         self.stats.started = time.time()
@@ -86,10 +93,22 @@ class ServerContext:
         for cycle in cycles:
             cycle.flush_head()
 
+    def record_request(
+        self, status: int, duration: float, request_bytes: int, response_bytes: int
+    ) -> None:
+        """Count a finished request for the metrics: plain increments, no I/O."""
+        stats = self.stats
+        stats.status_classes[status // 100 if 100 <= status < 600 else 0] += 1
+        stats.duration_buckets[bisect_left(DURATION_BUCKETS, duration)] += 1
+        stats.duration_sum += duration
+        stats.request_bytes += request_bytes
+        stats.response_bytes += response_bytes
+
     def publish(self) -> None:
         """Refresh the live counters and write them to the scoreboard, if any."""
         stats = self.stats
         stats.active_requests = len(self.tasks)
+        stats.refused[REFUSED_MAX_CONNECTIONS] = self.refused_connections
         stats.updated = time.time()
         if self.scoreboard is not None:
             self.scoreboard.publish(self.slot, stats)
@@ -100,3 +119,7 @@ class ServerContext:
         if self.scoreboard is None:
             return [self.stats]
         return self.scoreboard.read()
+
+    def supervisor_stats(self) -> SupervisorStats | None:
+        """The supervisor's counters (reloads, restarts, exited workers), if supervised."""
+        return self.scoreboard.supervisor() if self.scoreboard is not None else None

@@ -210,6 +210,7 @@ class FastCGIServer:
             if not await drain(ctx, timeout, abort, self.on_idle) and not abort.is_set():
                 logger.warning("graceful shutdown timed out after %.1f s", timeout)
             await cut_remaining(ctx)
+            ctx.publish()  # the last counts, which the supervisor keeps once this worker exits
         if self._lifespan is not None:
             try:
                 await self._lifespan.shutdown()

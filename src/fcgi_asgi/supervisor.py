@@ -245,6 +245,7 @@ class Supervisor:
 
     def _reload(self) -> None:
         self._generation += 1
+        self.scoreboard.count(reloads=1)
         self._announced = False
         self._notifier.reloading()
         for worker in self.workers.values():
@@ -459,6 +460,7 @@ class Supervisor:
             logger.info("worker %d ready", worker.pid)
         if RETIRE in data and not worker.obsolete and not worker.stopping:
             worker.obsolete = True
+            self.scoreboard.count(worker_restarts=1)
             if self._serving_channels():
                 # Others serve the socket: it stops taking requests now, and
                 # its idle connections move to them (_manage starts the new one).
@@ -507,6 +509,7 @@ class Supervisor:
             return
         if worker.ready:
             logger.warning("worker %d died (%s): starting another", worker.pid, how)
+            self.scoreboard.count(worker_restarts=1)
             return
         if code == BOOT_ERROR and not self._ever_ready:
             logger.error("worker %d could not start the app (%s): stopping", worker.pid, how)

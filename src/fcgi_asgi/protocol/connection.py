@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from ..scoreboard import REFUSED_ALLOW, REFUSED_CONCURRENT, REFUSED_PER_CONNECTION
 from .records import (
     ABORT_REQUEST,
     BEGIN_REQUEST,
@@ -127,6 +128,7 @@ class FastCGIConnection(asyncio.Protocol):
                 logger.warning(
                     "refused connection from %s: not in the allow list (%s)", self.peer, ctx.allow
                 )
+                ctx.stats.refused[REFUSED_ALLOW] += 1
                 self.closing = True
                 transport.abort()
                 return
@@ -298,6 +300,7 @@ class FastCGIConnection(asyncio.Protocol):
                 self.peer,
                 len(self.ctx.tasks),
             )
+            self.ctx.stats.refused[REFUSED_CONCURRENT] += 1
             self._reject(rid, OVERLOADED, keep_conn)
         elif len(self.requests) >= self.config.max_requests_per_connection:
             logger.warning(
@@ -306,6 +309,7 @@ class FastCGIConnection(asyncio.Protocol):
                 self.peer,
                 len(self.requests),
             )
+            self.ctx.stats.refused[REFUSED_PER_CONNECTION] += 1
             self._reject(rid, OVERLOADED, keep_conn)
         else:
             if self._linger_id is not None:

@@ -20,6 +20,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ClientDisconnected
+from ..metrics import METRICS_CONTENT_TYPE, render_metrics
 from ..status import render_status
 from .head import encode_head
 from .records import MAX_CONTENT, STDOUT, encode_end_request, encode_record, encode_stream
@@ -108,6 +109,7 @@ class Request:
         "_waiters",
         "body",
         "body_size",
+        "bytes_received",
         "bytes_sent",
         "conn",
         "disconnected",
@@ -158,6 +160,7 @@ class Request:
         self.status = 0
         self.started = conn.loop.time()
         self.bytes_sent = 0
+        self.bytes_received = 0
         self.timed_out = False
         self._timeout: asyncio.TimerHandle | None = None
         self._unyielded = 0
@@ -178,6 +181,7 @@ class Request:
 
     def feed_body(self, data: bytes) -> None:
         """Queue a STDIN chunk for the app."""
+        self.bytes_received += len(data)
         # stdin_done: data after the end of STDIN (a broken peer) would reach
         # the app after the end of its body.
         if self.response_complete or self.disconnected or self.stdin_done:
@@ -390,8 +394,12 @@ class Request:
         """Answer the gateway's own ping or status path, without the app."""
         conn = self.conn
         assert self.scope is not None
-        if self.scope["path"] == conn.config.ping_path:
+        path = self.scope["path"]
+        if path == conn.config.ping_path:
             ctype, body = b"text/plain", b"pong"
+        elif path == conn.config.metrics_path:
+            ctype = METRICS_CONTENT_TYPE
+            body = render_metrics(conn.ctx.all_workers(), conn.ctx.supervisor_stats())
         else:
             ctype, body = render_status(conn.ctx.all_workers(), conn.ctx.listen, self.scope)
         head = (
@@ -490,6 +498,7 @@ class Request:
             self._timeout.cancel()
         duration = self.conn.loop.time() - self.started
         ctx = self.conn.ctx
+        ctx.record_request(self.status, duration, self.bytes_received, self.bytes_sent)
         if duration > self.conn.config.slow_request_threshold:
             ctx.stats.slow_requests += 1
         if ctx.access_format is not None and self.response_complete and self.scope:
