@@ -15,11 +15,9 @@ import contextlib
 import hashlib
 import os
 import secrets
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +40,7 @@ from tests.webservers import (
     start_gateways,
     start_webserver,
     wait_for,
+    web_workdir,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -56,12 +55,8 @@ MiB = 1 << 20
 
 @pytest.fixture(scope="session")
 def workdir() -> Iterator[Path]:
-    # Not pytest's tmp_path: web-server workers that dropped root must be able
-    # to enter it, and pytest's base directory is private to root.
-    path = Path(tempfile.mkdtemp(prefix="fcgi-asgi-web-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with web_workdir("fcgi-asgi-web-") as path:
+        yield path
 
 
 class Gateways:

@@ -158,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="requests running at once in this process; more get OVERLOADED at once "
-        "instead of queueing (default: 0, no limit)",
+        help="requests running at once in this process; more are answered 503 with "
+        "Retry-After at once instead of queueing (default: 0, no limit)",
     )
     limits.add_argument(
         "--params-timeout",

@@ -75,7 +75,7 @@ class Config:
     timeout_graceful_shutdown: float = 30.0
     #: Peers (IP addresses or networks) allowed to connect over TCP; empty allows all.
     allow: tuple[str, ...] = ()
-    #: Requests running at once in this process; more get OVERLOADED. 0 means no limit.
+    #: Requests running at once in this process; more get a 503. 0 means no limit.
     max_concurrent_requests: int = 0
     #: Seconds a peer has to send a complete BEGIN_REQUEST + PARAMS (slowloris guard).
     params_timeout: float = 10.0

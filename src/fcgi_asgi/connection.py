@@ -266,17 +266,6 @@ class FastCGIConnection(asyncio.Protocol):
                 role,
             )
             self._reject(rid, UNKNOWN_ROLE, keep_conn)
-        elif (
-            self.config.max_concurrent_requests
-            and len(self.ctx.tasks) >= self.config.max_concurrent_requests
-        ):
-            logger.warning(
-                "request id %d from %s refused: %d requests already run in this process",
-                rid,
-                self.peer,
-                len(self.ctx.tasks),
-            )
-            self._reject(rid, OVERLOADED, keep_conn)
         elif len(self.requests) >= self.config.max_requests_per_connection:
             logger.warning(
                 "request id %d from %s refused: %d requests already run on this connection",
@@ -342,6 +331,19 @@ class FastCGIConnection(asyncio.Protocol):
             cycle.answer_internal()
             return
         tasks = ctx.tasks
+        limit = self.config.max_concurrent_requests
+        if limit and len(tasks) >= limit:
+            # A 503 rather than END_REQUEST(OVERLOADED), which web servers turn
+            # into a 502 or 500 (see the README). Checked once PARAMS are in, so
+            # the gateway's own status and ping pages answer even when full.
+            logger.warning(
+                "request id %d from %s answered 503: %d requests already run in this process",
+                cycle.request_id,
+                self.peer,
+                len(tasks),
+            )
+            cycle.answer_unavailable()
+            return
         # The cycle takes its task out of ctx.tasks when it ends, which costs
         # less than a done callback (one loop callback fewer per request).
         cycle.task = task = self.loop.create_task(cycle.run(ctx.app, scope))

@@ -50,16 +50,19 @@ _GONE = "the web server aborted the request or closed the connection"
 _DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
 
 
-def _error_page(status: HTTPStatus) -> bytes:
+def _error_page(status: HTTPStatus, extra: bytes = b"") -> bytes:
     body = status.phrase.encode()
     return (
         b"Status: %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (status.value, body, len(body), body)
+        b"Content-Length: %d\r\n%s\r\n%s" % (status.value, body, len(body), extra, body)
     )
 
 
 # Whole CGI responses for the errors the gateway answers itself; never a traceback.
 _ERROR_PAGES = {s.value: _error_page(s) for s in (HTTPStatus(500), HTTPStatus(504))}
+#: Seconds a client refused by --max-concurrent-requests is asked to wait.
+RETRY_AFTER = 1
+_ERROR_PAGES[503] = _error_page(HTTPStatus(503), b"Retry-After: %d\r\n" % RETRY_AFTER)
 
 # The records that close a request: an empty STDOUT then END_REQUEST. Request
 # ids repeat (web servers always use 1), so each tail is built once.
@@ -347,6 +350,12 @@ class RequestCycle:
         self.status = 200
         self.response_started = self.response_complete = True
         self._finish(encode_stream(STDOUT, self.request_id, head + body))
+
+    def answer_unavailable(self) -> None:
+        """Answer 503 with Retry-After, without the app (--max-concurrent-requests)."""
+        self.status = 503
+        self.response_started = self.response_complete = True
+        self._finish([encode_record(STDOUT, self.request_id, _ERROR_PAGES[503])])
 
     def _app_failed(self, message: str, exc: BaseException | None, status: int = 500) -> None:
         log = logger.error if exc is not None or not self.disconnected else logger.debug
