@@ -206,7 +206,7 @@ class FastCGIServer:
             try:
                 await self._lifespan.shutdown()
             except Exception as exc:
-                logger.error("lifespan shutdown failed: %s", exc)
+                logger.error("%s", exc)
         if self._server is not None:
             self._server = None
 
