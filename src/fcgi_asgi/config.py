@@ -18,6 +18,7 @@ from .appkind import app_kind
 __all__ = [
     "ASGIApp",
     "AppLoadError",
+    "AppType",
     "Config",
     "ConfigError",
     "load_app",
@@ -30,6 +31,10 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: What the API accepts as an app, as uvicorn does: any callable (its own
+#: types for scope and messages are the framework's business, checked at
+#: start by signature) or ``"module:attribute"``.
+AppType = Callable[..., Any] | str
 
 LifespanMode = Literal["auto", "on", "off"]
 LoopName = Literal["auto", "asyncio", "uvloop"]
@@ -91,7 +96,7 @@ class Config:
     lighttpd's ``bin-path`` and spawn-fcgi provide.
     """
 
-    app: ASGIApp | str
+    app: AppType
     socket: str | None = None
     host: str | None = None
     port: int | None = None
@@ -284,7 +289,7 @@ def _check_types(config: Config) -> None:
             )
 
 
-def load_app(app: ASGIApp | str, *, factory: bool = False, app_dir: str | None = None) -> ASGIApp:
+def load_app(app: AppType, *, factory: bool = False, app_dir: str | None = None) -> ASGIApp:
     """Resolve ``"module:attribute"`` to an ASGI app.
 
     Raises :class:`AppLoadError` with a one-line message that names the
