@@ -19,7 +19,7 @@ import fcgi_asgi
 
 
 async def main(path: str) -> None:
-    server = await fcgi_asgi.start_server(app, path=path)
+    server = await fcgi_asgi.start_server(app, socket=path)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, server.close)

@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import socket
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import pytest
 from fcgi_asgi import FastCGIServer
 from fcgi_asgi.client import FastCGIClient
 from fcgi_asgi.config import Config
+from tests.webservers import web_workdir
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # so `examples.*` and `tests.apps` import
@@ -53,12 +52,8 @@ def sock_path(tmp_path: Path) -> str:
 @pytest.fixture(scope="session")
 def workdir() -> Iterator[Path]:
     """A directory for web-server and gateway processes (configs, logs)."""
-    # Not pytest's tmp_path: web-server workers that dropped root must be able
-    # to enter it, and pytest's base directory is private to root.
-    path = Path(tempfile.mkdtemp(prefix="fcgi-asgi-web-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with web_workdir("fcgi-asgi-web-") as path:
+        yield path
 
 
 Serve = Callable[..., Awaitable[FastCGIServer]]

@@ -304,7 +304,7 @@ def test_lifespan_startup_failure_exits_nonzero(sock_path):
         env={"FCGI_TEST_STARTUP_FAIL": "1"},
     )
     assert code == 1
-    assert "db is down" in err
+    assert "error: application startup failed: db is down" in err
     assert not os.path.exists(sock_path)
 
 
@@ -459,8 +459,8 @@ def test_fast_reader_that_vanishes_stops_a_tight_streaming_loop(gateway, sock_pa
     "args,message",
     [
         (("--fd", "-1"), "--fd must be"),
-        (("--port", "0", "--params-timeout", "nan"), "--params-timeout must be"),
-        (("--port", "0", "--request-timeout", "nan"), "--request-timeout must be"),
+        (("--port", "0", "--params-timeout", "nan"), "--timeout-params must be"),
+        (("--port", "0", "--request-timeout", "nan"), "--timeout-request must be"),
         (("--port", "0", "--slow-request-threshold", "nan"), "--slow-request-threshold must be"),
         (("--port", "0", "--timeout-graceful-shutdown", "-5"), "--timeout-graceful-shutdown"),
         (("--port", "0", "--timeout-graceful-shutdown", "nan"), "--timeout-graceful-shutdown"),

@@ -14,6 +14,9 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+
+from fcgi_asgi.cgi_exchange import BadResponse, parse_head
+from fcgi_asgi.httpx import FastCGITransport, SyncFastCGITransport, cgi_params
 from fcgi_asgi.protocol.records import (
     STDIN,
     STDOUT,
@@ -21,9 +24,6 @@ from fcgi_asgi.protocol.records import (
     encode_end_request,
     encode_record,
 )
-
-from fcgi_asgi.cgi_exchange import BadResponse, parse_head
-from fcgi_asgi.httpx import FastCGITransport, SyncFastCGITransport, cgi_params
 from tests.webservers import Gateway, start_gateways
 
 pytestmark = pytest.mark.anyio

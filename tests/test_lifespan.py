@@ -85,11 +85,11 @@ async def test_failed_startup_leaves_no_lifespan_task_behind(sock_path, how):
     app = lingering_lifespan(events, answer=how == "startup.failed")
     if how == "startup.failed":
         with pytest.raises(LifespanFailure, match="no config"):
-            await start_server(app, path=sock_path, lifespan="on")
+            await start_server(app, socket=sock_path, lifespan="on")
     else:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.3):
-                await start_server(app, path=sock_path, lifespan="on")
+                await start_server(app, socket=sock_path, lifespan="on")
     # By the time start_server() has failed, not some time later.
     assert events == ["cancelled"]
     assert not os.path.exists(sock_path)

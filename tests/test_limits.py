@@ -12,7 +12,6 @@ import pytest
 
 from fcgi_asgi.client import FastCGIClient, build_params
 from fcgi_asgi.protocol.records import (
-    OVERLOADED,
     PARAMS,
     REQUEST_COMPLETE,
     encode_begin_request,
@@ -48,8 +47,10 @@ async def test_allow_list_network_prefix(serve):
         assert (await client.request("GET", "/scope")).status == 200
 
 
-async def test_overloaded_beyond_process_cap(serve):
-    server = await serve(apps.app, max_concurrent_requests=4)
+async def test_503_with_retry_after_beyond_process_cap(serve):
+    """Web servers turn END_REQUEST(OVERLOADED) into a 502 or 500: the gateway
+    answers a CGI 503 with Retry-After instead, as uvicorn's --limit-concurrency."""
+    server = await serve(apps.app, max_concurrent_requests=4, status_path="/status")
     clients = [await connect(server) for _ in range(8)]
     try:
         results = await asyncio.gather(*(c.request("GET", "/sleep", query="0.5") for c in clients))
@@ -57,7 +58,34 @@ async def test_overloaded_beyond_process_cap(serve):
         for c in clients:
             await c.close()
     statuses = sorted((r.protocol_status, r.status) for r in results)
-    assert statuses == [(REQUEST_COMPLETE, 200)] * 4 + [(OVERLOADED, 0)] * 4
+    assert statuses == [(REQUEST_COMPLETE, 200)] * 4 + [(REQUEST_COMPLETE, 503)] * 4
+    refused = [r for r in results if r.status == 503]
+    assert {r.header("Retry-After") for r in refused} == {"1"}
+    assert {r.body for r in refused} == {b"Service Unavailable"}
+
+
+async def test_status_page_answers_while_the_app_is_full(serve):
+    release = asyncio.Event()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await asyncio.wait_for(release.wait(), 10)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    server = await serve(app, max_concurrent_requests=1, status_path="/status")
+    async with await connect(server) as held, await connect(server) as other:
+        first = asyncio.ensure_future(held.request("GET", "/"))
+        for _ in range(200):  # bounded: until the first request runs
+            if server.ctx is not None and server.ctx.tasks:
+                break
+            await asyncio.sleep(0.01)
+        assert (await other.request("GET", "/")).status == 503
+        assert (await other.request("GET", "/status")).status == 200
+        release.set()
+        assert (await first).body == b"done"
+        assert (await other.request("GET", "/")).status == 200
 
 
 async def test_slowloris_dropped_while_others_served(serve, caplog):

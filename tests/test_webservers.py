@@ -152,10 +152,31 @@ def assert_app_saw(
     assert info["query_string"] == query
 
 
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses of the TCP sockets listening on ``port`` (from /proc/net)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, hexport = local.split(":")
+            if state == "0A" and int(hexport, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(addr)
+                if len(raw) == 4:
+                    found.add(socket.inet_ntop(socket.AF_INET, raw[::-1]))
+                else:  # four little-endian 32-bit words
+                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                    found.add(socket.inet_ntop(socket.AF_INET6, words))
+    return found
+
+
 # -- the matrix: tuned configs over unix sockets -------------------------------------
 
 
 class TestMatrix:
+    def test_listens_on_loopback_only(self, site: WebServer) -> None:
+        # The configs name 127.0.0.1; Caddy listened on every interface until bound.
+        assert listening_addresses(site.port) == {"127.0.0.1"}
+
     def test_percent_path_at_root(self, site: WebServer) -> None:
         info = get_json(site, f"{PERCENT_PATH}?{QUERY}")
         assert_app_saw(info, path="/café/a/b", raw_path=PERCENT_PATH, root_path="")
@@ -416,6 +437,10 @@ def expected_reason(server: str, code: int) -> str:
 
 
 class TestTcp:
+    def test_listens_on_loopback_only(self, tcp_site: WebServer) -> None:
+        # The configs name 127.0.0.1; Caddy listened on every interface until bound.
+        assert listening_addresses(tcp_site.port) == {"127.0.0.1"}
+
     def test_percent_path(self, tcp_site: WebServer) -> None:
         info = get_json(tcp_site, f"{PERCENT_PATH}?{QUERY}")
         assert_app_saw(info, path="/café/a/b", raw_path=PERCENT_PATH, root_path="")
@@ -451,6 +476,10 @@ class TestTcp:
 
 
 class TestStock:
+    def test_listens_on_loopback_only(self, stock: WebServer) -> None:
+        # The configs name 127.0.0.1; Caddy listened on every interface until bound.
+        assert listening_addresses(stock.port) == {"127.0.0.1"}
+
     def test_starlette_routes_at_root(self, stock: WebServer) -> None:
         info = get_json(stock, "/items/42?x=1")
         # lighttpd sends SCRIPT_NAME=/items PATH_INFO=/42 here: no root_path from it.

@@ -18,7 +18,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,21 @@ SERVERS = ("nginx", "lighttpd", "apache2", "caddy", "h2o")
 
 STARTUP_TIMEOUT = 20.0  # seconds a process gets to start answering
 STOP_TIMEOUT = 10.0  # seconds it gets to exit on SIGTERM before SIGKILL
+
+
+@contextlib.contextmanager
+def web_workdir(prefix: str) -> Iterator[Path]:
+    """A temporary directory in /tmp that web-server workers can enter.
+
+    Not pytest's tmp_path: workers that dropped root must be able to reach
+    their files, and pytest's base directory is private to root.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def free_port() -> int:

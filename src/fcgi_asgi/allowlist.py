@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from .config import ConfigError
+from .config import ConfigError, opt
 
 __all__ = ["AllowList", "parse_web_server_addrs"]
 
@@ -33,7 +33,8 @@ class AllowList:
                 networks.append(ipaddress.ip_network(entry, strict=False))
             except ValueError:
                 raise ConfigError(
-                    f"--allow / FCGI_WEB_SERVER_ADDRS: {entry!r} is not an IP address or network"
+                    f"{opt('allow')} / FCGI_WEB_SERVER_ADDRS: {entry!r} "
+                    "is not an IP address or network"
                 ) from None
         self.networks = tuple(networks)
 

@@ -6,12 +6,12 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from . import __version__
 from .allowlist import parse_web_server_addrs
 from .asgi.lifespan import LifespanFailure
-from .config import DEFAULT_THREADS, Config, ConfigError
+from .config import DEFAULT_THREADS, Config, ConfigError, opt, use_option_names
 from .listeners import ListenError
 from .server import run
 from .supervisor import needs_supervisor, supervise
@@ -19,6 +19,10 @@ from .supervisor import needs_supervisor, supervise
 __all__ = ["build_parser", "main"]
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+#: Every option can be set as FCGI_ASGI_<OPTION> (its first name, upper case, "_" for "-").
+ENV_PREFIX = "FCGI_ASGI_"
+#: Variables other servers read, used when the FCGI_ASGI_ one is not set (uvicorn, gunicorn).
+ENV_FALLBACKS = {f"{ENV_PREFIX}WORKERS": "WEB_CONCURRENCY"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,11 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
         "With no --socket, --host/--port or --fd, a socket passed by systemd socket "
         "activation (LISTEN_FDS) or a listening socket on fd 0 (FCGI_LISTENSOCK_FILENO, "
         "as lighttpd's bin-path and spawn-fcgi provide) is used. With --workers N, SIGHUP "
-        "reloads the app and SIGTTIN/SIGTTOU add or remove a worker.",
+        "reloads the app and SIGTTIN/SIGTTOU add or remove a worker. Every option can also "
+        f"be set as {ENV_PREFIX}<OPTION> in the environment (e.g. {ENV_PREFIX}PORT=9000, "
+        f"{ENV_PREFIX}ACCESS_LOG=false); the command line wins, and WEB_CONCURRENCY sets "
+        "--workers when nothing else does.",
     )
     p.add_argument("app", metavar="APP", help='the ASGI or WSGI app as "module:attribute"')
     where = p.add_argument_group("where to listen")
-    where.add_argument("--socket", metavar="PATH", help="unix socket path to bind")
+    where.add_argument("--socket", "--uds", metavar="PATH", help="unix socket path to bind")
     where.add_argument("--host", help="TCP host to bind (default 127.0.0.1 with --port)")
     where.add_argument("--port", type=int, help="TCP port to bind")
     where.add_argument("--fd", type=int, help="inherited listening socket file descriptor")
@@ -114,6 +121,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, how long running requests may take to finish "
         "before they are cancelled (default: %(default)s)",
     )
+    dev = p.add_argument_group("development")
+    dev.add_argument(
+        "--reload",
+        action="store_true",
+        help="restart the app when a .py file under --reload-dir changes (needs watchfiles: "
+        "pip install 'fcgi-asgi[reload]'); for development",
+    )
+    dev.add_argument(
+        "--reload-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="directory --reload watches (repeatable; default: --app-dir)",
+    )
+    dev.add_argument(
+        "--env-file",
+        metavar="FILE",
+        help="read KEY=VALUE lines into the environment first (existing variables win), "
+        f"for the app and for {ENV_PREFIX}* options",
+    )
     procs = p.add_argument_group("processes")
     procs.add_argument(
         "--workers",
@@ -126,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     procs.add_argument(
         "--max-requests",
+        "--limit-max-requests",
         type=int,
         default=0,
         metavar="N",
@@ -168,14 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     limits.add_argument(
         "--max-concurrent-requests",
+        "--limit-concurrency",
         type=int,
         default=0,
         metavar="N",
-        help="requests running at once in this process; more get OVERLOADED at once "
-        "instead of queueing (default: 0, no limit)",
+        help="requests running at once in this process; more are answered 503 with "
+        "Retry-After at once instead of queueing (default: 0, no limit)",
     )
     limits.add_argument(
+        "--timeout-params",
         "--params-timeout",
+        dest="params_timeout",
         type=float,
         default=10.0,
         metavar="SECONDS",
@@ -183,14 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
         "PARAMS within this time is dropped (default: %(default)s)",
     )
     limits.add_argument(
+        "--timeout-keep-alive",
         "--keepalive-timeout",
+        dest="keepalive_timeout",
         type=float,
         default=75.0,
         metavar="SECONDS",
         help="close keep-conn connections idle this long (default: %(default)s)",
     )
     limits.add_argument(
+        "--timeout-request",
         "--request-timeout",
+        dest="request_timeout",
         type=float,
         default=None,
         metavar="SECONDS",
@@ -255,6 +290,55 @@ def configure_logging(level: str) -> None:
     )
 
 
+def env_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> list[str]:
+    """Command-line words for the options set as ``FCGI_ASGI_<OPTION>`` in ``environ``.
+
+    They go before the real command line, so that it wins; a repeatable
+    option (``--allow``) takes a comma- or space-separated list, an on/off
+    option ``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off``.
+    Bad values are errors that name the variable.
+    """
+    words: list[str] = []
+    for action in parser._actions:
+        flag = next((o for o in action.option_strings if o.startswith("--")), None)
+        if flag is None or action.dest in ("help", "version"):
+            continue
+        name = ENV_PREFIX + flag[2:].upper().replace("-", "_")
+        value = environ.get(name) or environ.get(ENV_FALLBACKS.get(name, ""))
+        if not value:
+            continue
+        if action.nargs == 0:  # a switch: store_true or --x/--no-x
+            if value.lower() not in _TRUE + _FALSE:
+                parser.error(f"{name}={value!r}: give one of {', '.join(_TRUE + _FALSE)}")
+            on = value.lower() in _TRUE
+            if isinstance(action, argparse.BooleanOptionalAction):
+                words.append(flag if on else f"--no-{flag[2:]}")
+            elif on:
+                words.append(flag)
+            continue
+        values = value.replace(",", " ").split() if action.default == [] else [value]
+        for item in values:
+            try:
+                converted = action.type(item) if callable(action.type) else item
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"{name}={item!r}: {exc}")
+            if action.choices is not None and converted not in action.choices:
+                parser.error(f"{name}={item!r}: choose from {', '.join(map(str, action.choices))}")
+            words.append(f"{flag}={item}")
+    return words
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each option's :class:`Config` field (its dest) -> its name on the command line."""
+    return {
+        action.dest: action.option_strings[0] for action in parser._actions if action.option_strings
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway; returns the process exit code (0, or 1 on error).
 
@@ -265,56 +349,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .request_cmd import request_main
 
         return request_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    use_option_names(option_names(parser))
+    try:
+        env_file = _env_file_option(argv)
+        if env_file:
+            load_env_file(env_file)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    args = parser.parse_args([*env_arguments(parser, os.environ), *argv])
     configure_logging(args.log_level)
     try:
-        config = Config(
-            app=args.app,
-            socket=args.socket,
-            host=args.host,
-            port=args.port,
-            fd=args.fd,
-            backlog=args.backlog,
-            factory=args.factory,
-            app_dir=args.app_dir,
-            root_path=args.root_path,
-            lifespan=args.lifespan,
-            interface=args.interface,
-            threads=args.threads,
-            loop=args.loop,
-            log_level=args.log_level,
-            access_log=args.access_log,
-            timeout_graceful_shutdown=args.timeout_graceful_shutdown,
-            max_params_size=args.max_params_size,
-            max_requests_per_connection=args.max_requests_per_connection,
-            max_concurrent_requests=args.max_concurrent_requests,
-            max_connections=args.max_connections,
-            params_timeout=args.params_timeout,
-            keepalive_timeout=args.keepalive_timeout,
-            request_timeout=args.request_timeout,
-            allow=(
-                *parse_web_server_addrs(os.environ.get("FCGI_WEB_SERVER_ADDRS", "")),
-                *args.allow,
-            ),
-            access_log_format=args.access_log_format,
-            status_path=args.status_path,
-            ping_path=args.ping_path,
-            metrics_path=args.metrics_path,
-            slow_request_threshold=args.slow_request_threshold,
-            workers=1 if args.workers is None else args.workers,
-            supervise=args.workers is not None,
-            max_requests=args.max_requests,
-            max_requests_jitter=args.max_requests_jitter,
-            socket_mode=args.socket_mode,
-            socket_owner=args.socket_owner,
-            user=args.user,
-            group=args.group,
-        )
+        if args.reload:
+            from .reloader import run_with_reload
+
+            return run_with_reload(argv, args)
+        config = config_from_args(args)
         if config.loop == "uvloop":
             try:
                 import uvloop  # noqa: F401
             except ImportError:
-                raise ConfigError("--loop uvloop: uvloop is not installed") from None
+                raise ConfigError(f"{opt('loop')} uvloop: uvloop is not installed") from None
         if needs_supervisor(config):
             # The supervisor never imports the app: each worker does, so
             # that a reload (SIGHUP) runs the new code.
@@ -328,6 +383,88 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The :class:`Config` the parsed command line asks for."""
+    # FCGI_WEB_SERVER_ADDRS (php-fpm's) applies to TCP; a unix socket ignores it.
+    env_allow = (
+        () if args.socket else parse_web_server_addrs(os.environ.get("FCGI_WEB_SERVER_ADDRS", ""))
+    )
+    return Config(
+        app=args.app,
+        socket=args.socket,
+        host=args.host,
+        port=args.port,
+        fd=args.fd,
+        backlog=args.backlog,
+        factory=args.factory,
+        app_dir=args.app_dir,
+        root_path=args.root_path,
+        lifespan=args.lifespan,
+        interface=args.interface,
+        threads=args.threads,
+        loop=args.loop,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=args.timeout_graceful_shutdown,
+        max_params_size=args.max_params_size,
+        max_requests_per_connection=args.max_requests_per_connection,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_connections=args.max_connections,
+        params_timeout=args.params_timeout,
+        keepalive_timeout=args.keepalive_timeout,
+        request_timeout=args.request_timeout,
+        allow=(*env_allow, *args.allow),
+        access_log_format=args.access_log_format,
+        status_path=args.status_path,
+        ping_path=args.ping_path,
+        metrics_path=args.metrics_path,
+        slow_request_threshold=args.slow_request_threshold,
+        workers=1 if args.workers is None else args.workers,
+        supervise=args.workers is not None,
+        max_requests=args.max_requests,
+        max_requests_jitter=args.max_requests_jitter,
+        socket_mode=args.socket_mode,
+        socket_owner=args.socket_owner,
+        user=args.user,
+        group=args.group,
+    )
+
+
+def _env_file_option(argv: Sequence[str]) -> str | None:
+    # Read before the real parse: the file may set FCGI_ASGI_* options.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--env-file")
+    known, _ = pre.parse_known_args(argv)
+    value: str | None = known.env_file or os.environ.get(f"{ENV_PREFIX}ENV_FILE")
+    return value
+
+
+def load_env_file(path: str) -> None:
+    """Put ``KEY=VALUE`` lines of ``path`` into ``os.environ``; variables already set win.
+
+    The common dotenv subset: ``#`` comments, blank lines, an optional
+    ``export``, values in single or double quotes (no escapes, no ``${VAR}``).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{opt('env_file')} {path}: {exc.strerror}") from None
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"{opt('env_file')} {path}, line {number}: not KEY=VALUE: {raw!r}")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        os.environ.setdefault(key, value)
 
 
 if __name__ == "__main__":

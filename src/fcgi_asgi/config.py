@@ -7,20 +7,32 @@ nothing else reads options from anywhere.
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-__all__ = ["ASGIApp", "AppLoadError", "Config", "ConfigError", "load_app"]
+__all__ = [
+    "ASGIApp",
+    "AppLoadError",
+    "AppType",
+    "Config",
+    "ConfigError",
+    "load_app",
+    "opt",
+    "use_option_names",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: What the API accepts as an app, as uvicorn does: any callable (its own
+#: types for scope and messages are the framework's business, checked at
+#: start by signature) or ``"module:attribute"``.
+AppType = Callable[..., Any] | str
 
 LifespanMode = Literal["auto", "on", "off"]
 LoopName = Literal["auto", "asyncio", "uvloop"]
@@ -32,8 +44,44 @@ DEFAULT_BACKLOG = 2048
 DEFAULT_THREADS = 16
 
 
+# Marks an option's name inside a ConfigError message, so that the message
+# names it as the embedding API does (``port=``) or as the CLI does (``--port``).
+_MARK = "\x1f"
+
+
+def opt(name: str) -> str:
+    """The option ``name`` (a :class:`Config` field) inside a ConfigError message."""
+    return f"{_MARK}{name}{_MARK}"
+
+
+_option_names: dict[str, str] = {}
+
+
+def use_option_names(names: Mapping[str, str]) -> None:
+    """Name options as ``names`` maps them (field -> ``--option``) in this process's errors.
+
+    The command line calls it once at start; its worker processes inherit it.
+    """
+    _option_names.clear()
+    _option_names.update(names)
+
+
 class ConfigError(ValueError):
-    """An option has a value the gateway cannot run with."""
+    """An option has a value the gateway cannot run with.
+
+    ``str()`` names options as keywords (``port=``), or by their command-line
+    names in the ``fcgi-asgi`` command (see :func:`use_option_names`).
+    """
+
+    def __str__(self) -> str:
+        return self.render(_option_names)
+
+    def render(self, names: Mapping[str, str]) -> str:
+        """The message, with each option named by ``names`` (default ``field=``)."""
+        parts = str(self.args[0] if self.args else "").split(_MARK)
+        return "".join(
+            part if i % 2 == 0 else names.get(part, f"{part}=") for i, part in enumerate(parts)
+        )
 
 
 class AppLoadError(ConfigError):
@@ -50,7 +98,7 @@ class Config:
     lighttpd's ``bin-path`` and spawn-fcgi provide.
     """
 
-    app: ASGIApp | str
+    app: AppType
     socket: str | None = None
     host: str | None = None
     port: int | None = None
@@ -83,7 +131,7 @@ class Config:
     timeout_graceful_shutdown: float = 30.0
     #: Peers (IP addresses or networks) allowed to connect over TCP; empty allows all.
     allow: tuple[str, ...] = ()
-    #: Requests running at once in this process; more get OVERLOADED. 0 means no limit.
+    #: Requests running at once in this process; more get a 503. 0 means no limit.
     max_concurrent_requests: int = 0
     #: Seconds a peer has to send a complete BEGIN_REQUEST + PARAMS (slowloris guard).
     params_timeout: float = 10.0
@@ -121,25 +169,34 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.lifespan not in ("auto", "on", "off"):
-            raise ConfigError(f"--lifespan must be auto, on or off, not {self.lifespan!r}")
+            raise ConfigError(f"{opt('lifespan')} must be auto, on or off, not {self.lifespan!r}")
         if self.interface not in ("auto", "asgi", "wsgi"):
-            raise ConfigError(f"--interface must be auto, asgi or wsgi, not {self.interface!r}")
+            raise ConfigError(
+                f"{opt('interface')} must be auto, asgi or wsgi, not {self.interface!r}"
+            )
         if not isinstance(self.threads, int) or self.threads < 1:
-            raise ConfigError("--threads must be a positive integer")
+            raise ConfigError(f"{opt('threads')} must be a positive integer")
         if self.loop not in ("auto", "asyncio", "uvloop"):
-            raise ConfigError(f"--loop must be auto, asyncio or uvloop, not {self.loop!r}")
+            raise ConfigError(f"{opt('loop')} must be auto, asyncio or uvloop, not {self.loop!r}")
         listeners = sum(x is not None for x in (self.socket, self.fd, self.port))
         if self.host is not None and self.port is None:
-            raise ConfigError("--host needs --port")
+            raise ConfigError(f"{opt('host')} needs {opt('port')}")
         if listeners > 1:
-            raise ConfigError("give only one of --socket, --host/--port and --fd")
+            raise ConfigError(
+                f"give only one of {opt('socket')}, {opt('host')}/{opt('port')} and {opt('fd')}"
+            )
         if self.port is not None and not 0 <= self.port <= 65535:
-            raise ConfigError(f"--port must be 0-65535, not {self.port}")
+            raise ConfigError(f"{opt('port')} must be 0-65535, not {self.port}")
         if self.socket == "":
-            raise ConfigError("--socket needs a path")
+            raise ConfigError(f"{opt('socket')} needs a path")
         if self.fd is not None and self.fd < 0:
-            raise ConfigError(f"--fd must be a file descriptor number (0 or more), not {self.fd}")
+            raise ConfigError(
+                f"{opt('fd')} must be a file descriptor number (0 or more), not {self.fd}"
+            )
+        if self.app_dir is not None and not os.path.isdir(self.app_dir):
+            raise ConfigError(f"{opt('app_dir')} {self.app_dir!r}: no such directory")
         for name in (
             "backlog",
             "max_params_size",
@@ -147,56 +204,65 @@ class Config:
             "read_buffer_size",
             "write_buffer_size",
         ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer")
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{opt(name)} must be a positive integer")
         for name in ("max_concurrent_requests", "max_connections"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be 0 (no limit) or more")
+                raise ConfigError(f"{opt(name)} must be 0 (no limit) or more")
         # "not x > 0" rather than "x <= 0": NaN compares false both ways.
         for name in ("params_timeout", "keepalive_timeout", "slow_request_threshold"):
             if not getattr(self, name) > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be more than 0 seconds")
+                raise ConfigError(f"{opt(name)} must be more than 0 seconds")
         if self.request_timeout is not None and not self.request_timeout > 0:
-            raise ConfigError("--request-timeout must be more than 0 seconds")
+            raise ConfigError(f"{opt('request_timeout')} must be more than 0 seconds")
         if not self.timeout_graceful_shutdown >= 0:
-            raise ConfigError("--timeout-graceful-shutdown must be 0 seconds or more")
+            raise ConfigError(f"{opt('timeout_graceful_shutdown')} must be 0 seconds or more")
         internal = ("status_path", "ping_path", "metrics_path")
         for name in internal:
             value = getattr(self, name)
             if value is not None and not value.startswith("/"):
-                raise ConfigError(f"--{name.replace('_', '-')} must start with '/', not {value!r}")
+                raise ConfigError(f"{opt(name)} must start with '/', not {value!r}")
         for i, name in enumerate(internal):
             for other in internal[i + 1 :]:
                 value = getattr(self, name)
                 if value is not None and value == getattr(self, other):
                     # Only one page can answer a path: one would hide the other.
                     raise ConfigError(
-                        f"--{name.replace('_', '-')} and --{other.replace('_', '-')} "
-                        f"must differ, not both {value!r}"
+                        f"{opt(name)} and {opt(other)} must differ, not both {value!r}"
                     )
         if self.access_log_format is not None:
             from .accesslog import AccessLogFormat
 
             AccessLogFormat(self.access_log_format)  # raises ConfigError when malformed
         self.allow = tuple(self.allow)
+        if self.allow and self.socket is not None:
+            raise ConfigError(
+                f"{opt('allow')} applies to TCP only; who may connect to a {opt('socket')} "
+                f"is decided by its file permissions ({opt('socket_mode')}, {opt('socket_owner')})"
+            )
         from .allowlist import AllowList
 
         # Here, not only in each worker: a bad entry is one error before binding.
         AllowList(self.allow)  # raises ConfigError for an entry that is no network
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ConfigError("--workers must be a positive integer")
+        if self.workers < 1:
+            raise ConfigError(f"{opt('workers')} must be a positive integer")
         for name in ("max_requests", "max_requests_jitter"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or a positive integer")
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{opt(name)} must be 0 or a positive integer")
         if self.socket_mode is not None and not 0 <= self.socket_mode <= 0o777:
-            raise ConfigError(f"--socket-mode must be octal 0-777, not {self.socket_mode:o}")
+            raise ConfigError(f"{opt('socket_mode')} must be octal 0-777, not {self.socket_mode:o}")
         if (self.socket_mode is not None or self.socket_owner) and self.socket is None:
-            raise ConfigError("--socket-mode and --socket-owner apply to --socket only")
+            raise ConfigError(
+                f"{opt('socket_mode')} and {opt('socket_owner')} apply to {opt('socket')} only"
+            )
         if self.root_path is not None:
             if self.root_path and not self.root_path.startswith("/"):
-                raise ConfigError(f"--root-path must start with '/', not {self.root_path!r}")
+                raise ConfigError(f"{opt('root_path')} must start with '/', not {self.root_path!r}")
+            if any(c in self.root_path for c in "?#"):
+                raise ConfigError(
+                    f"{opt('root_path')} is a path prefix and cannot hold '?' or '#', "
+                    f"not {self.root_path!r}"
+                )
             self.root_path = self.root_path.rstrip("/")
 
     @property
@@ -214,7 +280,33 @@ class Config:
         return load_app(self.app, factory=self.factory, app_dir=self.app_dir)
 
 
-def load_app(app: ASGIApp | str, *, factory: bool = False, app_dir: str | None = None) -> ASGIApp:
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,)}
+
+
+def _check_types(config: Config) -> None:
+    """Wrong types (``port="9000"``) are errors that name the keyword."""
+    for f in fields(config):
+        annotation = str(f.type)
+        optional = annotation.endswith(" | None")
+        base = annotation.removesuffix(" | None")
+        value = getattr(config, f.name)
+        if value is None and optional:
+            continue
+        if base == "bool":
+            ok = isinstance(value, bool)
+        elif base in _TYPES:
+            ok = isinstance(value, _TYPES[base]) and not isinstance(value, bool)
+        else:
+            continue
+        if not ok:
+            wanted = {"float": "a number", "int": "an int", "str": "a str", "bool": "a bool"}[base]
+            raise ConfigError(
+                f"{opt(f.name)} must be {wanted}{' or None' if optional else ''}, "
+                f"not {type(value).__name__} {value!r}"
+            )
+
+
+def load_app(app: AppType, *, factory: bool = False, app_dir: str | None = None) -> ASGIApp:
     """Resolve ``"module:attribute"`` to an ASGI app.
 
     Raises :class:`AppLoadError` with a one-line message that names the
@@ -235,7 +327,8 @@ def load_app(app: ASGIApp | str, *, factory: bool = False, app_dir: str | None =
                 raise AppLoadError(
                     f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
                 ) from exc
-            raise AppLoadError(f"could not import module {module_name!r}") from exc
+            where = f" from {opt('app_dir')} {os.path.abspath(app_dir)}" if app_dir else ""
+            raise AppLoadError(f"could not import module {module_name!r}{where}") from exc
         except Exception as exc:
             raise AppLoadError(
                 f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
@@ -252,21 +345,5 @@ def load_app(app: ASGIApp | str, *, factory: bool = False, app_dir: str | None =
         except Exception as exc:
             raise AppLoadError(f"app factory {app!r} raised {type(exc).__name__}: {exc}") from exc
     if not callable(loaded):
-        raise AppLoadError(f"{app!r} is not callable, so it is not an ASGI app")
-    if _is_asgi2(loaded):
-        raise AppLoadError(f"{app!r} looks like an ASGI 2 app; only ASGI 3 is supported")
+        raise AppLoadError(f"{app!r} is not callable, so it is not an app")
     return loaded  # type: ignore[no-any-return]
-
-
-def _is_asgi2(app: Any) -> bool:
-    if inspect.isclass(app):
-        return True
-    try:
-        sig = inspect.signature(app)
-    except (TypeError, ValueError):
-        return False
-    positional = [
-        p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    has_varargs = any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values())
-    return len(positional) == 1 and not has_varargs

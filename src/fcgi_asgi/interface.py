@@ -12,7 +12,7 @@ import inspect
 from typing import Any, Literal
 
 from .asgi.bridge import ASGIRequest
-from .config import AppLoadError
+from .config import AppLoadError, opt
 from .protocol.request import Request
 from .wsgi.bridge import WSGIRequest
 
@@ -37,32 +37,48 @@ def _is_async(app: Any) -> bool:
     return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call)
 
 
-def detect_interface(app: Any, requested: Interface = "auto", name: str = "the app") -> str:
+def detect_interface(
+    app: Any, requested: Interface = "auto", name: str = "the app", factory: bool = False
+) -> str:
     """``"asgi"`` or ``"wsgi"`` for ``app``; :class:`AppLoadError` if it fits neither
-    (or not the ``requested`` one)."""
+    (or not the ``requested`` one), with a message that names the fix."""
+    if inspect.isclass(app):
+        # Instantiated with the scope, as ASGI 2 apps are.
+        raise AppLoadError(f"{name} looks like an ASGI 2 app (a class); only ASGI 3 is served")
     is_async = _is_async(app)
     count = _positional_count(app)
     if requested == "asgi":
         if not is_async and count == 2:
             raise AppLoadError(
-                f"{name} takes (environ, start_response): a WSGI app; use --interface wsgi"
+                f"{name} is a WSGI app (it takes environ, start_response); "
+                f"use {opt('interface')} wsgi"
             )
         return "asgi"
     if requested == "wsgi":
         if is_async:
-            raise AppLoadError(f"{name} is an async callable, not a WSGI app; use --interface asgi")
+            raise AppLoadError(
+                f"{name} is an async callable, not a WSGI app; use {opt('interface')} asgi"
+            )
         return "wsgi"
     if is_async:
         return "asgi"
     if count == 2:
         return "wsgi"
     if count == 0:
-        raise AppLoadError(f"{name} takes no arguments: an app factory? use --factory")
+        if factory:
+            raise AppLoadError(
+                f"app factory {name} returned {type(app).__name__}, which takes no "
+                "arguments: not an app"
+            )
+        raise AppLoadError(
+            f"{name} takes no arguments, so it looks like an app factory: "
+            f"give {opt('factory')} to call it"
+        )
     if count == 3:
         return "asgi"  # a sync callable returning an awaitable (a wrapper)
     raise AppLoadError(
         f"cannot tell whether {name} is an ASGI 3 or a WSGI app; "
-        "give --interface asgi or --interface wsgi"
+        f"give {opt('interface')} asgi or {opt('interface')} wsgi"
     )
 
 

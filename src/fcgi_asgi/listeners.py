@@ -149,8 +149,11 @@ def bind_unix(
                 f"socket path {path} is too long ({size} bytes; the limit is "
                 f"{SUN_PATH_MAX}): use a shorter path"
             )
-        elif exc.errno == errno.ENOENT:
+        elif exc.errno == errno.ENOENT and not os.path.isdir(directory):
             msg = f"cannot create socket {path}: directory {directory} does not exist"
+        elif exc.errno == errno.ENOENT:
+            # /proc, /sys and the like exist but refuse new files.
+            msg = f"cannot create socket {path}: directory {directory} does not accept new files"
         elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             msg = f"cannot create socket {path}: directory {directory} is not writable"
         elif exc.errno == errno.EADDRINUSE:
@@ -226,6 +229,10 @@ def is_listening_socket(fd: int) -> bool:
 def from_fd(fd: int, backlog: int) -> Listener:
     """Wrap an inherited listening socket (``--fd``, fd 0 from a web server)."""
     if not is_listening_socket(fd):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise ListenError(errno.EBADF, f"file descriptor {fd} is not open") from None
         raise ListenError(errno.ENOTSOCK, f"file descriptor {fd} is not a listening socket")
     if fd != FCGI_LISTENSOCK_FILENO:
         # Close-on-exec, as sd_listen_fds does: a program the app starts must

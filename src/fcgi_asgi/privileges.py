@@ -11,7 +11,7 @@ import os
 import pwd
 from dataclasses import dataclass
 
-from .config import ConfigError
+from .config import ConfigError, opt
 
 __all__ = ["Identity", "SocketOwner", "drop_privileges", "parse_socket_owner", "resolve_identity"]
 
@@ -79,7 +79,7 @@ def resolve_identity(user: str | None, group: str | None) -> Identity | None:
     identity = Identity(uid, gid, name)
     if os.geteuid() != 0 and not identity.is_current():
         raise ConfigError(
-            f"--user/--group need the gateway to start as root "
+            f"{opt('user')}/{opt('group')} need the gateway to start as root "
             f"(it runs as uid {os.geteuid()}); start it as root or drop the options"
         )
     return identity
@@ -100,7 +100,7 @@ def parse_socket_owner(spec: str | None, identity: Identity | None) -> SocketOwn
     uid = _uid(user)[0] if user else -1
     gid = _gid(group) if group else -1
     if uid == -1 and gid == -1:
-        raise ConfigError(f"--socket-owner must be USER[:GROUP] or :GROUP, not {spec!r}")
+        raise ConfigError(f"{opt('socket_owner')} must be USER[:GROUP] or :GROUP, not {spec!r}")
     return SocketOwner(uid, gid)
 
 

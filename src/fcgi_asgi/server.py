@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from .asgi.lifespan import Lifespan
-from .config import ASGIApp, Config
+from .config import AppType, ASGIApp, Config
 from .context import ServerContext
 from .draining import cut_remaining, drain, stop_accepting
 from .interface import detect_interface, request_class
@@ -89,7 +89,7 @@ class FastCGIServer:
         app = self.app if self.app is not None else config.load()
         self.app = app
         name = repr(config.app) if isinstance(config.app, str) else "the app"
-        interface = detect_interface(app, config.interface, name)
+        interface = detect_interface(app, config.interface, name, config.factory)
         # Bind before lifespan startup so that a busy socket fails fast,
         # but accept only once the app is ready.
         listener = self.listener = self.listener or self._bind()
@@ -146,7 +146,13 @@ class FastCGIServer:
         return open_listener(self.config)
 
     async def serve_forever(self) -> None:
-        """Serve until :meth:`close` is called (or the task is cancelled)."""
+        """Serve until :meth:`close` is called (or the task is cancelled).
+
+        Raises :class:`RuntimeError` once the server is closed: a closed
+        server does not start again (start a new one).
+        """
+        if self._closing is not None or (self._closed is not None and self._closed.is_set()):
+            raise RuntimeError("the server is closed; start a new one to serve again")
         if self._server is None:
             await self.start()
         assert self._closed is not None
@@ -215,7 +221,7 @@ class FastCGIServer:
             try:
                 await self._lifespan.shutdown()
             except Exception as exc:
-                logger.error("lifespan shutdown failed: %s", exc)
+                logger.error("%s", exc)
         if self._server is not None:
             self._server = None
 
@@ -233,28 +239,56 @@ class FastCGIServer:
         await self.aclose()
 
 
+#: Config fields that need the ``fcgi-asgi`` command's own processes (a
+#: supervisor, privilege dropping): an embedding program serves in its own.
+_PROCESS_OPTIONS = frozenset(
+    {"workers", "supervise", "max_requests", "max_requests_jitter", "user", "group"}
+)
+
+
+def _check_embedding_options(function: str, options: dict[str, Any], also: frozenset[str]) -> None:
+    misplaced = sorted((_PROCESS_OPTIONS | also) & options.keys())
+    if misplaced:
+        raise TypeError(
+            f"{function}() does not take {', '.join(f'{k}=' for k in misplaced)}: it serves in "
+            "this process"
+            + (" on the running event loop" if "loop" in also else "")
+            + "; worker processes, --user and --group need the fcgi-asgi command"
+        )
+
+
 async def start_server(
-    app: ASGIApp | str,
+    app: AppType,
     *,
-    path: str | None = None,
+    socket: str | None = None,
     host: str | None = None,
     port: int | None = None,
     fd: int | None = None,
+    path: str | None = None,
     **options: Any,
 ) -> FastCGIServer:
     """Start serving ``app`` over FastCGI on the running event loop.
 
-    Give ``path`` (a unix socket), ``host`` and ``port`` (TCP; port 0 picks a
-    free one) or ``fd`` (an inherited listening socket). ``options`` are any
-    other :class:`~fcgi_asgi.config.Config` fields (``root_path``,
-    ``lifespan``, ``access_log``, ...). Lifespan startup has run when this
-    returns; leaving ``async with`` on the returned server shuts it down::
+    Give ``socket`` (a unix socket path), ``host`` and ``port`` (TCP; port 0
+    picks a free one) or ``fd`` (an inherited listening socket); ``path`` is
+    the older name of ``socket``. ``options`` are any other
+    :class:`~fcgi_asgi.config.Config` fields (``root_path``, ``lifespan``,
+    ``access_log``, ...) except those that need processes of their own
+    (``workers``, ``user``, ...) or another loop (``loop``): those raise
+    :class:`TypeError`, a bad value :class:`~fcgi_asgi.config.ConfigError`.
+    Lifespan startup has run when this returns; leaving ``async with`` on the
+    returned server shuts it down::
 
-        server = await fcgi_asgi.start_server(app, path="/run/app.sock")
+        server = await fcgi_asgi.start_server(app, socket="/run/app.sock")
         async with server:
             await server.serve_forever()
     """
-    config = Config(app=app, socket=path, host=host, port=port, fd=fd, **options)
+    _check_embedding_options("start_server", options, frozenset({"loop"}))
+    if path is not None:
+        if socket is not None:
+            raise TypeError("start_server() takes socket= or its older name path=, not both")
+        socket = path
+    config = Config(app=app, socket=socket, host=host, port=port, fd=fd, **options)
     server = FastCGIServer(config)
     await server.start()
     return server
@@ -287,14 +321,19 @@ def _new_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
-def run(app: ASGIApp | str, **options: Any) -> None:
+def run(app: AppType, **options: Any) -> None:
     """Serve ``app`` until SIGTERM or SIGINT, blocking the caller.
 
     Takes the same keyword options as :class:`~fcgi_asgi.config.Config`
-    (``socket``, ``host``, ``port``, ``fd``, ``loop``, ...). A second signal
-    cancels running requests at once.
+    (``socket``, ``host``, ``port``, ``fd``, ``loop``, ...), except those that
+    need the ``fcgi-asgi`` command's processes (``workers``, ``user``, ...),
+    which raise :class:`TypeError`. A second signal cancels running requests
+    at once.
     """
-    config = options.pop("config", None) or Config(app=app, **options)
+    config = options.pop("config", None)
+    if config is None:
+        _check_embedding_options("run", options, frozenset())
+        config = Config(app=app, **options)
     loaded = None if isinstance(app, str) else app
     _run_bounded(_serve_until_signalled(FastCGIServer(config, loaded)), config.loop)
 

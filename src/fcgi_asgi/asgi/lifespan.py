@@ -51,7 +51,7 @@ class Lifespan:
         await self._queue.put({"type": "lifespan.startup"})
         await self._startup_done.wait()
         if self._failure is not None:
-            raise LifespanFailure(self._failure)
+            raise LifespanFailure(f"application startup failed: {self._failure}")
 
     async def cancel(self) -> None:
         """Cancel the app's lifespan task: startup failed or was given up on.
@@ -75,7 +75,7 @@ class Lifespan:
         await self._queue.put({"type": "lifespan.shutdown"})
         await self._shutdown_done.wait()
         if self._failure is not None:
-            raise LifespanFailure(self._failure)
+            raise LifespanFailure(f"application shutdown failed: {self._failure}")
 
     def cancel_shutdown(self) -> bool:
         """Cut a running shutdown short: cancel the app's task, stop waiting.
@@ -123,12 +123,12 @@ class Lifespan:
         if mtype == "lifespan.startup.complete":
             self._startup_done.set()
         elif mtype == "lifespan.startup.failed":
-            self._failure = message.get("message") or "lifespan startup failed"
+            self._failure = message.get("message") or "lifespan.startup.failed without a message"
             self._startup_done.set()
         elif mtype == "lifespan.shutdown.complete":
             self._shutdown_done.set()
         elif mtype == "lifespan.shutdown.failed":
-            self._failure = message.get("message") or "lifespan shutdown failed"
+            self._failure = message.get("message") or "lifespan.shutdown.failed without a message"
             self._shutdown_done.set()
         else:
             raise RuntimeError(f"unexpected ASGI lifespan message type {mtype!r}")

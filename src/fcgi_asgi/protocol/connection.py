@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from ..scoreboard import REFUSED_ALLOW, REFUSED_CONCURRENT, REFUSED_PER_CONNECTION
+from ..scoreboard import REFUSED_ALLOW, REFUSED_PER_CONNECTION
 from .records import (
     ABORT_REQUEST,
     BEGIN_REQUEST,
@@ -290,18 +290,6 @@ class FastCGIConnection(asyncio.Protocol):
                 role,
             )
             self._reject(rid, UNKNOWN_ROLE, keep_conn)
-        elif (
-            self.config.max_concurrent_requests
-            and len(self.ctx.tasks) >= self.config.max_concurrent_requests
-        ):
-            logger.warning(
-                "request id %d from %s refused: %d requests already run in this process",
-                rid,
-                self.peer,
-                len(self.ctx.tasks),
-            )
-            self.ctx.stats.refused[REFUSED_CONCURRENT] += 1
-            self._reject(rid, OVERLOADED, keep_conn)
         elif len(self.requests) >= self.config.max_requests_per_connection:
             logger.warning(
                 "request id %d from %s refused: %d requests already run on this connection",

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ClientDisconnected
 from ..metrics import METRICS_CONTENT_TYPE, render_metrics
+from ..scoreboard import REFUSED_CONCURRENT
 from ..status import render_status
 from .head import encode_head
 from .records import MAX_CONTENT, STDOUT, encode_end_request, encode_record, encode_stream
@@ -44,16 +45,19 @@ _STDIN_IDLE = 0.2
 GONE = "the web server aborted the request or closed the connection"
 
 
-def _error_page(status: HTTPStatus) -> bytes:
+def _error_page(status: HTTPStatus, extra: bytes = b"") -> bytes:
     body = status.phrase.encode()
     return (
         b"Status: %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (status.value, body, len(body), body)
+        b"Content-Length: %d\r\n%s\r\n%s" % (status.value, body, len(body), extra, body)
     )
 
 
 # Whole CGI responses for the errors the gateway answers itself; never a traceback.
 _ERROR_PAGES = {s.value: _error_page(s) for s in (HTTPStatus(500), HTTPStatus(504))}
+#: Seconds a client refused by --max-concurrent-requests is asked to wait.
+RETRY_AFTER = 1
+_ERROR_PAGES[503] = _error_page(HTTPStatus(503), b"Retry-After: %d\r\n" % RETRY_AFTER)
 
 # The records that close a request: an empty STDOUT then END_REQUEST. Request
 # ids repeat (web servers always use 1), so each tail is built once.
@@ -410,6 +414,12 @@ class Request:
         self.response_started = self.response_complete = True
         self.finish(encode_stream(STDOUT, self.request_id, head + body))
 
+    def answer_unavailable(self) -> None:
+        """Answer 503 with Retry-After, without the app (--max-concurrent-requests)."""
+        self.status = 503
+        self.response_started = self.response_complete = True
+        self.finish([encode_record(STDOUT, self.request_id, _ERROR_PAGES[503])])
+
     def fail(self, message: str, exc: BaseException | None, status: int = 500) -> None:
         """The app failed: log it, answer an error page if nothing was sent
         yet, else cut the response so the web server sees it incomplete."""
@@ -445,6 +455,21 @@ class Request:
         """
         conn = self.conn
         ctx = conn.ctx
+        limit = conn.config.max_concurrent_requests
+        if limit and len(ctx.tasks) >= limit:
+            # A 503 rather than END_REQUEST(OVERLOADED), which web servers turn
+            # into a 502, a 500 or an empty 200 (see the README). Checked once
+            # PARAMS are in, so the gateway's own pages answer even when full.
+            coro.close()
+            logger.warning(
+                "request id %d from %s answered 503: %d requests already run in this process",
+                self.request_id,
+                conn.peer,
+                len(ctx.tasks),
+            )
+            ctx.stats.refused[REFUSED_CONCURRENT] += 1
+            self.answer_unavailable()
+            return
         self.task = task = conn.loop.create_task(coro)
         if task.done():
             # An eager task factory (Python 3.12+, set by the app) ran the whole
