@@ -68,6 +68,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["path"] == "/sleep":
         import asyncio
 
+        if "FCGI_TEST_SLEEP_MARKER" in os.environ:
+            Path(os.environ["FCGI_TEST_SLEEP_MARKER"]).write_text("sleeping")
         await asyncio.sleep(float(scope["query_string"] or b"1"))
     body = f"pid {os.getpid()} uid {os.getuid()}".encode()
     await send({"type": "http.response.start", "status": 200, "headers": []})

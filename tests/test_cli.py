@@ -226,11 +226,18 @@ def test_tcp_serves(sock_path):
 
 def test_sigterm_finishes_request_runs_shutdown_removes_socket(gateway, sock_path, tmp_path):
     marker = tmp_path / "shutdown"
-    proc = gateway(env={"FCGI_TEST_SHUTDOWN_MARKER": str(marker)})
+    sleeping = tmp_path / "sleeping"
+    proc = gateway(
+        env={"FCGI_TEST_SHUTDOWN_MARKER": str(marker), "FCGI_TEST_SLEEP_MARKER": str(sleeping)}
+    )
     slow = subprocess.Popen(
         [*FCGI, "request", "--socket", sock_path, "/sleep?1"], stdout=subprocess.PIPE
     )
-    time.sleep(0.3)
+    # SIGTERM once the request runs (a fixed delay lost the race on a loaded machine).
+    deadline = time.monotonic() + 30
+    while not sleeping.exists():
+        assert time.monotonic() < deadline and slow.poll() is None
+        time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     out, _ = slow.communicate(timeout=10)
     assert slow.returncode == 0 and out.startswith(b"pid ")
