@@ -125,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="J",
         help="add a random 0..J to --max-requests per worker (default: %(default)s)",
     )
+    procs.add_argument(
+        "--max-worker-memory",
+        type=int,
+        default=0,
+        metavar="MIB",
+        help="replace a worker, gracefully, once its resident memory (RSS) passes MIB "
+        "mebibytes; 0 never (default: %(default)s)",
+    )
     procs.add_argument("--user", help="run the app as this user after binding (needs root)")
     procs.add_argument(
         "--group", help="run the app as this group (default: the --user's group; needs root)"
@@ -283,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             supervise=args.workers is not None,
             max_requests=args.max_requests,
             max_requests_jitter=args.max_requests_jitter,
+            max_worker_memory=args.max_worker_memory,
             socket_mode=args.socket_mode,
             socket_owner=args.socket_owner,
             user=args.user,

@@ -100,6 +100,8 @@ class Config:
     max_requests: int = 0
     #: A random 0..J added to max_requests per worker, so workers do not recycle together.
     max_requests_jitter: int = 0
+    #: Resident memory in MiB above which a worker is replaced (0: no ceiling).
+    max_worker_memory: int = 0
     #: Permission bits for the unix socket file (e.g. 0o660); None keeps the umask's.
     socket_mode: int | None = None
     #: ``USER[:GROUP]`` (or ``:GROUP``) to own the unix socket file.
@@ -167,7 +169,7 @@ class Config:
         AllowList(self.allow)  # raises ConfigError for an entry that is no network
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError("--workers must be a positive integer")
-        for name in ("max_requests", "max_requests_jitter"):
+        for name in ("max_requests", "max_requests_jitter", "max_worker_memory"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or a positive integer")

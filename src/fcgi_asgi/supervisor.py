@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from .config import Config
 from .listeners import Listener, open_listener
+from .memory import MIB, rss_bytes
 from .privileges import Identity, resolve_identity
 from .scoreboard import Scoreboard
 from .sdnotify import Notifier
@@ -53,6 +54,8 @@ BACKOFF_MAX = 10.0
 STOP_MARGIN = 10.0
 #: Seconds a worker gets after a second stop signal before it is killed.
 FORCE_MARGIN = 5.0
+#: Seconds between reads of the workers' memory (--max-worker-memory).
+MEMORY_CHECK_INTERVAL = 1.0
 
 _HANDLED = (
     signal.SIGTERM,
@@ -69,7 +72,7 @@ def needs_supervisor(config: Config) -> bool:
     """True when the options need worker processes under a supervisor.
 
     ``--workers`` given at all (even 1: reload on SIGHUP, respawn on a crash),
-    recycling after max requests, and switching users (the supervisor keeps
+    recycling after max requests or memory, and switching users (the supervisor keeps
     root to remove the socket file; no app code runs as root) do. Otherwise
     the gateway serves in a single process.
     """
@@ -77,6 +80,7 @@ def needs_supervisor(config: Config) -> bool:
         config.supervise
         or config.workers > 1
         or config.max_requests > 0
+        or config.max_worker_memory > 0
         or bool(config.user or config.group)
     )
 
@@ -139,6 +143,7 @@ class Supervisor:
         # systemd hears from the supervisor alone (workers never see the socket).
         self._notifier = Notifier.from_environ(unset=True)
         self._announced = False
+        self._memory_checked = 0.0
 
     # -- running ----------------------------------------------------------------
 
@@ -276,6 +281,7 @@ class Supervisor:
                 worker.kill_at = None
         if self._stopping:
             return
+        self._check_memory(now)
         fresh = sorted(
             (w for w in self.workers.values() if not w.obsolete and not w.stopping),
             key=lambda w: w.started,
@@ -302,6 +308,26 @@ class Supervisor:
         surplus = sum(w.ready for w in fresh) + len(serving) - self.target
         for worker in serving[: max(surplus, 0)]:
             self._stop(worker)
+
+    def _check_memory(self, now: float) -> None:
+        # A worker past --max-worker-memory is replaced as one past its max
+        # requests is: its replacement starts first, then it drains.
+        limit = self.config.max_worker_memory * MIB
+        if not limit or now - self._memory_checked < MEMORY_CHECK_INTERVAL:
+            return
+        self._memory_checked = now
+        for worker in self.workers.values():
+            if not worker.ready or worker.obsolete or worker.stopping:
+                continue
+            rss = rss_bytes(worker.pid)
+            if rss is not None and rss > limit:
+                worker.obsolete = True
+                logger.warning(
+                    "worker %d uses %d MiB (RSS), more than --max-worker-memory %d: replacing it",
+                    worker.pid,
+                    rss // MIB,
+                    self.config.max_worker_memory,
+                )
 
     def _announce(self) -> None:
         # READY=1 once --workers ready workers of the current generation serve
