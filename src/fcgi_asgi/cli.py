@@ -112,6 +112,43 @@ def build_parser() -> argparse.ArgumentParser:
         "one process that ignores SIGHUP)",
     )
     procs.add_argument(
+        "--workers-min",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --workers-max: the fewest workers of a dynamic pool (default: 1)",
+    )
+    procs.add_argument(
+        "--workers-max",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a dynamic pool: start more workers, up to N, when every worker is busy, "
+        "and stop idle ones (default: 0, a fixed --workers)",
+    )
+    procs.add_argument(
+        "--min-spare-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="a dynamic pool grows while fewer than N workers are idle (default: %(default)s)",
+    )
+    procs.add_argument(
+        "--max-spare-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a dynamic pool stops idle workers beyond N at once (default: 0, --workers-max)",
+    )
+    procs.add_argument(
+        "--worker-idle-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a dynamic pool stops a worker idle this long, down to --workers-min "
+        "(default: %(default)s)",
+    )
+    procs.add_argument(
         "--max-requests",
         type=int,
         default=0,
@@ -287,7 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             status_path=args.status_path,
             ping_path=args.ping_path,
             slow_request_threshold=args.slow_request_threshold,
-            workers=1 if args.workers is None else args.workers,
+            workers=args.workers if args.workers is not None else (args.workers_min or 1),
+            workers_min=args.workers_min,
+            workers_max=args.workers_max,
+            min_spare_workers=args.min_spare_workers,
+            max_spare_workers=args.max_spare_workers,
+            worker_idle_timeout=args.worker_idle_timeout,
             supervise=args.workers is not None,
             max_requests=args.max_requests,
             max_requests_jitter=args.max_requests_jitter,

@@ -100,6 +100,16 @@ class Config:
     max_requests: int = 0
     #: A random 0..J added to max_requests per worker, so workers do not recycle together.
     max_requests_jitter: int = 0
+    #: A dynamic pool between workers_min and workers_max workers (0: a fixed
+    #: pool of ``workers``); ``workers`` is then the number started with.
+    workers_min: int = 0
+    workers_max: int = 0
+    #: A dynamic pool keeps at least this many idle workers (up to workers_max)...
+    min_spare_workers: int = 1
+    #: ... and at most this many (0: workers_max).
+    max_spare_workers: int = 0
+    #: Seconds after which an idle worker of a dynamic pool is stopped.
+    worker_idle_timeout: float = 10.0
     #: Resident memory in MiB above which a worker is replaced (0: no ceiling).
     max_worker_memory: int = 0
     #: Permission bits for the unix socket file (e.g. 0o660); None keeps the umask's.
@@ -173,6 +183,7 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or a positive integer")
+        self._check_pool()
         if self.socket_mode is not None and not 0 <= self.socket_mode <= 0o777:
             raise ConfigError(f"--socket-mode must be octal 0-777, not {self.socket_mode:o}")
         if (self.socket_mode is not None or self.socket_owner) and self.socket is None:
@@ -181,6 +192,23 @@ class Config:
             if self.root_path and not self.root_path.startswith("/"):
                 raise ConfigError(f"--root-path must start with '/', not {self.root_path!r}")
             self.root_path = self.root_path.rstrip("/")
+
+    def _check_pool(self) -> None:
+        if not self.workers_max:
+            if self.workers_min:
+                raise ConfigError("--workers-min needs --workers-max")
+            return
+        self.workers_min = self.workers_min or 1
+        if not 1 <= self.workers_min <= self.workers_max:
+            raise ConfigError("--workers-max must be at least --workers-min, and both at least 1")
+        if self.min_spare_workers < 1:
+            raise ConfigError("--min-spare-workers must be a positive integer")
+        if self.max_spare_workers and self.max_spare_workers < self.min_spare_workers:
+            raise ConfigError("--max-spare-workers must be at least --min-spare-workers")
+        if not self.worker_idle_timeout > 0:
+            raise ConfigError("--worker-idle-timeout must be more than 0 seconds")
+        # --workers is where the pool starts, within its bounds.
+        self.workers = min(max(self.workers, self.workers_min), self.workers_max)
 
     @property
     def max_connections_hint(self) -> int:

@@ -16,6 +16,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from .errors import AppProtocolError, ClientDisconnected
+from .pool import pool_status
 from .records import MAX_CONTENT, STDOUT, encode_end_request, encode_record, encode_stream
 from .status import render_status
 
@@ -339,7 +340,9 @@ class RequestCycle:
         if self.scope["path"] == conn.config.ping_path:
             ctype, body = b"text/plain", b"pong"
         else:
-            ctype, body = render_status(conn.ctx.all_workers(), conn.ctx.listen, self.scope)
+            workers = conn.ctx.all_workers()
+            pool = pool_status(conn.config, workers)
+            ctype, body = render_status(workers, conn.ctx.listen, self.scope, pool=pool)
         head = (
             b"Status: 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
             b"Cache-Control: no-store\r\n\r\n" % (ctype, len(body))

@@ -14,6 +14,10 @@ Signals it acts on:
   a new one is ready to take its place, so the socket is always served.
 - SIGTTIN, SIGTTOU: one worker more, one fewer (never fewer than one).
 
+With ``--workers-max`` the pool is dynamic: once a second the supervisor
+reads the scoreboard and lets :mod:`fcgi_asgi.pool` decide to start workers
+(all busy) or stop idle ones.
+
 A worker that dies is replaced. One that dies before it is ready is retried
 with an exponential back-off; when no worker has ever started and one fails
 to load the app, the supervisor gives up and exits 1 (a broken app at
@@ -37,6 +41,7 @@ from dataclasses import dataclass
 from .config import Config
 from .listeners import Listener, open_listener
 from .memory import MIB, rss_bytes
+from .pool import PoolSettings, PoolWatch, decide
 from .privileges import Identity, resolve_identity
 from .scoreboard import Scoreboard
 from .sdnotify import Notifier
@@ -56,6 +61,8 @@ STOP_MARGIN = 10.0
 FORCE_MARGIN = 5.0
 #: Seconds between reads of the workers' memory (--max-worker-memory).
 MEMORY_CHECK_INTERVAL = 1.0
+#: Seconds between decisions of a dynamic pool (--workers-max).
+POOL_CHECK_INTERVAL = 1.0
 
 _HANDLED = (
     signal.SIGTERM,
@@ -81,6 +88,7 @@ def needs_supervisor(config: Config) -> bool:
         or config.workers > 1
         or config.max_requests > 0
         or config.max_worker_memory > 0
+        or config.workers_max > 0
         or bool(config.user or config.group)
     )
 
@@ -138,12 +146,15 @@ class Supervisor:
         # Shared before any fork, so that every worker's status page can
         # report on all. Old workers draining during a reload, and SIGTTIN,
         # need slots beyond --workers.
-        self.scoreboard = Scoreboard(max(64, 4 * config.workers))
+        self.scoreboard = Scoreboard(max(64, 4 * max(config.workers, config.workers_max)))
         self._free_slots = set(range(self.scoreboard.slots))
         # systemd hears from the supervisor alone (workers never see the socket).
         self._notifier = Notifier.from_environ(unset=True)
         self._announced = False
         self._memory_checked = 0.0
+        self.pool = PoolSettings.from_config(config)
+        self._pool_watch = PoolWatch()
+        self._pool_checked = 0.0
 
     # -- running ----------------------------------------------------------------
 
@@ -282,6 +293,8 @@ class Supervisor:
         if self._stopping:
             return
         self._check_memory(now)
+        if self.pool is not None:
+            self._resize_pool(now)
         fresh = sorted(
             (w for w in self.workers.values() if not w.obsolete and not w.stopping),
             key=lambda w: w.started,
@@ -328,6 +341,37 @@ class Supervisor:
                     rss // MIB,
                     self.config.max_worker_memory,
                 )
+
+    def _resize_pool(self, now: float) -> None:
+        # Once a second: workers publish their counters about as often.
+        if now - self._pool_checked < POOL_CHECK_INTERVAL or self._failures:
+            return
+        assert self.pool is not None
+        self._pool_checked = now
+        current = [w for w in self.workers.values() if not w.obsolete and not w.stopping]
+        loads = self._pool_watch.observe(
+            now, ((w.pid, w.ready) for w in current), self.scoreboard.read()
+        )
+        decision = decide(self.pool, loads)
+        # Below the minimum (at start, after a crash) the usual respawn covers it.
+        if decision.start and len(current) + decision.start > self.target:
+            self.target = len(current) + decision.start
+            busy = sum(load.busy for load in loads)
+            logger.info(
+                "pool grows to %d worker(s): %d of %d busy", self.target, busy, len(current)
+            )
+        idle = {load.pid: load.idle_for for load in loads}
+        if decision.stop:
+            self.target = len(current)
+        for pid in decision.stop:
+            self.target -= 1
+            logger.info(
+                "pool shrinks to %d worker(s): worker %d idle for %.0f s",
+                self.target,
+                pid,
+                idle[pid],
+            )
+            self._stop(self.workers[pid])
 
     def _announce(self) -> None:
         # READY=1 once --workers ready workers of the current generation serve
