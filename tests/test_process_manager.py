@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import time
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,3 +113,111 @@ async def test_dynamic_pool_grows_under_a_burst_and_shrinks_when_idle(launch):  
     info = await status()
     assert info["total processes"] == 1 and info["idle processes"] == 1, info
     assert "pool shrinks to 0" not in gw.log()
+
+
+# -- --preload ----------------------------------------------------------------------
+
+PRELOADED_APP = """\
+import os, pathlib, threading, time
+VERSION = pathlib.Path(__file__).with_name("version.txt").read_text()
+if VERSION == "broken":
+    raise RuntimeError("a broken deploy")
+with open(os.environ["FCGI_TEST_EVENTS"], "a") as f:
+    f.write(f"import {os.getpid()}\\n")
+if VERSION == "thread":
+    threading.Thread(target=time.sleep, args=(60,), name="poller", daemon=True).start()
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        with open(os.environ["FCGI_TEST_EVENTS"], "a") as f:
+            f.write(f"startup {os.getpid()}\\n")
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    body = f"{VERSION} {os.getpid()}".encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+def _preloaded_app(tmp_path: Path, version: str) -> Path:
+    (tmp_path / "preloaded_app.py").write_text(PRELOADED_APP)
+    (tmp_path / "version.txt").write_text(version)
+    return tmp_path / "version.txt"
+
+
+async def test_preload_imports_once_and_runs_lifespan_per_worker(launch, tmp_path):  # noqa: F811
+    _preloaded_app(tmp_path, "v1")
+    gw = await launch(
+        "--workers", "2", "--preload", "--app-dir", str(tmp_path), app="preloaded_app:app"
+    )
+    await wait_until(lambda: len(gw.ready_workers()) == 2, "2 workers")
+    events = [e.split() for e in gw.events() if e]
+    # Imported by the supervisor alone; lifespan started in each worker.
+    assert [pid for what, pid in events if what == "import"] == [str(gw.pid)]
+    started = sorted(int(pid) for what, pid in events if what == "startup")
+    assert started == sorted(gw.workers())
+    assert "--preload: app imported" in gw.log()
+    assert "--preload: after importing" not in gw.log()
+
+
+async def test_preload_sighup_reexecs_and_loads_new_code(launch, tmp_path):  # noqa: F811
+    version = _preloaded_app(tmp_path, "v1")
+    gw = await launch(
+        "--workers", "2", "--preload", "--app-dir", str(tmp_path), app="preloaded_app:app"
+    )
+    await wait_until(lambda: len(gw.ready_workers()) == 2, "2 workers")
+    failures: list[str] = []
+    bodies: Counter[str] = Counter()
+    stop = asyncio.Event()
+
+    async def client_loop() -> None:
+        for _ in range(20_000):
+            if stop.is_set():
+                return
+            try:
+                r = await gw.get("/")
+                bodies[r.body.decode().split()[0]] += 1
+                if r.status != 200:
+                    failures.append(f"status {r.status}")
+            except OSError as exc:
+                failures.append(repr(exc))
+
+    async def reload(to: str) -> None:
+        old = set(gw.workers())
+        version.write_text(to)
+        gw.signal(signal.SIGHUP)
+        await wait_until(lambda: not old & set(gw.workers()), "the old workers to go", 30)
+
+    clients = [asyncio.ensure_future(client_loop()) for _ in range(4)]
+    try:
+        await reload("v2")
+        await wait_until(lambda: bodies["v2"] > 10, "v2 answers")
+        # A broken deploy: the workers keep serving the old code...
+        before = set(gw.workers())
+        version.write_text("broken")
+        gw.signal(signal.SIGHUP)
+        await wait_until(lambda: "a broken deploy" in gw.log(), "the failed import", 30)
+        await asyncio.sleep(1)
+        assert before <= set(gw.workers())
+        # ... until a fixed one is loaded.
+        await reload("v3")
+        await wait_until(lambda: bodies["v3"] > 10, "v3 answers")
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*clients), 30)
+    assert not failures, failures[:5]
+    assert set(bodies) == {"v1", "v2", "v3"}, bodies
+    assert gw.proc.poll() is None  # the same supervisor process, re-executed
+    assert gw.log().count("re-executing the supervisor") == 3
+    assert [e for e in gw.events() if e.startswith("import")].count(f"import {gw.pid}") == 3
+
+
+async def test_preload_warns_about_a_thread_started_at_import(launch, tmp_path):  # noqa: F811
+    _preloaded_app(tmp_path, "thread")
+    gw = await launch(
+        "--workers", "1", "--preload", "--app-dir", str(tmp_path), app="preloaded_app:app"
+    )
+    assert "--preload: after importing the app, thread 'poller' is running" in gw.log()

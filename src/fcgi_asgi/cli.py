@@ -163,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="add a random 0..J to --max-requests per worker (default: %(default)s)",
     )
     procs.add_argument(
+        "--preload",
+        action="store_true",
+        help="import the app once in the supervisor, so that workers share its memory; "
+        "SIGHUP then re-executes the supervisor to load new code",
+    )
+    procs.add_argument(
         "--max-worker-memory",
         type=int,
         default=0,
@@ -334,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_requests=args.max_requests,
             max_requests_jitter=args.max_requests_jitter,
             max_worker_memory=args.max_worker_memory,
+            preload=args.preload,
             socket_mode=args.socket_mode,
             socket_owner=args.socket_owner,
             user=args.user,

@@ -110,6 +110,8 @@ class Config:
     max_spare_workers: int = 0
     #: Seconds after which an idle worker of a dynamic pool is stopped.
     worker_idle_timeout: float = 10.0
+    #: Import the app in the supervisor, before forking workers (shared copy-on-write).
+    preload: bool = False
     #: Resident memory in MiB above which a worker is replaced (0: no ceiling).
     max_worker_memory: int = 0
     #: Permission bits for the unix socket file (e.g. 0o660); None keeps the umask's.

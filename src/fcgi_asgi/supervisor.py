@@ -3,6 +3,8 @@
 It binds the listening socket once, forks workers that serve it, and then
 only supervises. It runs no event loop and never imports the app, so each
 worker it forks imports the app afresh, which is what makes SIGHUP a reload.
+With ``--preload`` it does import the app, and SIGHUP re-executes it (see
+:mod:`fcgi_asgi.preload`).
 
 Signals it acts on:
 
@@ -37,11 +39,13 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from typing import NoReturn
 
-from .config import Config
+from .config import ASGIApp, Config, ConfigError
 from .listeners import Listener, open_listener
 from .memory import MIB, rss_bytes
 from .pool import PoolSettings, PoolWatch, decide
+from .preload import Handover, preload_app
 from .privileges import Identity, resolve_identity
 from .scoreboard import Scoreboard
 from .sdnotify import Notifier
@@ -89,6 +93,7 @@ def needs_supervisor(config: Config) -> bool:
         or config.max_requests > 0
         or config.max_worker_memory > 0
         or config.workers_max > 0
+        or config.preload
         or bool(config.user or config.group)
     )
 
@@ -152,6 +157,9 @@ class Supervisor:
         self._notifier = Notifier.from_environ(unset=True)
         self._announced = False
         self._memory_checked = 0.0
+        #: The app, imported before forking (--preload); None: each worker imports it.
+        self.app: ASGIApp | None = None
+        self._reexec = False
         self.pool = PoolSettings.from_config(config)
         self._pool_watch = PoolWatch()
         self._pool_checked = 0.0
@@ -162,7 +170,14 @@ class Supervisor:
         """Bind, start the workers and supervise them until stopped."""
         config = self.config
         self.identity = resolve_identity(config.user, config.group)
-        self.listener = open_listener(config, self.identity)
+        handover = Handover.from_environ()
+        if handover is None:
+            self.listener = open_listener(config, self.identity)
+        else:
+            self._take_over(handover)
+        if config.preload:
+            self._preload(first=handover is None)
+        assert self.listener is not None
         logger.info(
             "fcgi-asgi supervisor %d listening on %s, %d worker(s)",
             os.getpid(),
@@ -173,6 +188,8 @@ class Supervisor:
         self._poll.register(self._wake_r, select.POLLIN)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _HANDLED}
         old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        # Blocked across a --preload re-exec (see _hand_over); handled from here.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
         try:
             self._main_loop()
         finally:
@@ -240,6 +257,8 @@ class Supervisor:
                 continue
             elif sig == signal.SIGHUP:
                 self._reload()
+                # Re-executing ends this image: after the other signals.
+                self._reexec = self.config.preload
             elif sig == signal.SIGTTIN:
                 self.target += 1
                 logger.info("received SIGTTIN: %d worker(s)", self.target)
@@ -249,6 +268,8 @@ class Supervisor:
                     logger.info("received SIGTTOU: %d worker(s)", self.target)
                 else:
                     logger.info("received SIGTTOU: keeping the last worker")
+        if self._reexec and not self._stopping:
+            self._hand_over()
 
     def _reload(self) -> None:
         self._generation += 1
@@ -262,6 +283,53 @@ class Supervisor:
         logger.info(
             "received SIGHUP: starting %d new worker(s), then draining the old", self.target
         )
+
+    # -- --preload -------------------------------------------------------------
+
+    def _preload(self, first: bool) -> None:
+        try:
+            self.app = preload_app(self.config, self.identity)
+        except ConfigError as exc:
+            if first:
+                raise  # a broken app at first start: an error to report
+            # A broken deploy: the old workers keep serving while new ones,
+            # importing the app themselves, fail and are retried.
+            logger.error("--preload: %s; workers will import the app themselves", exc)
+            return
+        logger.info("--preload: app imported, workers share it")
+
+    def _hand_over(self) -> NoReturn:
+        # A new image imports the new code; the workers carry on meanwhile.
+        assert self.listener is not None
+        logger.info("--preload: re-executing the supervisor to load the new code")
+        listener = self.listener
+        # Until the new image has its handlers: a second SIGHUP would kill it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        Handover(
+            listener.sock.fileno(),
+            listener.path,
+            listener.file_id,
+            [(w.pid, w.channel.fileno(), w.stopping) for w in self.workers.values()],
+        ).reexec(self._notifier.address)
+
+    def _take_over(self, handover: Handover) -> None:
+        self.listener = handover.listener()
+        # Inheritable only across the exec: not into the app's own programs.
+        self.listener.sock.set_inheritable(False)
+        self._ever_ready = True
+        now = time.monotonic()
+        for pid, fd, stopping in handover.workers:
+            channel = socket.socket(fileno=fd) if fd >= 0 else _closed_socket()
+            worker = Worker(pid, channel, -1, now, ready=True, obsolete=True)
+            self.workers[pid] = worker
+            if stopping:
+                self._stop(worker)
+            if fd >= 0:
+                channel.set_inheritable(False)
+                channel.setblocking(False)
+                self._by_fd[fd] = worker
+                self._poll.register(fd, select.POLLIN)
+        logger.info("took over %d worker(s) of the previous supervisor", len(self.workers))
 
     def _begin_stop(self) -> None:
         self._stopping = True
@@ -425,6 +493,7 @@ class Supervisor:
                     max_requests,
                     self.scoreboard if slot is not None else None,
                     slot or 0,
+                    self.app,
                 )
                 status = run_worker(spec)
             except BaseException:
@@ -541,3 +610,10 @@ class Supervisor:
         listener.remove_file()
         with contextlib.suppress(OSError):
             listener.sock.close()
+
+
+def _closed_socket() -> socket.socket:
+    """A stand-in channel for a worker whose channel had already closed."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.close()
+    return sock

@@ -27,7 +27,7 @@ import socket
 import sys
 from dataclasses import dataclass
 
-from .config import Config, ConfigError
+from .config import ASGIApp, Config, ConfigError
 from .lifespan import LifespanFailure
 from .listeners import Listener
 from .privileges import Identity, drop_privileges
@@ -64,6 +64,8 @@ class WorkerSpec:
     #: Shared counters of all workers (for the status page) and this worker's slot.
     scoreboard: Scoreboard | None = None
     slot: int = 0
+    #: The app when the supervisor imported it (--preload); None: import it here.
+    app: ASGIApp | None = None
 
 
 def _ignore(signum: int, frame: object) -> None:
@@ -107,7 +109,7 @@ def run_worker(spec: WorkerSpec) -> int:
 async def _serve(spec: WorkerSpec, early: list[int]) -> int:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
-    server = FastCGIServer(spec.config, listener=Listener(spec.sock))
+    server = FastCGIServer(spec.config, spec.app, listener=Listener(spec.sock))
     server.scoreboard = spec.scoreboard
     server.slot = spec.slot
     channel = spec.channel
