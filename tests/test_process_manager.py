@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import time
@@ -15,7 +16,13 @@ from typing import Any
 
 import pytest
 
-from tests.test_processes import launch, wait_until  # noqa: F401 (a fixture)
+from fcgi_asgi import cli
+from tests.test_processes import (  # noqa: F401 (launch is a fixture)
+    NOBODY_UID,
+    launch,
+    proc_status,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -221,3 +228,56 @@ async def test_preload_warns_about_a_thread_started_at_import(launch, tmp_path):
         "--workers", "1", "--preload", "--app-dir", str(tmp_path), app="preloaded_app:app"
     )
     assert "--preload: after importing the app, thread 'poller' is running" in gw.log()
+
+
+# -- --chroot -----------------------------------------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+
+
+@needs_root
+@pytest.mark.parametrize("preload", [False, True])
+async def test_chroot_confines_workers_and_reloads(launch, tmp_path, sock_path, preload):  # noqa: F811
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    jail.chmod(0o755)
+    (jail / "inside.txt").write_text("inside")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside")
+    args = ["--workers", "2", "--chroot", str(jail), "--user", "nobody"]
+    gw = await launch(*args, *(["--preload"] if preload else []), app=APP, workers=2)
+
+    async def check_confined() -> None:
+        for pid in gw.workers():
+            assert os.readlink(f"/proc/{pid}/root") == str(jail)
+            assert int(proc_status(pid, "Uid").split()[0]) == NOBODY_UID
+        for _ in range(4):  # every worker, whichever answers
+            inside = await gw.get("/read", "/inside.txt")
+            assert (inside.status, inside.body) == (200, b"inside")
+            outside = await gw.get("/read", str(secret))
+            assert outside.status == 404 and b"No such file" in outside.body
+
+    await check_confined()
+    # The supervisor is not confined: the socket file is where it was.
+    assert os.readlink(f"/proc/{gw.pid}/root") == "/" and os.path.exists(sock_path)
+    old = set(gw.workers())
+    gw.signal(signal.SIGHUP)
+    await wait_until(
+        lambda: not old & set(gw.workers()) and len(gw.ready_workers()) == 2, "the reload"
+    )
+    await check_confined()
+    gw.signal(signal.SIGTERM)
+    assert await gw.wait_exit() == 0
+    assert not os.path.exists(sock_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--chroot", "relative/dir"], "--chroot must be an absolute path"),
+        (["--chroot", "/no/such/dir/here"], "is not a directory"),
+    ],
+)
+def test_chroot_option_errors(capsys, sock_path, args, message):
+    assert cli.main([APP, "--socket", sock_path, *args]) == 1
+    assert message in capsys.readouterr().err

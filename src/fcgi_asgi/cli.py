@@ -180,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     procs.add_argument(
         "--group", help="run the app as this group (default: the --user's group; needs root)"
     )
+    procs.add_argument(
+        "--chroot",
+        metavar="DIR",
+        help="workers chroot into DIR after binding and importing the app, then drop "
+        "privileges; the socket file stays outside (needs root)",
+    )
     limits = p.add_argument_group("limits")
     limits.add_argument(
         "--max-params-size",
@@ -341,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_requests_jitter=args.max_requests_jitter,
             max_worker_memory=args.max_worker_memory,
             preload=args.preload,
+            chroot=args.chroot,
             socket_mode=args.socket_mode,
             socket_owner=args.socket_owner,
             user=args.user,

@@ -112,6 +112,8 @@ class Config:
     worker_idle_timeout: float = 10.0
     #: Import the app in the supervisor, before forking workers (shared copy-on-write).
     preload: bool = False
+    #: Directory workers chroot into after binding and importing the app (needs root).
+    chroot: str | None = None
     #: Resident memory in MiB above which a worker is replaced (0: no ceiling).
     max_worker_memory: int = 0
     #: Permission bits for the unix socket file (e.g. 0o660); None keeps the umask's.
@@ -190,6 +192,8 @@ class Config:
             raise ConfigError(f"--socket-mode must be octal 0-777, not {self.socket_mode:o}")
         if (self.socket_mode is not None or self.socket_owner) and self.socket is None:
             raise ConfigError("--socket-mode and --socket-owner apply to --socket only")
+        if self.chroot is not None and not os.path.isabs(self.chroot):
+            raise ConfigError(f"--chroot must be an absolute path, not {self.chroot!r}")
         if self.root_path is not None:
             if self.root_path and not self.root_path.startswith("/"):
                 raise ConfigError(f"--root-path must start with '/', not {self.root_path!r}")

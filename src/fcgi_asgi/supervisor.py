@@ -41,6 +41,7 @@ import traceback
 from dataclasses import dataclass
 from typing import NoReturn
 
+from .chroot import check_chroot
 from .config import ASGIApp, Config, ConfigError
 from .listeners import Listener, open_listener
 from .memory import MIB, rss_bytes
@@ -94,6 +95,7 @@ def needs_supervisor(config: Config) -> bool:
         or config.max_worker_memory > 0
         or config.workers_max > 0
         or config.preload
+        or config.chroot is not None
         or bool(config.user or config.group)
     )
 
@@ -170,6 +172,7 @@ class Supervisor:
         """Bind, start the workers and supervise them until stopped."""
         config = self.config
         self.identity = resolve_identity(config.user, config.group)
+        check_chroot(config.chroot)
         handover = Handover.from_environ()
         if handover is None:
             self.listener = open_listener(config, self.identity)

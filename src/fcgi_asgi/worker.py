@@ -27,10 +27,11 @@ import socket
 import sys
 from dataclasses import dataclass
 
+from .chroot import confine
 from .config import ASGIApp, Config, ConfigError
 from .lifespan import LifespanFailure
 from .listeners import Listener
-from .privileges import Identity, drop_privileges
+from .privileges import Identity
 from .scoreboard import Scoreboard
 from .server import FastCGIServer, _new_loop_factory
 
@@ -87,9 +88,9 @@ def run_worker(spec: WorkerSpec) -> int:
     )
     try:
         loop_factory = _new_loop_factory(spec.config.loop)
-        if spec.identity is not None:
-            # Before the app is imported: no app code ever runs as root.
-            drop_privileges(spec.identity)
+        # Privileges go before the app is imported (no app code runs as root),
+        # unless --chroot needs the app imported first.
+        spec.app = confine(spec.config, spec.identity, spec.app)
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             return runner.run(_serve(spec, early))
     except (ConfigError, LifespanFailure) as exc:
