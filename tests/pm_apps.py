@@ -1,8 +1,9 @@
 """Apps for the process-manager tests (memory ceiling, pools, preload, chroot).
 
-``app`` answers ``/pid``; ``/leak?MIB`` keeps MIB more mebibytes for good (a
-leaking app); ``/sleep?SECONDS`` holds its worker busy; ``/read?PATH`` answers
-what the file holds, or 404 when the process cannot see it.
+``app`` answers ``/pid``; ``/imported-by`` with the euid that imported the
+module; ``/leak?MIB`` keeps MIB more mebibytes for good (a leaking app);
+``/sleep?SECONDS`` holds its worker busy; ``/read?PATH`` answers what the
+file holds, or 404 when the process cannot see it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 from tests.proc_apps import _respond
 
 _leaked: list[bytes] = []
+#: Who imported this module (with --preload or --chroot, before root is given up).
+IMPORTED_BY = os.geteuid()
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -29,6 +32,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     query = scope["query_string"].decode()
     if path == "/pid":
         await _respond(send, str(os.getpid()).encode())
+    elif path == "/imported-by":
+        await _respond(send, str(IMPORTED_BY).encode())
     elif path == "/leak":
         # Bytes that differ page by page: really resident, never shared.
         _leaked.append(os.urandom(int(query or 1) << 20))

@@ -258,6 +258,8 @@ async def test_chroot_confines_workers_and_reloads(launch, tmp_path, sock_path, 
             assert outside.status == 404 and b"No such file" in outside.body
 
     await check_confined()
+    # Imported before the chroot, but not as root.
+    assert (await gw.get("/imported-by")).body == str(NOBODY_UID).encode()
     # The supervisor is not confined: the socket file is where it was.
     assert os.readlink(f"/proc/{gw.pid}/root") == "/" and os.path.exists(sock_path)
     old = set(gw.workers())
