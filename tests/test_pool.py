@@ -28,6 +28,9 @@ def idle(pid: int, seconds: float = 0, ready: bool = True) -> WorkerLoad:
         (POOL, [busy(1), busy(2)], PoolDecision(start=1)),
         # A starting worker counts as the spare: no second one yet.
         (POOL, [busy(1), busy(2), idle(3, ready=False)], PoolDecision()),
+        # A burst (all busy): half the pool more at a time, within the maximum.
+        (PoolSettings(1, 16, 1, 16, 10), [busy(i) for i in range(8)], PoolDecision(start=4)),
+        (PoolSettings(1, 10, 1, 10, 10), [busy(i) for i in range(8)], PoolDecision(start=2)),
         # Never beyond the maximum.
         (POOL, [busy(i) for i in range(6)], PoolDecision()),
         # More spares wanted: as many as are missing, within the maximum.

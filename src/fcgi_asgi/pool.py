@@ -7,7 +7,8 @@ that view (a worker is *busy* while it runs a request, *idle* since the last
 time it was seen busy or serving). The supervisor asks once a second:
 
 - fewer than ``min_spare`` idle workers (every worker busy, by default) and
-  the pool below its maximum: start enough to have ``min_spare`` idle;
+  the pool below its maximum: start enough to have ``min_spare`` idle, and
+  when every worker is busy at least half as many as there are;
 - more than ``max_spare`` idle: stop the surplus (longest idle first);
 - a worker idle ``idle_timeout`` seconds or more is stopped too, as long as
   ``min_spare`` idle workers remain;
@@ -83,9 +84,12 @@ def decide(settings: PoolSettings, workers: Sequence[WorkerLoad]) -> PoolDecisio
     if count < settings.minimum:
         return PoolDecision(start=settings.minimum - count)
     if len(idle) < settings.min_spare:
-        return PoolDecision(
-            start=max(0, min(settings.min_spare - len(idle), settings.maximum - count))
-        )
+        wanted = settings.min_spare - len(idle)
+        if not idle:
+            # Every worker busy: a burst. Grow by half the pool at a time (as
+            # php-fpm doubles its spawn rate) rather than one a second.
+            wanted = max(wanted, count // 2)
+        return PoolDecision(start=max(0, min(wanted, settings.maximum - count)))
     stoppable = sorted((w for w in idle if w.ready), key=lambda w: -w.idle_for)
     surplus = len(idle) - settings.max_spare
     timed_out = sum(w.idle_for >= settings.idle_timeout for w in stoppable)
