@@ -222,6 +222,22 @@ async def test_preload_sighup_reexecs_and_loads_new_code(launch, tmp_path):  # n
     assert [e for e in gw.events() if e.startswith("import")].count(f"import {gw.pid}") == 3
 
 
+async def test_preload_of_a_broken_app_exits_1_before_binding(launch, tmp_path, sock_path):  # noqa: F811
+    _preloaded_app(tmp_path, "broken")
+    gw = await launch(
+        "--workers",
+        "2",
+        "--preload",
+        "--app-dir",
+        str(tmp_path),
+        app="preloaded_app:app",
+        wait=False,
+    )
+    assert await gw.wait_exit() == 1
+    assert "RuntimeError: a broken deploy" in gw.log()
+    assert "listening on" not in gw.log() and not os.path.exists(sock_path)
+
+
 async def test_preload_warns_about_a_thread_started_at_import(launch, tmp_path):  # noqa: F811
     _preloaded_app(tmp_path, "thread")
     gw = await launch(

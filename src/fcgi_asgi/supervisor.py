@@ -175,11 +175,13 @@ class Supervisor:
         check_chroot(config.chroot)
         handover = Handover.from_environ()
         if handover is None:
+            if config.preload:
+                self._preload(first=True)  # a broken app fails before binding anything
             self.listener = open_listener(config, self.identity)
         else:
             self._take_over(handover)
-        if config.preload:
-            self._preload(first=handover is None)
+            if config.preload:
+                self._preload(first=False)
         assert self.listener is not None
         logger.info(
             "fcgi-asgi supervisor %d listening on %s, %d worker(s)",
