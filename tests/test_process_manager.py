@@ -20,6 +20,7 @@ from fcgi_asgi import cli
 from tests.test_processes import (  # noqa: F401 (launch is a fixture)
     NOBODY_UID,
     launch,
+    notify_socket,
     proc_status,
     wait_until,
 )
@@ -236,6 +237,26 @@ async def test_preload_of_a_broken_app_exits_1_before_binding(launch, tmp_path, 
     assert await gw.wait_exit() == 1
     assert "RuntimeError: a broken deploy" in gw.log()
     assert "listening on" not in gw.log() and not os.path.exists(sock_path)
+
+
+async def test_preload_reload_keeps_systemd_informed(launch, notify_socket):  # noqa: F811
+    # The re-executed supervisor is the same main PID, and still speaks.
+    env = {"NOTIFY_SOCKET": notify_socket.path}
+    gw = await launch("--workers", "2", "--preload", app=APP, wait=False, env=env)
+    await notify_socket.wait_for("READY")
+    old = gw.ready_workers()
+    gw.signal(signal.SIGHUP)
+    await notify_socket.wait_for("RELOADING")
+    ready = await notify_socket.wait_for("READY", count=2)
+    assert ready["MAINPID"] == str(gw.pid)
+    new = gw.ready_workers() - old
+    assert len(new) == 2
+    for _ in range(4):
+        assert int((await gw.get("/pid")).body) in new
+    gw.signal(signal.SIGTERM)
+    await notify_socket.wait_for("STOPPING")
+    assert await gw.wait_exit() == 0
+    assert {pid for pid, _ in notify_socket.messages} == {gw.pid}
 
 
 async def test_preload_warns_about_a_thread_started_at_import(launch, tmp_path):  # noqa: F811
