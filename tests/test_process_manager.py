@@ -283,6 +283,7 @@ async def test_chroot_confines_workers_and_reloads(launch, tmp_path, sock_path, 
     secret.write_text("outside")
     args = ["--workers", "2", "--chroot", str(jail), "--user", "nobody"]
     gw = await launch(*args, *(["--preload"] if preload else []), app=APP, workers=2)
+    assert "--chroot without --user" not in gw.log()
 
     async def check_confined() -> None:
         for pid in gw.workers():
@@ -320,3 +321,10 @@ async def test_chroot_confines_workers_and_reloads(launch, tmp_path, sock_path, 
 def test_chroot_option_errors(capsys, sock_path, args, message):
     assert cli.main([APP, "--socket", sock_path, *args]) == 1
     assert message in capsys.readouterr().err
+
+
+@needs_root
+async def test_chroot_as_root_is_warned_about(launch, tmp_path):  # noqa: F811
+    gw = await launch("--chroot", str(tmp_path), app=APP, workers=1)
+    assert "--chroot without --user: the workers run as root" in gw.log()
+    assert (await gw.get("/pid")).status == 200

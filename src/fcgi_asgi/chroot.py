@@ -13,6 +13,7 @@ modules the gateway itself may need later are imported here first.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from .config import ASGIApp, Config, ConfigError
@@ -20,8 +21,10 @@ from .privileges import Identity, acting_as, drop_privileges
 
 __all__ = ["check_chroot", "confine"]
 
+logger = logging.getLogger("fcgi_asgi.error")
 
-def check_chroot(path: str | None) -> None:
+
+def check_chroot(path: str | None, identity: Identity | None) -> None:
     """Refuse a ``--chroot`` that cannot work, before anything starts."""
     if path is None:
         return
@@ -29,6 +32,9 @@ def check_chroot(path: str | None) -> None:
         raise ConfigError(f"--chroot: {path!r} is not a directory")
     if os.geteuid() != 0:
         raise ConfigError(f"--chroot needs the gateway to start as root (uid {os.geteuid()})")
+    if identity is None:
+        # Root can leave a chroot (a second chroot() and "cd .."), so it confines little.
+        logger.warning("--chroot without --user: the workers run as root inside %s", path)
 
 
 def _preimport() -> None:

@@ -172,7 +172,7 @@ class Supervisor:
         """Bind, start the workers and supervise them until stopped."""
         config = self.config
         self.identity = resolve_identity(config.user, config.group)
-        check_chroot(config.chroot)
+        check_chroot(config.chroot, self.identity)
         handover = Handover.from_environ()
         if handover is None:
             if config.preload:
