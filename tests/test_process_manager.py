@@ -134,6 +134,9 @@ with open(os.environ["FCGI_TEST_EVENTS"], "a") as f:
     f.write(f"import {os.getpid()}\\n")
 if VERSION == "thread":
     threading.Thread(target=time.sleep, args=(60,), name="poller", daemon=True).start()
+if VERSION == "loop":
+    import asyncio
+    LOOP = asyncio.new_event_loop()
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
@@ -259,12 +262,23 @@ async def test_preload_reload_keeps_systemd_informed(launch, notify_socket):  # 
     assert {pid for pid, _ in notify_socket.messages} == {gw.pid}
 
 
-async def test_preload_warns_about_a_thread_started_at_import(launch, tmp_path):  # noqa: F811
-    _preloaded_app(tmp_path, "thread")
+@pytest.mark.parametrize(
+    ("made", "warning"),
+    [
+        ("thread", "thread 'poller' is running; forked workers will not have it"),
+        ("loop", "is an event loop's epoll; every worker would share it"),
+        ("loop", "is an open socket; every worker would share the connection"),
+    ],
+)
+async def test_preload_warns_about_what_does_not_survive_fork(launch, tmp_path, made, warning):  # noqa: F811
+    _preloaded_app(tmp_path, made)
     gw = await launch(
         "--workers", "1", "--preload", "--app-dir", str(tmp_path), app="preloaded_app:app"
     )
-    assert "--preload: after importing the app, thread 'poller' is running" in gw.log()
+    assert re.search(
+        r"--preload: after importing the app, (fd \d+ )?" + re.escape(warning), gw.log()
+    )
+    assert (await gw.get("/")).status == 200
 
 
 # -- --chroot -----------------------------------------------------------------------
