@@ -26,9 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import apps
 
 from fcgi_asgi.config import Config
-from fcgi_asgi.connection import FastCGIConnection
 from fcgi_asgi.context import ServerContext
-from fcgi_asgi.records import KEEP_CONN, PARAMS, STDIN, encode_begin_request, encode_pairs
+from fcgi_asgi.protocol.connection import FastCGIConnection
+from fcgi_asgi.protocol.records import KEEP_CONN, PARAMS, STDIN, encode_begin_request, encode_pairs
 
 PARAMS_SENT = [
     (b"QUERY_STRING", b""),

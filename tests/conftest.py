@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,17 @@ def sock_path(tmp_path: Path) -> str:
     yield path
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    """A directory for web-server and gateway processes (configs, logs)."""
+    # Not pytest's tmp_path: web-server workers that dropped root must be able
+    # to enter it, and pytest's base directory is private to root.
+    path = Path(tempfile.mkdtemp(prefix="fcgi-asgi-web-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 Serve = Callable[..., Awaitable[FastCGIServer]]

@@ -1,8 +1,8 @@
 """A FastCGI responder that answers every request with the params it received.
 
-Not the gateway: a few lines on top of :mod:`fcgi_asgi.records` that show
+Not the gateway: a few lines on top of :mod:`fcgi_asgi.protocol.records` that show
 exactly what a web server sends (SCRIPT_NAME, PATH_INFO, REQUEST_URI, ...),
-so the tests can record it and feed it to :func:`fcgi_asgi.scope.build_scope`.
+so the tests can record it and feed it to :func:`fcgi_asgi.asgi.scope.build_scope`.
 
     python -m tests.recorder --socket /tmp/rec.sock     # or --port N
 
@@ -20,7 +20,7 @@ import contextlib
 import json
 import os
 
-from fcgi_asgi.records import (
+from fcgi_asgi.protocol.records import (
     BEGIN_REQUEST,
     KEEP_CONN,
     PARAMS,

@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 
 from fcgi_asgi.client import build_params
-from fcgi_asgi.records import (
+from fcgi_asgi.protocol.records import (
     END_REQUEST,
     PARAMS,
     STDIN,

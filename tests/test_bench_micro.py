@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fcgi_asgi.records import (
+from fcgi_asgi.asgi.scope import build_scope
+from fcgi_asgi.protocol.records import (
     BEGIN_REQUEST,
     KEEP_CONN,
     MAX_CONTENT,
@@ -27,7 +28,6 @@ from fcgi_asgi.records import (
     encode_stream,
     parse_begin_request,
 )
-from fcgi_asgi.scope import build_scope
 
 # What nginx 1.22 sends for `GET /items/42?page=2` from a browser, with the
 # fastcgi_param list of benchmarks/ (Debian's fastcgi_params, PATH_INFO $uri):

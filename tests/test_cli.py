@@ -419,7 +419,13 @@ def test_fast_reader_that_vanishes_stops_a_tight_streaming_loop(gateway, sock_pa
     (as Apache does when its client goes away): send() must raise soon, even for an
     app whose sends seldom wait."""
     from fcgi_asgi.client import build_params
-    from fcgi_asgi.records import PARAMS, STDIN, encode_begin_request, encode_pairs, encode_record
+    from fcgi_asgi.protocol.records import (
+        PARAMS,
+        STDIN,
+        encode_begin_request,
+        encode_pairs,
+        encode_record,
+    )
 
     marker = tmp_path / "outcome"
     gateway(env={"FCGI_TEST_MARKER": str(marker)})

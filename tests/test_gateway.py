@@ -13,7 +13,7 @@ import time
 import pytest
 
 from fcgi_asgi.client import build_params
-from fcgi_asgi.records import (
+from fcgi_asgi.protocol.records import (
     ABORT_REQUEST,
     AUTHORIZER,
     END_REQUEST,
@@ -553,7 +553,7 @@ async def test_response_head_larger_than_a_record(server, size, how, caplog):
 async def test_end_request_waits_while_stdin_keeps_coming(server):
     """An app that answers before reading its body: END_REQUEST waits for the end of
     STDIN while the web server is still sending it (h2o 2.2 aborts otherwise)."""
-    from fcgi_asgi.records import END_REQUEST
+    from fcgi_asgi.protocol.records import END_REQUEST
 
     async with await connect(server) as client:
         req = await client.begin(build_params("POST", "/status", query="201", content_length=9000))
@@ -594,3 +594,31 @@ async def test_wait_closed_waits_for_close_and_does_not_start_it(serve):
     server.close()
     await asyncio.wait_for(watcher, 5)
     assert not server.sockets
+
+
+async def _body_on_head(scope, receive, send):
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", b"5")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"hel", "more_body": True})
+    await send({"type": "http.response.body", "body": b"lo"})
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+async def test_head_response_keeps_its_head_but_no_body(serve, caplog, method):
+    server = await serve(_body_on_head, access_log=True, access_log_format="{method} {bytes}")
+    with caplog.at_level(logging.INFO, logger="fcgi_asgi.access"):
+        async with await connect(server) as client:
+            r = await client.request(method, "/")
+        await until(lambda: "fcgi_asgi.access" in {rec.name for rec in caplog.records}, 50, 0.02)
+    assert r.status == 200
+    assert r.header("content-length") == "5"
+    sent = {"HEAD": b"", "GET": b"hello"}[method]
+    assert r.body == sent
+    # Not sent, so not counted as sent in the access log.
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "fcgi_asgi.access"]
+    assert lines == [f"{method} {len(sent)}"]

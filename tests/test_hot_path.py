@@ -9,10 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fcgi_asgi import records, scope
-from fcgi_asgi.cycle import encode_head
+from fcgi_asgi.asgi import scope
+from fcgi_asgi.asgi.scope import ASGI_VERSION, build_scope
 from fcgi_asgi.errors import AppProtocolError
-from fcgi_asgi.records import (
+from fcgi_asgi.protocol import records
+from fcgi_asgi.protocol.head import encode_head
+from fcgi_asgi.protocol.records import (
     MalformedPairs,
     ProtocolError,
     RecordReader,
@@ -21,7 +23,6 @@ from fcgi_asgi.records import (
     encode_pairs,
     encode_record,
 )
-from fcgi_asgi.scope import ASGI_VERSION, build_scope
 from tests import recorded_params as rec
 
 try:
@@ -128,6 +129,23 @@ def test_head_names_checked_once_still_reject_and_drop() -> None:
             encode_head(200, [(b"X-A", b"a\r\nb")])
 
 
+def test_hop_by_hop_headers_are_dropped() -> None:
+    headers = [
+        (b"Transfer-Encoding", b"chunked"),
+        (b"X-Private", b"1"),
+        (b"connection", b"keep-alive, X-Private"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"TE", b"trailers"),
+        (b"Upgrade", b"h2c"),
+        (b"Proxy-Connection", b"close"),
+        (b"x-kept", b"1"),
+    ]
+    for _ in range(2):  # the second time from the table of checked names
+        assert encode_head(200, headers) == b"Status: 200 OK\r\nx-kept: 1\r\n\r\n"
+    # X-Private is dropped only where a Connection header names it.
+    assert encode_head(200, [(b"X-Private", b"1")]) == b"Status: 200 OK\r\nX-Private: 1\r\n\r\n"
+
+
 _param_names = st.sampled_from(
     [
         b"CONTENT_TYPE",
@@ -201,8 +219,15 @@ def test_reader_c_and_python_agree(  # type: ignore[no-untyped-def]
         assert outcomes[0][0][: len(records)] == [tuple(r) for r in records]
 
 
-_header_name = st.sampled_from([b"content-type", b"Status", b"x-a", b"bad name", b"", b"x\x00"])
-_header_value = st.sampled_from([b"text/plain", b"", b"a\r\nb", b"\x00", b"caf\xe9"])
+_header_name = st.sampled_from(
+    [
+        *(b"content-type", b"Status", b"x-a", b"bad name", b"", b"x\x00"),
+        *(b"Transfer-Encoding", b"connection", b"TE", b"Upgrade", b"Keep-Alive", b"X-A"),
+    ]
+)
+_header_value = st.sampled_from(
+    [b"text/plain", b"", b"a\r\nb", b"\x00", b"caf\xe9", b"close, x-a", b"chunked"]
+)
 _header = st.tuples(_header_name | st.binary(max_size=6), _header_value | st.binary(max_size=6))
 _headers = st.lists(
     _header | st.lists(_header_value, min_size=2, max_size=2).map(tuple), max_size=5
@@ -214,7 +239,7 @@ _headers = st.lists(
     _headers | _headers.map(tuple) | _headers.map(lambda hs: [list(h) for h in hs]),
 )
 def test_encode_head_c_matches_python(status: int, headers) -> None:  # type: ignore[no-untyped-def]
-    from fcgi_asgi.cycle import encode_head_py
+    from fcgi_asgi.protocol.head import encode_head_py
 
     try:
         expected: bytes | str = encode_head_py(status, headers)

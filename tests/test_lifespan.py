@@ -8,7 +8,7 @@ import os
 import pytest
 
 from fcgi_asgi import start_server
-from fcgi_asgi.lifespan import LifespanFailure
+from fcgi_asgi.asgi.lifespan import LifespanFailure
 from tests.conftest import connect
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from fcgi_asgi.client import FastCGIClient, build_params
-from fcgi_asgi.records import (
+from fcgi_asgi.protocol.records import (
     OVERLOADED,
     PARAMS,
     REQUEST_COMPLETE,

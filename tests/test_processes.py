@@ -31,7 +31,16 @@ from typing import Any
 import pytest
 
 from fcgi_asgi import cli
-from fcgi_asgi.client import FastCGIClient, Response
+from fcgi_asgi.client import ClientRequest, FastCGIClient, Response, build_params
+from fcgi_asgi.protocol.records import (
+    KEEP_CONN,
+    PARAMS,
+    RESPONDER,
+    STDIN,
+    encode_begin_request,
+    encode_pairs,
+    encode_record,
+)
 from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -976,3 +985,133 @@ async def test_app_with_an_eager_task_factory(launch):
     assert status["active requests"] == 0
     gw.signal(signal.SIGTERM)  # nothing left to wait for: it stops at once
     assert await gw.wait_exit(timeout=5) == 0
+
+
+# -- handing idle connections over on reload and recycle -----------------------------
+
+
+def _raw_get(rid: int, path: str) -> bytes:
+    """The records of a keep-conn GET, as a web server writes them."""
+    params = encode_pairs(build_params("GET", path))
+    return b"".join(
+        (
+            encode_begin_request(rid, RESPONDER, KEEP_CONN),
+            encode_record(PARAMS, rid, params),
+            encode_record(PARAMS, rid),
+            encode_record(STDIN, rid),
+        )
+    )
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("tcp", [False, True], ids=["unix", "tcp"])
+async def test_reload_moves_keep_conn_connections_to_new_workers(launch, loop, tcp):
+    """Idle FCGI_KEEP_CONN connections are not closed on SIGHUP: they move to a
+    new worker, with a request's first bytes the old one had already read."""
+    port = free_port()
+    where = ("--host", "127.0.0.1", "--port", str(port)) if tcp else ()
+    gw = await launch(
+        "--workers",
+        "2",
+        "--loop",
+        loop,
+        *where,
+        tcp=("127.0.0.1", port) if tcp else None,
+        workers=2,
+    )
+    clients = [await gw.connect() for _ in range(6)]
+    try:
+        old = gw.ready_workers()
+        for c in clients:
+            assert int((await c.request("GET", "/pid")).body) in old
+        # Two connections get the start of their next request before the
+        # reload (the old worker reads it, holding back the partial record) ...
+        partial = [_raw_get(7, "/pid") for _ in range(2)]
+        pending = []
+        for c, raw in zip(clients[:2], partial, strict=True):
+            pending.append(ClientRequest(c, 7))
+            c.requests[7] = pending[-1]
+            await c.send_raw(raw[:5])
+        # ... and one has a request running through it.
+        running = asyncio.ensure_future(clients[2].request("GET", "/sleep", query="1"))
+        await asyncio.sleep(0.3)
+        gw.signal(signal.SIGHUP)
+        await wait_until(lambda: not set(gw.workers()) & old, "the old workers to exit")
+        for c, raw in zip(clients[:2], partial, strict=True):
+            await c.send_raw(raw[5:])
+        for req in pending:
+            response = await asyncio.wait_for(req.response(), 10)
+            assert response.status == 200 and int(response.body) not in old
+        assert (await asyncio.wait_for(running, 10)).body.startswith(b"slept")
+        for c in clients:
+            response = await asyncio.wait_for(c.request("GET", "/pid"), 10)
+            assert int(response.body) not in old
+            assert not c.closed.is_set()
+    finally:
+        for c in clients:
+            await c.close()
+    handed = sum(map(int, re.findall(r"handed over (\d+)", gw.log())))
+    assert handed == 6, gw.log()
+
+
+async def test_max_requests_stops_at_n_while_others_serve(launch):
+    """With other workers serving, a worker stops taking requests once it has
+    served --max-requests: it is replaced after about N, not N plus whatever
+    came while a 0.2 s poll noticed or its replacement started."""
+    n = 30
+    gw = await launch("--workers", "2", "--max-requests", str(n), workers=2)
+    others = re.compile(r"worker (\d+) reached its max requests: replacing it, others serve")
+    served: Counter[int] = Counter()
+
+    def stopped_early() -> dict[int, int]:
+        early = {int(pid) for pid in others.findall(gw.log())}
+        live = set(gw.workers())
+        return {pid: served[pid] for pid in early if pid not in live}
+
+    for _ in range(3000):  # sequential traffic, paced so that replacements keep up; bounded
+        served[int((await gw.get("/pid")).body)] += 1
+        if len(stopped_early()) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    early = stopped_early()
+    assert len(early) >= 3, (served, gw.log())
+    # n - 1: the launch's readiness probe was served before counting began.
+    assert all(n - 1 <= count <= n + 3 for count in early.values()), (early, served)
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+async def test_sigterm_keeps_a_socket_it_did_not_bind(launch, sock_path, workers):
+    """A unix socket passed in (--fd here; systemd's the same way) belongs to
+    whoever bound it: after a stop its file is still there and it still
+    listens, so clients queue for the next start instead of being refused."""
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(sock_path)
+    listening.listen(16)
+    fd = listening.fileno()
+    with listening:
+        gw = await launch(*workers, "--fd", str(fd), pass_fds=(fd,), unix=False, wait=False)
+        gw.sock = sock_path
+        await gw.wait_serving(2 if workers else None)
+        gw.signal(signal.SIGTERM)
+        assert await gw.wait_exit() == 0
+        assert exists(sock_path)
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.connect(sock_path)  # queued in the backlog, not refused
+
+
+async def test_one_keep_conn_connection_outlives_recycled_workers(launch):
+    """--workers 1 --max-requests: the worker serves on until its replacement
+    is ready, then hands the connection over; one keep-conn connection sees
+    several workers and is never closed."""
+    gw = await launch("--workers", "1", "--max-requests", "5", workers=1)
+    pids: list[int] = []
+    async with await gw.connect() as client:
+        for _ in range(400):  # bounded; a few recycles need far fewer
+            response = await asyncio.wait_for(client.request("GET", "/pid"), 10)
+            assert response.status == 200
+            pids.append(int(response.body))
+            if len(set(pids)) >= 3:
+                break
+            await asyncio.sleep(0.02)
+        assert not client.closed.is_set()
+    assert len(set(pids)) >= 3, gw.log()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fcgi_asgi.records import (
+from fcgi_asgi.protocol.records import (
     BEGIN_REQUEST,
     HEADER_LEN,
     MAX_CONTENT,

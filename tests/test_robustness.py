@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fcgi_asgi.client import build_params
-from fcgi_asgi.records import (
+from fcgi_asgi.protocol.records import (
     ABORT_REQUEST,
     BEGIN_REQUEST,
     GET_VALUES,

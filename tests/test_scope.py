@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fcgi_asgi.scope import build_scope
+from fcgi_asgi.asgi.scope import build_scope
 
 
 def params(**kw: str) -> dict[bytes, bytes]:

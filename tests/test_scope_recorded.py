@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from fcgi_asgi.scope import build_scope
+from fcgi_asgi.asgi.scope import build_scope
 from tests import recorded_params as rec
 
 # (params, --root-path, expected path, raw_path, root_path, query_string)

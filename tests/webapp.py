@@ -227,6 +227,37 @@ async def _raw_endless(scope: dict[str, Any], receive: Any, send: Any) -> None:
         ev["outcome"] = message["type"]
 
 
+async def _raw_hop_by_hop(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``/hop-by-hop/...``: streams ``pattern(256 KiB)`` under hop-by-hop headers of
+    its own, as BlackSheep does (``Transfer-Encoding: chunked`` and friends)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/octet-stream"),
+                (b"transfer-encoding", b"chunked"),
+                (b"Connection", b"keep-alive, X-Private-Hop"),
+                (b"keep-alive", b"timeout=5"),
+                (b"x-private-hop", b"1"),
+                (b"x-kept", b"yes"),
+            ],
+        }
+    )
+    data = pattern(256 << 10)
+    for start in range(0, len(data), 64 << 10):
+        piece = data[start : start + (64 << 10)]
+        await send({"type": "http.response.body", "body": piece, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _raw_fail_midway(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``/fail-midway``: part of the body, then the app raises."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+    raise RuntimeError("the app failed mid-response on purpose")
+
+
 starlette_app = Starlette(
     routes=[
         Route("/ping", ping),
@@ -246,6 +277,8 @@ starlette_app = Starlette(
         Mount("/download", _raw_download),
         Mount("/held", _raw_held),
         Mount("/endless", _raw_endless),
+        Mount("/hop-by-hop", _raw_hop_by_hop),
+        Mount("/fail-midway", _raw_fail_midway),
         # A nested router: it must see its own route under the mount point.
         Mount("/mounted", routes=[Route("/café/{rest:path}", show_scope)]),
     ]

@@ -4,11 +4,130 @@
  * records.py and scope.py fall back to the Python versions when this module is
  * not built (no compiler, or FCGI_ASGI_NO_EXTENSIONS=1 at install time); the
  * tests check both give the same results and the same errors.
+ *
+ * The functions are importable, so they stay memory-safe whatever a caller in
+ * the same process passes (tests/test_speedups_safety.py; .ci/sanitize runs
+ * them under ASan and UBSan):
+ * - No borrowed reference is held across a call that can run Python code (a
+ *   key's __eq__ in a dict lookup, a .copy(), a collection's gc.callbacks
+ *   when an allocation starts one): such references are owned for the call.
+ * - Input bytes are read in place only when nothing can free or resize them
+ *   during the call (bytes; a bytearray, or a memoryview of bytes or of a
+ *   bytearray, both locked by the buffer held for the whole call); anything
+ *   else is copied first with bytes(obj), as the Python versions do.
+ * - Text compares are ASCII, never locale-dependent.
+ * - State lives in the module object (multi-phase init), so each
+ *   (sub)interpreter has its own.
+ *
+ * Where a function still differs from its Python version, the comment above
+ * it says so; the gateway itself only ever passes bytes and plain dicts.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <string.h>
-#include <strings.h>
+
+#define N_METHODS 7
+static const char *method_names[N_METHODS] = {"GET",    "HEAD",  "POST",   "PUT",
+                                              "DELETE", "PATCH", "OPTIONS"};
+
+/* Every member is a PyObject * (traverse and clear walk them as an array). */
+typedef struct {
+    PyObject *name_cache;  /* param name -> header name, bounded */
+    PyObject *record_type; /* the record type parse_records last checked */
+    PyObject *s_content_type, *s_content_length, *h_content_type, *h_content_length;
+    PyObject *k_type, *k_asgi, *k_http_version, *k_method, *k_scheme, *k_path, *k_raw_path,
+        *k_query_string, *k_root_path, *k_headers, *k_client, *k_server, *k_state,
+        *k_extensions;
+    PyObject *s_http, *s_https, *s_empty, *s_slash, *b_empty, *b_slash, *zero;
+    PyObject *v_10, *v_11, *v_2, *v_3;
+    PyObject *method_strs[N_METHODS];
+} speedups_state;
+
+#define N_STATE_REFS (sizeof(speedups_state) / sizeof(PyObject *))
+
+static inline speedups_state *
+get_state(PyObject *module)
+{
+    return (speedups_state *)PyModule_GetState(module);
+}
+
+/* ---- input bytes ----------------------------------------------------------- */
+
+/* The bytes of an argument, readable for the whole call. */
+typedef struct {
+    const char *p;
+    Py_ssize_t len;
+    Py_buffer view; /* view.obj set: the exporter is locked until input_close */
+    PyObject *copy; /* bytes(obj) when obj could change under us */
+} input;
+
+/* bytes and bytearray are read in place: bytes cannot change, and a bytearray
+ * refuses to resize while a buffer is exported (a memoryview of either holds
+ * such a buffer itself). Another exporter may not (ctypes.resize() ignores
+ * exports), a non-contiguous view is not one run of bytes, and a non-buffer
+ * object may still convert: copy them with bytes(obj), as the Python versions
+ * do, before any pointer is taken. */
+static int
+input_open(PyObject *obj, input *in)
+{
+    in->view.obj = NULL;
+    in->copy = NULL;
+    if (PyBytes_CheckExact(obj)) {
+        in->p = PyBytes_AS_STRING(obj);
+        in->len = PyBytes_GET_SIZE(obj);
+        return 0;
+    }
+    if (PyByteArray_CheckExact(obj) || PyMemoryView_Check(obj)) {
+        if (PyObject_GetBuffer(obj, &in->view, PyBUF_SIMPLE) == 0) {
+            PyObject *base = PyMemoryView_Check(obj) ? PyMemoryView_GET_BASE(obj) : obj;
+            if (base != NULL && (PyBytes_CheckExact(base) || PyByteArray_CheckExact(base))) {
+                in->p = (const char *)in->view.buf;
+                in->len = in->view.len;
+                return 0;
+            }
+            PyBuffer_Release(&in->view);
+            in->view.obj = NULL;
+        } else {
+            PyErr_Clear(); /* bytes(obj) below copies it, or raises the same error */
+        }
+    }
+    in->copy = PyObject_CallOneArg((PyObject *)&PyBytes_Type, obj);
+    if (in->copy == NULL) {
+        return -1;
+    }
+    in->p = PyBytes_AS_STRING(in->copy);
+    in->len = PyBytes_GET_SIZE(in->copy);
+    return 0;
+}
+
+static void
+input_close(input *in)
+{
+    if (in->view.obj != NULL) {
+        PyBuffer_Release(&in->view);
+    }
+    Py_CLEAR(in->copy);
+}
+
+/* ASCII case-insensitive compare of n bytes against a lower-case literal
+ * (strncasecmp follows LC_CTYPE; the Python rules use bytes.lower()). */
+static int
+ascii_eq_nocase(const char *s, const char *lower_lit, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 'A' && c <= 'Z') {
+            c += 'a' - 'A';
+        }
+        if (c != (unsigned char)lower_lit[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* ---- decode_params --------------------------------------------------------- */
 
 /* Read one FastCGI name-value length at *pos: 1 byte below 0x80, else 4 bytes
  * big-endian with the top bit set. Returns -1 when the data is cut short. */
@@ -34,12 +153,12 @@ read_length(const unsigned char *buf, Py_ssize_t end, Py_ssize_t *pos)
 static PyObject *
 decode_params(PyObject *module, PyObject *arg)
 {
-    Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+    input in;
+    if (input_open(arg, &in) < 0) {
         return NULL;
     }
-    const unsigned char *buf = (const unsigned char *)view.buf;
-    Py_ssize_t end = view.len, pos = 0;
+    const unsigned char *buf = (const unsigned char *)in.p;
+    Py_ssize_t end = in.len, pos = 0;
     PyObject *params = PyDict_New();
     if (params == NULL) {
         goto fail;
@@ -53,8 +172,8 @@ decode_params(PyObject *module, PyObject *arg)
         }
         if (nlen > end - pos || vlen > end - pos - nlen) {
             PyErr_Format(PyExc_ValueError,
-                         "the last name-value pair overruns PARAMS data by %zd bytes",
-                         pos + nlen + vlen - end);
+                         "the last name-value pair overruns PARAMS data by %lld bytes",
+                         (long long)pos + nlen + vlen - end);
             goto fail;
         }
         PyObject *name = PyBytes_FromStringAndSize((const char *)buf + pos, nlen);
@@ -68,37 +187,72 @@ decode_params(PyObject *module, PyObject *arg)
         }
         pos += nlen + vlen;
     }
-    PyBuffer_Release(&view);
+    input_close(&in);
     return params;
 
 fail:
     Py_XDECREF(params);
-    PyBuffer_Release(&view);
+    input_close(&in);
     return NULL;
 }
 
 /* ---- parse_records: whole records out of a buffer ------------------------- */
 
+/* Records are built the way tuple.__new__(record_type, items) builds them
+ * (tp_alloc, then the items), so record_type must be a class it accepts: it
+ * refuses those it cannot build safely, such as a struct sequence
+ * (time.struct_time: cleanup would read fields past the three allocated) or a
+ * C subclass with a __new__ of its own. Checked once per class. */
+static int
+check_record_type(speedups_state *st, PyObject *cls)
+{
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "parse_records(src, record_type: tuple subclass)");
+        return -1;
+    }
+    PyObject *tuple_new = PyObject_GetAttrString((PyObject *)&PyTuple_Type, "__new__");
+    if (tuple_new == NULL) {
+        return -1;
+    }
+    PyObject *empty = PyTuple_New(0);
+    PyObject *probe = empty ? PyObject_CallFunctionObjArgs(tuple_new, cls, empty, NULL) : NULL;
+    Py_DECREF(tuple_new);
+    Py_XDECREF(empty);
+    if (probe == NULL) {
+        return -1;
+    }
+    Py_DECREF(probe);
+    Py_INCREF(cls);
+    Py_XSETREF(st->record_type, cls);
+    return 0;
+}
+
 /* parse_records(src, record_type) -> (records, consumed)
- * Every whole record in src (bytes or bytearray, read in place) as an instance
- * of record_type (a tuple subclass of three: type, request id, content), and
- * how many bytes they took; a partial record at the end is left. ValueError
- * for a header whose version is not 1. */
+ * Every whole record in src (read in place when bytes or bytearray) as an
+ * instance of record_type (a tuple subclass of three: type, request id,
+ * content), and how many bytes they took; a partial record at the end is
+ * left. ValueError for a header whose version is not 1. */
 static PyObject *
 parse_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyType_Check(args[1]) ||
-        !PyType_IsSubtype((PyTypeObject *)args[1], &PyTuple_Type)) {
+    speedups_state *st = get_state(module);
+    if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "parse_records(src, record_type: tuple subclass)");
         return NULL;
     }
-    PyTypeObject *rtype_cls = (PyTypeObject *)args[1];
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+    if (args[1] != st->record_type && check_record_type(st, args[1]) < 0) {
         return NULL;
     }
-    const unsigned char *buf = (const unsigned char *)view.buf;
-    Py_ssize_t end = view.len, pos = 0;
+    /* Owned: a collection started by an allocation below could run code that
+     * drops the cached type. */
+    PyTypeObject *rtype_cls = (PyTypeObject *)Py_NewRef(args[1]);
+    input in;
+    if (input_open(args[0], &in) < 0) {
+        Py_DECREF(rtype_cls);
+        return NULL;
+    }
+    const unsigned char *buf = (const unsigned char *)in.p;
+    Py_ssize_t end = in.len, pos = 0;
     PyObject *records = PyList_New(0);
     if (records == NULL) {
         goto fail;
@@ -111,8 +265,7 @@ parse_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto fail;
         }
         Py_ssize_t clen = ((Py_ssize_t)h[4] << 8) | h[5];
-        Py_ssize_t next = pos + 8 + clen + h[6];
-        if (next > end) {
+        if (clen + h[6] > end - pos - 8) {
             break;
         }
         PyObject *record = rtype_cls->tp_alloc(rtype_cls, 3);
@@ -137,15 +290,16 @@ parse_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (rc < 0) {
             goto fail;
         }
-        pos = next;
+        pos += 8 + clen + h[6];
     }
-    PyBuffer_Release(&view);
-    PyObject *result = Py_BuildValue("(Nn)", records, pos);
-    return result;
+    input_close(&in);
+    Py_DECREF(rtype_cls);
+    return Py_BuildValue("(Nn)", records, pos);
 
 fail:
     Py_XDECREF(records);
-    PyBuffer_Release(&view);
+    input_close(&in);
+    Py_DECREF(rtype_cls);
     return NULL;
 }
 
@@ -161,10 +315,29 @@ is_token_char(unsigned char c)
     return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
 }
 
+/* A hop-by-hop header name (protocol/head.py HOP_BY_HOP), any case. */
+static int
+is_hop_by_hop(const unsigned char *np, Py_ssize_t nl)
+{
+    static const char *const names[] = {
+        "connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade",
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if ((size_t)nl == strlen(names[i]) && ascii_eq_nocase((const char *)np, names[i], nl)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* encode_head(status_line, headers) -> bytes, or None when anything is
  * unusual (not a list/tuple of (bytes, bytes) pairs, a name that is not a
- * token or is "status", a value with CR, LF or NUL): cycle.encode_head then
- * takes the Python path, which raises the precise error or drops the header. */
+ * token, is "status" or hop-by-hop, a value with CR, LF or NUL, a head too
+ * long for a bytes object): protocol/head.py then takes the Python path,
+ * which raises the precise error or drops the header. The items are borrowed
+ * from the list across the one allocation below: a bytes object is not
+ * tracked by the collector, so allocating it runs no Python code that could
+ * change the list. */
 static PyObject *
 encode_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -192,7 +365,8 @@ encode_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_ssize_t nl = PyBytes_GET_SIZE(name), vl = PyBytes_GET_SIZE(value);
         const unsigned char *np = (const unsigned char *)PyBytes_AS_STRING(name);
         const unsigned char *vp = (const unsigned char *)PyBytes_AS_STRING(value);
-        if (nl == 0 || (nl == 6 && strncasecmp((const char *)np, "status", 6) == 0)) {
+        if (nl == 0 || (nl == 6 && ascii_eq_nocase((const char *)np, "status", 6)) ||
+            is_hop_by_hop(np, nl)) {
             Py_RETURN_NONE;
         }
         for (Py_ssize_t j = 0; j < nl; j++) {
@@ -204,6 +378,11 @@ encode_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (vp[j] == '\r' || vp[j] == '\n' || vp[j] == 0) {
                 Py_RETURN_NONE;
             }
+        }
+        /* Each size is below PY_SSIZE_T_MAX, their sum need not be (a 32-bit
+         * build with a few 1 GiB values). */
+        if (nl > PY_SSIZE_T_MAX - 4 - vl || nl + vl + 4 > PY_SSIZE_T_MAX - total) {
+            Py_RETURN_NONE;
         }
         total += nl + vl + 4;
     }
@@ -233,36 +412,47 @@ encode_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* ---- request_headers: the ASGI header list of a request's params ---------- */
 
-static PyObject *name_cache; /* param name -> header name, bounded */
-static PyObject *s_content_type, *s_content_length, *h_content_type, *h_content_length;
-
+/* value.isdigit() for a param value: 1, 0, or -1 with an exception set. */
 static int
-all_digits(PyObject *value)
+value_is_digits(PyObject *value)
 {
-    Py_ssize_t n = PyBytes_GET_SIZE(value);
-    const char *p = PyBytes_AS_STRING(value);
-    if (n == 0) {
-        return 0;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (p[i] < '0' || p[i] > '9') {
+    if (PyBytes_CheckExact(value)) {
+        Py_ssize_t n = PyBytes_GET_SIZE(value);
+        const char *p = PyBytes_AS_STRING(value);
+        if (n == 0) {
             return 0;
         }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (p[i] < '0' || p[i] > '9') {
+                return 0;
+            }
+        }
+        return 1;
     }
-    return 1;
+    PyObject *result = PyObject_CallMethod(value, "isdigit", NULL);
+    if (result == NULL) {
+        return -1;
+    }
+    int truth = PyObject_IsTrue(result);
+    Py_DECREF(result);
+    return truth;
 }
 
-/* HTTP_X_Y -> x-y, from the cache when seen before. New reference. */
+/* HTTP_X_Y -> x-y, from the cache when seen before (exact bytes only: a
+ * subclass's __hash__ and __eq__ stay out of it). New reference. */
 static PyObject *
-header_name(PyObject *param)
+header_name(speedups_state *st, PyObject *param)
 {
-    PyObject *name = PyDict_GetItemWithError(name_cache, param);
-    if (name != NULL) {
-        Py_INCREF(name);
-        return name;
-    }
-    if (PyErr_Occurred()) {
-        return NULL;
+    int cacheable = PyBytes_CheckExact(param);
+    PyObject *name;
+    if (cacheable) {
+        name = PyDict_GetItemWithError(st->name_cache, param);
+        if (name != NULL) {
+            return Py_NewRef(name);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
     }
     Py_ssize_t n = PyBytes_GET_SIZE(param) - 5;
     const char *src = PyBytes_AS_STRING(param) + 5;
@@ -275,7 +465,8 @@ header_name(PyObject *param)
         char c = src[i];
         dst[i] = c == '_' ? '-' : (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
     }
-    if (PyDict_GET_SIZE(name_cache) < 4096 && PyDict_SetItem(name_cache, param, name) < 0) {
+    if (cacheable && PyDict_GET_SIZE(st->name_cache) < 4096 &&
+        PyDict_SetItem(st->name_cache, param, name) < 0) {
         Py_DECREF(name);
         return NULL;
     }
@@ -294,12 +485,68 @@ append_pair(PyObject *headers, PyObject *name, PyObject *value)
     return rc;
 }
 
+/* The header of one param, appended when it makes one; key and value are
+ * owned by the caller, since the lookups can run Python code. 0 or -1. */
+static int
+add_header(speedups_state *st, PyObject *headers, PyObject *params, PyObject *key,
+           PyObject *value)
+{
+    if (!PyBytes_Check(key)) {
+        if (PyUnicode_Check(key)) {
+            return 0; /* a str never starts with b"HTTP_": no header, as in Python */
+        }
+        PyErr_Format(PyExc_TypeError, "request_headers(): a param name must be bytes, not %.100s",
+                     Py_TYPE(key)->tp_name);
+        return -1;
+    }
+    Py_ssize_t klen = PyBytes_GET_SIZE(key);
+    const char *k = PyBytes_AS_STRING(key);
+    if (klen > 5 && memcmp(k, "HTTP_", 5) == 0) {
+        if (klen == 17 && memcmp(k + 5, "CONTENT_TYPE", 12) == 0) {
+            int has = PyDict_Contains(params, st->s_content_type);
+            if (has != 0) {
+                return has < 0 ? -1 : 0;
+            }
+        } else if (klen == 19 && memcmp(k + 5, "CONTENT_LENGTH", 14) == 0) {
+            int has = PyDict_Contains(params, st->s_content_length);
+            if (has != 0) {
+                return has < 0 ? -1 : 0;
+            }
+            int digits = value_is_digits(value);
+            if (digits <= 0) {
+                return digits;
+            }
+        }
+        PyObject *name = header_name(st, key);
+        if (name == NULL) {
+            return -1;
+        }
+        int rc = append_pair(headers, name, value);
+        Py_DECREF(name);
+        return rc;
+    }
+    if (klen == 12 && memcmp(k, "CONTENT_TYPE", 12) == 0) {
+        int keep = PyBytes_CheckExact(value) ? PyBytes_GET_SIZE(value) > 0 : PyObject_IsTrue(value);
+        return keep <= 0 ? keep : append_pair(headers, st->h_content_type, value);
+    }
+    if (klen == 14 && memcmp(k, "CONTENT_LENGTH", 14) == 0) {
+        int keep = value_is_digits(value);
+        return keep <= 0 ? keep : append_pair(headers, st->h_content_length, value);
+    }
+    return 0;
+}
+
 /* The same rules as scope.request_headers_py: HTTP_* params become headers;
  * CONTENT_TYPE when not empty and CONTENT_LENGTH when a number; their
- * HTTP_CONTENT_* twins only when the CGI variable is absent. */
+ * HTTP_CONTENT_* twins only when the CGI variable is absent. A dict changed
+ * during the call raises RuntimeError, as iterating it in Python does.
+ * Differences: params must be a dict (Python takes any mapping), and a name
+ * that is neither bytes nor str raises TypeError (Python raises for most,
+ * but skips a sequence whose first five items are not b"HTTP_"). */
 static PyObject *
 request_headers(PyObject *module, PyObject *params)
 {
+    speedups_state *st = get_state(module);
     if (!PyDict_CheckExact(params)) {
         PyErr_SetString(PyExc_TypeError, "request_headers() takes a dict");
         return NULL;
@@ -308,50 +555,21 @@ request_headers(PyObject *module, PyObject *params)
     if (headers == NULL) {
         return NULL;
     }
-    Py_ssize_t it = 0;
+    Py_ssize_t size = PyDict_GET_SIZE(params), it = 0;
     PyObject *key, *value;
-    while (PyDict_Next(params, &it, &key, &value)) {
-        if (!PyBytes_CheckExact(key) || !PyBytes_CheckExact(value)) {
-            continue;
+    for (;;) {
+        if (PyDict_GET_SIZE(params) != size) {
+            PyErr_SetString(PyExc_RuntimeError, "dictionary changed size during iteration");
+            goto fail;
         }
-        Py_ssize_t klen = PyBytes_GET_SIZE(key);
-        const char *k = PyBytes_AS_STRING(key);
-        int rc = 0;
-        if (klen > 5 && memcmp(k, "HTTP_", 5) == 0) {
-            if (klen == 17 && memcmp(k + 5, "CONTENT_TYPE", 12) == 0) {
-                int has = PyDict_Contains(params, s_content_type);
-                if (has < 0) {
-                    goto fail;
-                }
-                if (has) {
-                    continue;
-                }
-            } else if (klen == 19 && memcmp(k + 5, "CONTENT_LENGTH", 14) == 0) {
-                int has = PyDict_Contains(params, s_content_length);
-                if (has < 0) {
-                    goto fail;
-                }
-                if (has || !all_digits(value)) {
-                    continue;
-                }
-            }
-            PyObject *name = header_name(key);
-            if (name == NULL) {
-                goto fail;
-            }
-            rc = append_pair(headers, name, value);
-            Py_DECREF(name);
-        } else if (klen == 12 && memcmp(k, "CONTENT_TYPE", 12) == 0) {
-            if (PyBytes_GET_SIZE(value) == 0) {
-                continue;
-            }
-            rc = append_pair(headers, h_content_type, value);
-        } else if (klen == 14 && memcmp(k, "CONTENT_LENGTH", 14) == 0) {
-            if (!all_digits(value)) {
-                continue;
-            }
-            rc = append_pair(headers, h_content_length, value);
+        if (!PyDict_Next(params, &it, &key, &value)) {
+            break;
         }
+        Py_INCREF(key);
+        Py_INCREF(value);
+        int rc = add_header(st, headers, params, key, value);
+        Py_DECREF(key);
+        Py_DECREF(value);
         if (rc < 0) {
             goto fail;
         }
@@ -472,33 +690,24 @@ static int
 span_is_nocase(span s, const char *lit)
 {
     Py_ssize_t n = (Py_ssize_t)strlen(lit);
-    return s.len == n && strncasecmp(s.p, lit, n) == 0;
+    return s.len == n && ascii_eq_nocase(s.p, lit, n);
 }
-
-static PyObject *k_type, *k_asgi, *k_http_version, *k_method, *k_scheme, *k_path, *k_raw_path,
-    *k_query_string, *k_root_path, *k_headers, *k_client, *k_server, *k_state, *k_extensions;
-static PyObject *s_http, *s_https, *s_empty, *s_slash, *b_empty, *b_slash, *zero;
-static PyObject *v_10, *v_11, *v_2, *v_3;
-static const char *method_names[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"};
-#define N_METHODS 7
-static PyObject *method_strs[N_METHODS];
 
 /* New reference to the http_version string for SERVER_PROTOCOL (scope._HTTP_VERSIONS). */
 static PyObject *
-http_version(span s)
+http_version(speedups_state *st, span s)
 {
-    PyObject *v = v_11;
+    PyObject *v = st->v_11;
     if (s.len < 0) {
-        v = v_11;
+        v = st->v_11;
     } else if (span_is(s, "HTTP/1.0") || span_is(s, "HTTP/0.9")) {
-        v = v_10;
+        v = st->v_10;
     } else if (span_is(s, "HTTP/2.0") || span_is(s, "HTTP/2")) {
-        v = v_2;
+        v = st->v_2;
     } else if (span_is(s, "HTTP/3") || span_is(s, "HTTP/3.0")) {
-        v = v_3;
+        v = st->v_3;
     }
-    Py_INCREF(v);
-    return v;
+    return Py_NewRef(v);
 }
 
 static int
@@ -510,7 +719,7 @@ hex_value(char c)
                                     : -1;
 }
 
-/* scope._decode_path: percent-decode (a '%' without two hex digits stays as
+/* protocol/paths.py _decode_path: percent-decode (a '%' without two hex digits stays as
  * is, like urllib's unquote_to_bytes), then UTF-8 with "replace". */
 static PyObject *
 decode_path(span raw)
@@ -604,13 +813,16 @@ scope_from_params(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "scope_from_params(data, asgi, state, extensions)");
         return NULL;
     }
+    speedups_state *st = get_state(module);
     PyObject *asgi = args[1], *state = args[2], *extensions = args[3];
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+    /* The spans below point into the input: it stays put until input_close
+     * whatever code runs meanwhile (state.copy(), a collection's callbacks). */
+    input in;
+    if (input_open(args[0], &in) < 0) {
         return NULL;
     }
-    const char *buf = (const char *)view.buf;
-    Py_ssize_t end = view.len, pos = 0;
+    const char *buf = in.p;
+    Py_ssize_t end = in.len, pos = 0;
     span vars[V_COUNT];
     span hnames[MAX_HEADERS], hvalues[MAX_HEADERS];
     int nheaders = 0;
@@ -669,10 +881,10 @@ scope_from_params(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
     /* The path: REQUEST_URI's path part. root_path is "" unless SCRIPT_NAME
      * and PATH_INFO are both set by a server other than lighttpd, whose split
-     * is never a mount point (scope._splits_at_next_segment): then the Python
+     * is never a mount point (paths._splits_at_next_segment): then the Python
      * rule decides. */
     span uri = vars[V_REQUEST_URI], software = vars[V_SERVER_SOFTWARE];
-    int lighttpd = software.len >= 8 && strncasecmp(software.p, "lighttpd", 8) == 0;
+    int lighttpd = software.len >= 8 && ascii_eq_nocase(software.p, "lighttpd", 8);
     /* A target not starting with '/' may be absolute-form (http://h/a), whose
      * scheme and host the Python rule strips. */
     if (uri.len <= 0 || uri.p[0] != '/' ||
@@ -691,11 +903,11 @@ scope_from_params(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *method = NULL;
     span m = vars[V_REQUEST_METHOD];
     if (m.len < 0) {
-        method = method_strs[0];
+        method = st->method_strs[0];
     } else {
         for (int i = 0; i < N_METHODS; i++) {
             if (span_is(m, method_names[i])) {
-                method = method_strs[i];
+                method = st->method_strs[i];
                 break;
             }
         }
@@ -719,13 +931,13 @@ scope_from_params(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (v.len == 0) {
                 continue;
             }
-            hname = h_content_type;
+            hname = st->h_content_type;
             Py_INCREF(hname);
         } else if (n.len == 14 && n.p[0] == 'C') { /* CONTENT_LENGTH */
             if (!span_digits(v)) {
                 continue;
             }
-            hname = h_content_length;
+            hname = st->h_content_length;
             Py_INCREF(hname);
         } else {
             if (n.len == 17 && memcmp(n.p + 5, "CONTENT_TYPE", 12) == 0 &&
@@ -763,72 +975,70 @@ scope_from_params(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
 
     /* The scope, with the keys in scope.build_scope's order. */
-    PyObject *scheme = s_http;
+    PyObject *scheme = st->s_http;
     span https = vars[V_HTTPS], rs = vars[V_REQUEST_SCHEME];
     if (span_is_nocase(https, "on") || span_is(https, "1") || span_is_nocase(https, "yes")) {
-        scheme = s_https;
+        scheme = st->s_https;
     } else if (span_is_nocase(rs, "https")) {
-        scheme = s_https;
+        scheme = st->s_https;
     }
     scope = PyDict_New();
-    if (scope == NULL || PyDict_SetItem(scope, k_type, s_http) < 0 ||
-        PyDict_SetItem(scope, k_asgi, asgi) < 0 ||
-        set_steal(scope, k_http_version, http_version(vars[V_SERVER_PROTOCOL])) < 0 ||
-        PyDict_SetItem(scope, k_method, method) < 0 ||
-        PyDict_SetItem(scope, k_scheme, scheme) < 0) {
+    if (scope == NULL || PyDict_SetItem(scope, st->k_type, st->s_http) < 0 ||
+        PyDict_SetItem(scope, st->k_asgi, asgi) < 0 ||
+        set_steal(scope, st->k_http_version, http_version(st, vars[V_SERVER_PROTOCOL])) < 0 ||
+        PyDict_SetItem(scope, st->k_method, method) < 0 ||
+        PyDict_SetItem(scope, st->k_scheme, scheme) < 0) {
         goto fail;
     }
     if (raw_path.len == 0) {
-        if (PyDict_SetItem(scope, k_path, s_slash) < 0 ||
-            PyDict_SetItem(scope, k_raw_path, b_slash) < 0) {
+        if (PyDict_SetItem(scope, st->k_path, st->s_slash) < 0 ||
+            PyDict_SetItem(scope, st->k_raw_path, st->b_slash) < 0) {
             goto fail;
         }
-    } else if (set_steal(scope, k_path, decode_path(raw_path)) < 0 ||
-               set_steal(scope, k_raw_path, PyBytes_FromStringAndSize(raw_path.p, raw_path.len)) <
+    } else if (set_steal(scope, st->k_path, decode_path(raw_path)) < 0 ||
+               set_steal(scope, st->k_raw_path, PyBytes_FromStringAndSize(raw_path.p, raw_path.len)) <
                    0) {
         goto fail;
     }
-    if ((query.len > 0 ? set_steal(scope, k_query_string,
+    if ((query.len > 0 ? set_steal(scope, st->k_query_string,
                                    PyBytes_FromStringAndSize(query.p, query.len))
-                       : PyDict_SetItem(scope, k_query_string, b_empty)) < 0 ||
-        PyDict_SetItem(scope, k_root_path, s_empty) < 0 ||
-        PyDict_SetItem(scope, k_headers, headers) < 0) {
+                       : PyDict_SetItem(scope, st->k_query_string, st->b_empty)) < 0 ||
+        PyDict_SetItem(scope, st->k_root_path, st->s_empty) < 0 ||
+        PyDict_SetItem(scope, st->k_headers, headers) < 0) {
         goto fail;
     }
     Py_CLEAR(headers);
     span ra = vars[V_REMOTE_ADDR];
-    if ((ra.len > 0 ? set_steal(scope, k_client, address(ra, vars[V_REMOTE_PORT], zero))
-                    : PyDict_SetItem(scope, k_client, Py_None)) < 0) {
+    if ((ra.len > 0 ? set_steal(scope, st->k_client, address(ra, vars[V_REMOTE_PORT], st->zero))
+                    : PyDict_SetItem(scope, st->k_client, Py_None)) < 0) {
         goto fail;
     }
     span host = vars[V_SERVER_ADDR].len > 0 ? vars[V_SERVER_ADDR] : vars[V_SERVER_NAME];
-    if ((host.len > 0 ? set_steal(scope, k_server, address(host, vars[V_SERVER_PORT], Py_None))
-                      : PyDict_SetItem(scope, k_server, Py_None)) < 0) {
+    if ((host.len > 0 ? set_steal(scope, st->k_server, address(host, vars[V_SERVER_PORT], Py_None))
+                      : PyDict_SetItem(scope, st->k_server, Py_None)) < 0) {
         goto fail;
     }
-    if (state != Py_None) {
-        if (!PyDict_Check(state)) {
-            PyErr_SetString(PyExc_TypeError, "scope_from_params(): state must be a dict or None");
-            goto fail;
-        }
-        if (set_steal(scope, k_state, PyDict_Copy(state)) < 0) {
-            goto fail;
-        }
-    }
-    if (extensions != Py_None && PyDict_SetItem(scope, k_extensions, extensions) < 0) {
+    /* state.copy(), as in Python, for any object; a dict's without a lookup. */
+    if (state != Py_None &&
+        set_steal(scope, st->k_state,
+                  PyDict_CheckExact(state) ? PyDict_Copy(state)
+                                           : PyObject_CallMethod(state, "copy", NULL)) < 0) {
         goto fail;
     }
-    PyBuffer_Release(&view);
+    if (extensions != Py_None && PyDict_SetItem(scope, st->k_extensions, extensions) < 0) {
+        goto fail;
+    }
+    input_close(&in);
     return scope;
 
 fallback:
-    PyBuffer_Release(&view);
+    input_close(&in);
     Py_RETURN_NONE;
 
 fail:
     Py_XDECREF(headers);
     Py_XDECREF(scope);
-    PyBuffer_Release(&view);
+    input_close(&in);
     return NULL;
 }
 
@@ -846,46 +1056,123 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "fcgi_asgi._speedups",
-    "C versions of the gateway's hottest codec steps.", -1, methods,
+static int
+speedups_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    speedups_state *st = get_state(module);
+    PyObject **refs = (PyObject **)st;
+    for (size_t i = 0; st != NULL && i < N_STATE_REFS; i++) {
+        Py_VISIT(refs[i]);
+    }
+    return 0;
+}
+
+static int
+speedups_clear(PyObject *module)
+{
+    speedups_state *st = get_state(module);
+    PyObject **refs = (PyObject **)st;
+    for (size_t i = 0; st != NULL && i < N_STATE_REFS; i++) {
+        Py_CLEAR(refs[i]);
+    }
+    return 0;
+}
+
+static void
+speedups_free(void *module)
+{
+    speedups_clear((PyObject *)module);
+}
+
+static int
+speedups_exec(PyObject *module)
+{
+    speedups_state *st = get_state(module);
+    static const struct {
+        size_t offset;
+        const char *text;
+    } strs[] = {
+#define S(field, text) {offsetof(speedups_state, field), text}
+        S(k_type, "type"),
+        S(k_asgi, "asgi"),
+        S(k_http_version, "http_version"),
+        S(k_method, "method"),
+        S(k_scheme, "scheme"),
+        S(k_path, "path"),
+        S(k_raw_path, "raw_path"),
+        S(k_query_string, "query_string"),
+        S(k_root_path, "root_path"),
+        S(k_headers, "headers"),
+        S(k_client, "client"),
+        S(k_server, "server"),
+        S(k_state, "state"),
+        S(k_extensions, "extensions"),
+        S(s_http, "http"),
+        S(s_https, "https"),
+        S(s_empty, ""),
+        S(s_slash, "/"),
+        S(v_10, "1.0"),
+        S(v_11, "1.1"),
+        S(v_2, "2"),
+        S(v_3, "3"),
+#undef S
+    }, bytes_[] = {
+#define B(field, text) {offsetof(speedups_state, field), text}
+        B(s_content_type, "CONTENT_TYPE"),
+        B(s_content_length, "CONTENT_LENGTH"),
+        B(h_content_type, "content-type"),
+        B(h_content_length, "content-length"),
+        B(b_empty, ""),
+        B(b_slash, "/"),
+#undef B
+    };
+    for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+        PyObject **slot = (PyObject **)((char *)st + strs[i].offset);
+        if ((*slot = PyUnicode_InternFromString(strs[i].text)) == NULL) {
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < sizeof(bytes_) / sizeof(bytes_[0]); i++) {
+        PyObject **slot = (PyObject **)((char *)st + bytes_[i].offset);
+        if ((*slot = PyBytes_FromString(bytes_[i].text)) == NULL) {
+            return -1;
+        }
+    }
+    for (int i = 0; i < N_METHODS; i++) {
+        if ((st->method_strs[i] = PyUnicode_InternFromString(method_names[i])) == NULL) {
+            return -1;
+        }
+    }
+    st->name_cache = PyDict_New();
+    st->zero = PyLong_FromLong(0);
+    return st->name_cache != NULL && st->zero != NULL ? 0 : -1;
+}
+
+static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, speedups_exec},
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+#ifdef Py_mod_gil
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "fcgi_asgi._speedups",
+    .m_doc = "C versions of the gateway's hottest codec steps.",
+    .m_size = sizeof(speedups_state),
+    .m_methods = methods,
+    .m_slots = slots,
+    .m_traverse = speedups_traverse,
+    .m_clear = speedups_clear,
+    .m_free = speedups_free,
 };
 
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    name_cache = PyDict_New();
-    s_content_type = PyBytes_FromString("CONTENT_TYPE");
-    s_content_length = PyBytes_FromString("CONTENT_LENGTH");
-    h_content_type = PyBytes_FromString("content-type");
-    h_content_length = PyBytes_FromString("content-length");
-    if (!name_cache || !s_content_type || !s_content_length || !h_content_type ||
-        !h_content_length) {
-        return NULL;
-    }
-    PyObject **interned[] = {&k_type, &k_asgi, &k_http_version, &k_method, &k_scheme, &k_path,
-                             &k_raw_path, &k_query_string, &k_root_path, &k_headers, &k_client,
-                             &k_server, &k_state, &k_extensions, &s_http, &s_https, &s_empty,
-                             &s_slash, &v_10, &v_11, &v_2, &v_3};
-    const char *texts[] = {"type", "asgi", "http_version", "method", "scheme", "path",
-                           "raw_path", "query_string", "root_path", "headers", "client",
-                           "server", "state", "extensions", "http", "https", "",
-                           "/", "1.0", "1.1", "2", "3"};
-    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
-        if ((*interned[i] = PyUnicode_InternFromString(texts[i])) == NULL) {
-            return NULL;
-        }
-    }
-    for (int i = 0; i < N_METHODS; i++) {
-        if ((method_strs[i] = PyUnicode_InternFromString(method_names[i])) == NULL) {
-            return NULL;
-        }
-    }
-    b_empty = PyBytes_FromStringAndSize("", 0);
-    b_slash = PyBytes_FromString("/");
-    zero = PyLong_FromLong(0);
-    if (!b_empty || !b_slash || !zero) {
-        return NULL;
-    }
-    return PyModule_Create(&module);
+    return PyModuleDef_Init(&module_def);
 }

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from . import __version__
 from .allowlist import parse_web_server_addrs
-from .config import Config, ConfigError
-from .lifespan import LifespanFailure
+from .asgi.lifespan import LifespanFailure
+from .config import DEFAULT_THREADS, Config, ConfigError
 from .listeners import ListenError
 from .server import run
 from .supervisor import needs_supervisor, supervise
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "as lighttpd's bin-path and spawn-fcgi provide) is used. With --workers N, SIGHUP "
         "reloads the app and SIGTTIN/SIGTTOU add or remove a worker.",
     )
-    p.add_argument("app", metavar="APP", help='the ASGI app as "module:attribute"')
+    p.add_argument("app", metavar="APP", help='the ASGI or WSGI app as "module:attribute"')
     where = p.add_argument_group("where to listen")
     where.add_argument("--socket", metavar="PATH", help="unix socket path to bind")
     where.add_argument("--host", help="TCP host to bind (default 127.0.0.1 with --port)")
@@ -76,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "on", "off"),
         default="auto",
         help="run the ASGI lifespan protocol (default: %(default)s)",
+    )
+    app.add_argument(
+        "--interface",
+        choices=("auto", "asgi", "wsgi"),
+        default="auto",
+        help="the app's interface; auto tells ASGI 3 from WSGI (default: %(default)s)",
+    )
+    app.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        metavar="N",
+        help="threads a WSGI app runs in, per process (default: %(default)s)",
     )
     run_ = p.add_argument_group("running")
     run_.add_argument(
@@ -317,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             app_dir=args.app_dir,
             root_path=args.root_path,
             lifespan=args.lifespan,
+            interface=args.interface,
+            threads=args.threads,
             loop=args.loop,
             log_level=args.log_level,
             access_log=args.access_log,

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from .records import (
+from .protocol.records import (
     ABORT_REQUEST,
     END_REQUEST,
     GET_VALUES,

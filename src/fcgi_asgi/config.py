@@ -26,6 +26,10 @@ LifespanMode = Literal["auto", "on", "off"]
 LoopName = Literal["auto", "asyncio", "uvloop"]
 
 DEFAULT_BACKLOG = 2048
+#: WSGI threads per process: WSGI apps mostly wait on databases and other
+#: services, so a handful of threads keep the process busy while the GIL and
+#: memory per thread stay cheap (mod_wsgi's default is 15).
+DEFAULT_THREADS = 16
 
 
 class ConfigError(ValueError):
@@ -55,6 +59,10 @@ class Config:
     app_dir: str | None = None
     root_path: str | None = None
     lifespan: LifespanMode = "auto"
+    #: ``auto`` tells an ASGI 3 app from a WSGI app at start; or ``asgi``, ``wsgi``.
+    interface: Literal["auto", "asgi", "wsgi"] = "auto"
+    #: Threads a WSGI app runs in (per worker process); requests beyond them wait.
+    threads: int = DEFAULT_THREADS
     loop: LoopName = "auto"
     log_level: str = "info"
     access_log: bool = True
@@ -129,6 +137,10 @@ class Config:
     def __post_init__(self) -> None:
         if self.lifespan not in ("auto", "on", "off"):
             raise ConfigError(f"--lifespan must be auto, on or off, not {self.lifespan!r}")
+        if self.interface not in ("auto", "asgi", "wsgi"):
+            raise ConfigError(f"--interface must be auto, asgi or wsgi, not {self.interface!r}")
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise ConfigError("--threads must be a positive integer")
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ConfigError(f"--loop must be auto, asyncio or uvloop, not {self.loop!r}")
         listeners = sum(x is not None for x in (self.socket, self.fd, self.port))

@@ -6,17 +6,20 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .accesslog import AccessLogFormat
 from .allowlist import AllowList
+from .asgi.bridge import ASGIRequest
 from .scoreboard import Scoreboard, WorkerStats
 
 if TYPE_CHECKING:
     from .config import ASGIApp, Config
-    from .connection import FastCGIConnection
-    from .cycle import RequestCycle
+    from .protocol.connection import FastCGIConnection
+    from .protocol.request import Request
 
 __all__ = ["ServerContext"]
 
@@ -40,14 +43,22 @@ class ServerContext:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     stats: WorkerStats = field(default_factory=WorkerStats)
     #: Requests whose response head waits for its first body message.
-    pending_heads: list[RequestCycle] = field(default_factory=list)
+    pending_heads: list[Request] = field(default_factory=list)
     #: Connections closed at once because --max-connections was reached.
     refused_connections: int = 0
     last_refusal_log: float = float("-inf")
+    #: Called once when requests_served reaches retire_at (0: never); a
+    #: worker with --max-requests asks to be replaced there.
+    retire_at: int = 0
+    on_retire: Callable[[], None] | None = None
     allow: AllowList = field(init=False)
     access_format: AccessLogFormat | None = field(init=False)
     #: Paths the gateway answers itself (status, ping); empty when none are set.
     internal_paths: frozenset[str] = field(init=False)
+    #: What each BEGIN_REQUEST makes: the wire side plus the app's interface.
+    request_class: type[Request] = ASGIRequest
+    #: The WSGI app's threads (``--threads``), made on the first WSGI request.
+    executor: ThreadPoolExecutor | None = None
 
     def __post_init__(self) -> None:
         config = self.config
@@ -60,6 +71,13 @@ class ServerContext:
         )
         self.stats.pid = os.getpid()
         self.stats.started = time.time()
+
+    def count_served(self) -> None:
+        """Count one finished request (at its end, so --max-requests is exact)."""
+        stats = self.stats
+        stats.requests_served += 1
+        if stats.requests_served == self.retire_at and self.on_retire is not None:
+            self.on_retire()
 
     def flush_heads(self) -> None:
         """Write the heads still waiting: their apps yielded before sending a body."""

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .connection import FastCGIConnection
     from .context import ServerContext
+    from .protocol.connection import FastCGIConnection
 
 __all__ = ["cut_remaining", "drain", "stop_accepting"]
 
@@ -51,15 +52,22 @@ async def stop_accepting(server: asyncio.Server) -> None:
     await asyncio.sleep(0)
 
 
-async def drain(ctx: ServerContext, timeout: float, abort: asyncio.Event) -> bool:
+async def drain(
+    ctx: ServerContext,
+    timeout: float,
+    abort: asyncio.Event,
+    on_idle: Callable[[FastCGIConnection], None] | None = None,
+) -> bool:
     """Let connections finish their requests and close, for up to ``timeout`` s.
 
     Idle connections close at once; busy ones close when their requests end;
     a connection that has not begun a request yet gets
     :data:`FIRST_REQUEST_GRACE` seconds to send it. Connections that arrive
     while draining (accepted just before :func:`stop_accepting`) are treated
-    the same. Returns True when everything finished, False on timeout or
-    when ``abort`` was set.
+    the same. With ``on_idle`` (a worker handing its connections over), idle
+    connections are passed to it instead of closed, and offered again on
+    each turn until they are gone. Returns True when everything finished,
+    False on timeout or when ``abort`` was set.
     """
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -71,7 +79,10 @@ async def drain(ctx: ServerContext, timeout: float, abort: asyncio.Event) -> boo
         for conn in list(ctx.connections):
             if conn not in told:
                 told.add(conn)
-                conn.shutdown()
+                conn.shutdown(on_idle)
+            elif on_idle is not None:
+                if not conn.requests:  # e.g. its last response was still being written
+                    on_idle(conn)
             elif now >= fresh_deadline and not conn.requests_begun and not conn.requests:
                 conn.fail_quietly()
         if not ctx.connections and not ctx.tasks:
@@ -95,10 +106,13 @@ async def cut_remaining(ctx: ServerContext) -> None:
         logger.warning("cutting %d request(s) still running at shutdown", len(pending))
     for conn in list(ctx.connections):
         conn.fail_quietly()
-    if not pending:
-        return
-    _, still = await asyncio.wait(pending, timeout=DISCONNECT_GRACE)
-    for task in still:
-        task.cancel()
-    if still:
-        await asyncio.wait(still, timeout=5)
+    if pending:
+        _, still = await asyncio.wait(pending, timeout=DISCONNECT_GRACE)
+        for task in still:
+            task.cancel()
+        if still:
+            await asyncio.wait(still, timeout=5)
+    if ctx.executor is not None:
+        # WSGI threads still running cannot be stopped; the process waits
+        # for them when it exits.
+        ctx.executor.shutdown(wait=False, cancel_futures=True)

@@ -22,7 +22,7 @@ the supervisor can warn; the fix is to open them in lifespan startup.
 A supervisor that imported the app cannot forget it, so ``SIGHUP`` with
 ``--preload`` re-executes the supervisor (same PID, same command line),
 handing over the listening socket and the running workers through the
-environment (:class:`Handover`): the new image imports the new code, forks
+environment (:class:`ReexecState`): the new image imports the new code, forks
 new workers, and drains the old ones as a reload does.
 """
 
@@ -46,12 +46,12 @@ from .privileges import Identity, acting_as
 if TYPE_CHECKING:
     from .config import ASGIApp, Config
 
-__all__ = ["HANDOVER_ENV", "Handover", "fork_hazards", "preload_app"]
+__all__ = ["REEXEC_ENV", "ReexecState", "fork_hazards", "preload_app"]
 
 logger = logging.getLogger("fcgi_asgi.error")
 
-#: Environment variable carrying a :class:`Handover` across the re-exec.
-HANDOVER_ENV = "FCGI_ASGI_HANDOVER"
+#: Environment variable carrying a :class:`ReexecState` across the re-exec.
+REEXEC_ENV = "FCGI_ASGI_REEXEC"
 
 
 def _open_fds() -> dict[int, str]:
@@ -110,7 +110,7 @@ def preload_app(config: Config, identity: Identity | None) -> ASGIApp:
 
 
 @dataclass
-class Handover:
+class ReexecState:
     """What a re-executed supervisor takes over from its previous image."""
 
     #: The listening socket's fd, and its unix socket file (to remove at exit).
@@ -121,9 +121,9 @@ class Handover:
     workers: list[tuple[int, int, bool]] = field(default_factory=list)
 
     @classmethod
-    def from_environ(cls) -> Handover | None:
-        """The handover left by the previous image, removed from the environment."""
-        raw = os.environ.pop(HANDOVER_ENV, None)
+    def from_environ(cls) -> ReexecState | None:
+        """The state left by the previous image, removed from the environment."""
+        raw = os.environ.pop(REEXEC_ENV, None)
         if raw is None:
             return None
         data = json.loads(raw)
@@ -145,7 +145,7 @@ class Handover:
             if fd >= 0:
                 os.set_inheritable(fd, True)
         env = dict(os.environ)
-        env[HANDOVER_ENV] = json.dumps(
+        env[REEXEC_ENV] = json.dumps(
             {"fd": self.fd, "path": self.path, "file_id": self.file_id, "workers": self.workers}
         )
         if notify_socket is not None:

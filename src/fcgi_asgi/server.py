@@ -15,12 +15,13 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
+from .asgi.lifespan import Lifespan
 from .config import ASGIApp, Config
-from .connection import FastCGIConnection
 from .context import ServerContext
 from .draining import cut_remaining, drain, stop_accepting
-from .lifespan import Lifespan
+from .interface import detect_interface, request_class
 from .listeners import Listener, effective_backlog, open_listener
+from .protocol.connection import FastCGIConnection
 from .scoreboard import Scoreboard
 from .sdnotify import Notifier
 
@@ -58,6 +59,9 @@ class FastCGIServer:
         #: Set by a supervisor before start(): shared counters and this worker's slot.
         self.scoreboard: Scoreboard | None = None
         self.slot = 0
+        #: Set by a worker that hands its idle connections over when it
+        #: drains (see handoff.py) instead of closing them.
+        self.on_idle: Callable[[FastCGIConnection], None] | None = None
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -75,7 +79,7 @@ class FastCGIServer:
         """Load the app, run lifespan startup, bind and begin accepting.
 
         Raises :class:`~fcgi_asgi.config.AppLoadError`,
-        :class:`~fcgi_asgi.lifespan.LifespanFailure` or
+        :class:`~fcgi_asgi.asgi.lifespan.LifespanFailure` or
         :class:`~fcgi_asgi.listeners.ListenError` with a printable message.
         """
         config = self.config
@@ -84,11 +88,14 @@ class FastCGIServer:
         self._abort = asyncio.Event()
         app = self.app if self.app is not None else config.load()
         self.app = app
+        name = repr(config.app) if isinstance(config.app, str) else "the app"
+        interface = detect_interface(app, config.interface, name)
         # Bind before lifespan startup so that a busy socket fails fast,
         # but accept only once the app is ready.
         listener = self.listener = self.listener or self._bind()
         try:
-            self._lifespan = Lifespan(app, config.lifespan)
+            # WSGI has no lifespan protocol.
+            self._lifespan = Lifespan(app, config.lifespan if interface == "asgi" else "off")
             await self._lifespan.startup()
             self.ctx = ServerContext(
                 app=app,
@@ -98,6 +105,7 @@ class FastCGIServer:
                 unix=listener.sock.family == socket.AF_UNIX,
                 scoreboard=self.scoreboard,
                 slot=self.slot,
+                request_class=request_class(interface),
             )
             ctx = self.ctx
 
@@ -199,7 +207,7 @@ class FastCGIServer:
         ctx = self.ctx
         if ctx is not None:
             abort = self._abort or asyncio.Event()
-            if not await drain(ctx, timeout, abort) and not abort.is_set():
+            if not await drain(ctx, timeout, abort, self.on_idle) and not abort.is_set():
                 logger.warning("graceful shutdown timed out after %.1f s", timeout)
             await cut_remaining(ctx)
         if self._lifespan is not None:

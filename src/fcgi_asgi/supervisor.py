@@ -13,7 +13,9 @@ Signals it acts on:
   SIGQUIT) makes the workers cut running requests, and a worker still alive
   after its deadline is killed.
 - SIGHUP: reload. New workers start; each old one is stopped (drained) once
-  a new one is ready to take its place, so the socket is always served.
+  a new one is ready to take its place, so the socket is always served. A
+  replaced worker hands its idle connections over (through the supervisor,
+  see :mod:`fcgi_asgi.handoff`) rather than closing them.
 - SIGTTIN, SIGTTOU: one worker more, one fewer (never fewer than one).
 
 With ``--workers-max`` the pool is dynamic: once a second the supervisor
@@ -43,10 +45,11 @@ from typing import NoReturn
 
 from .chroot import check_chroot
 from .config import ASGIApp, Config, ConfigError
+from .handoff import CONNECTION, HAND_OVER, Relay, channel_pair, receive
 from .listeners import Listener, open_listener
 from .memory import MIB, rss_bytes
 from .pool import PoolSettings, PoolWatch, decide
-from .preload import Handover, preload_app
+from .preload import ReexecState, preload_app
 from .privileges import Identity, resolve_identity
 from .scoreboard import Scoreboard
 from .sdnotify import Notifier
@@ -149,6 +152,8 @@ class Supervisor:
         self._signals: list[int] = []
         self._by_fd: dict[int, Worker] = {}
         self._poll = select.poll()  # poll, not epoll: the parent keeps no event loop fd
+        # Connections handed over by replaced workers, on their way to serving ones.
+        self._relay = Relay()
         self._wake_r = self._wake_w = -1
         # Shared before any fork, so that every worker's status page can
         # report on all. Old workers draining during a reload, and SIGTTIN,
@@ -161,7 +166,7 @@ class Supervisor:
         self._memory_checked = 0.0
         #: The app, imported before forking (--preload); None: each worker imports it.
         self.app: ASGIApp | None = None
-        self._reexec = False
+        self._reexec_wanted = False
         self.pool = PoolSettings.from_config(config)
         self._pool_watch = PoolWatch()
         self._pool_checked = 0.0
@@ -173,13 +178,13 @@ class Supervisor:
         config = self.config
         self.identity = resolve_identity(config.user, config.group)
         check_chroot(config.chroot, self.identity)
-        handover = Handover.from_environ()
-        if handover is None:
+        inherited = ReexecState.from_environ()
+        if inherited is None:
             if config.preload:
                 self._preload(first=True)  # a broken app fails before binding anything
             self.listener = open_listener(config, self.identity)
         else:
-            self._take_over(handover)
+            self._resume(inherited)
             if config.preload:
                 self._preload(first=False)
         assert self.listener is not None
@@ -193,7 +198,7 @@ class Supervisor:
         self._poll.register(self._wake_r, select.POLLIN)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _HANDLED}
         old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        # Blocked across a --preload re-exec (see _hand_over); handled from here.
+        # Blocked across a --preload re-exec (see _reexec_self); handled from here.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
         try:
             self._main_loop()
@@ -221,6 +226,8 @@ class Supervisor:
                 return
             self._manage()
             self._announce()
+            if self._relay:
+                self._relay.forward(self._serving_channels())
             for fd, _ in self._poll.poll(self._next_timeout() * 1000):
                 if fd == self._wake_r:
                     with contextlib.suppress(BlockingIOError):
@@ -241,6 +248,8 @@ class Supervisor:
                 timeout = min(timeout, worker.kill_at - now)
         if not self._stopping and self._failures:
             timeout = min(timeout, self._next_spawn - now)
+        if self._relay:
+            timeout = min(timeout, 0.01)  # a worker's channel was full: try again soon
         return max(timeout, 0.01)
 
     # -- signals ----------------------------------------------------------------
@@ -260,10 +269,13 @@ class Supervisor:
                     self._force_stop()
             elif self._stopping:
                 continue
+            elif sig == signal.SIGHUP and self.config.preload:
+                # The new image reloads: it imports the new code and drains
+                # every worker it takes over. Re-executing ends this image, so
+                # it comes after the other signals.
+                self._reexec_wanted = True
             elif sig == signal.SIGHUP:
                 self._reload()
-                # Re-executing ends this image: after the other signals.
-                self._reexec = self.config.preload
             elif sig == signal.SIGTTIN:
                 self.target += 1
                 logger.info("received SIGTTIN: %d worker(s)", self.target)
@@ -273,8 +285,9 @@ class Supervisor:
                     logger.info("received SIGTTOU: %d worker(s)", self.target)
                 else:
                     logger.info("received SIGTTOU: keeping the last worker")
-        if self._reexec and not self._stopping:
-            self._hand_over()
+        # Connections on their way between workers are passed on first.
+        if self._reexec_wanted and not self._stopping and not self._relay:
+            self._reexec_self()
 
     def _reload(self) -> None:
         self._generation += 1
@@ -303,27 +316,28 @@ class Supervisor:
             return
         logger.info("--preload: app imported, workers share it")
 
-    def _hand_over(self) -> NoReturn:
+    def _reexec_self(self) -> NoReturn:
         # A new image imports the new code; the workers carry on meanwhile.
         assert self.listener is not None
-        logger.info("--preload: re-executing the supervisor to load the new code")
+        logger.info("received SIGHUP: re-executing the supervisor to load the new code (--preload)")
+        self._notifier.reloading()
         listener = self.listener
         # Until the new image has its handlers: a second SIGHUP would kill it.
         signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
-        Handover(
+        ReexecState(
             listener.sock.fileno(),
             listener.path,
             listener.file_id,
             [(w.pid, w.channel.fileno(), w.stopping) for w in self.workers.values()],
         ).reexec(self._notifier.address)
 
-    def _take_over(self, handover: Handover) -> None:
-        self.listener = handover.listener()
+    def _resume(self, inherited: ReexecState) -> None:
+        self.listener = inherited.listener()
         # Inheritable only across the exec: not into the app's own programs.
         self.listener.sock.set_inheritable(False)
         self._ever_ready = True
         now = time.monotonic()
-        for pid, fd, stopping in handover.workers:
+        for pid, fd, stopping in inherited.workers:
             channel = socket.socket(fileno=fd) if fd >= 0 else _closed_socket()
             worker = Worker(pid, channel, -1, now, ready=True, obsolete=True)
             self.workers[pid] = worker
@@ -342,8 +356,11 @@ class Supervisor:
         # New clients get a clear refusal now rather than waiting in a
         # backlog nobody will accept from.
         self._close_listener()
+        self._relay.close_all()
         for worker in self.workers.values():
-            if not worker.stopping:
+            if worker.stopping:  # handing connections over: it closes them now
+                self._signal(worker, signal.SIGTERM)
+            else:
                 self._stop(worker)
 
     def _force_stop(self) -> None:
@@ -374,7 +391,7 @@ class Supervisor:
         )
         # Fewer workers asked for (SIGTTOU): stop the oldest.
         while len(fresh) > self.target:
-            self._stop(fresh.pop(0))
+            self._stop(fresh.pop(0), hand_over=True)
         missing = self.target - len(fresh)
         if missing > 0 and now >= self._next_spawn:
             # While starting fails, retry one at a time.
@@ -393,7 +410,14 @@ class Supervisor:
         serving = sorted((w for w in obsolete if w.ready), key=lambda w: w.started)
         surplus = sum(w.ready for w in fresh) + len(serving) - self.target
         for worker in serving[: max(surplus, 0)]:
-            self._stop(worker)
+            self._stop(worker, hand_over=True)
+
+    def _serving_channels(self) -> list[socket.socket]:
+        return [
+            w.channel
+            for w in self.workers.values()
+            if w.ready and not w.obsolete and not w.stopping and w.channel.fileno() >= 0
+        ]
 
     def _check_memory(self, now: float) -> None:
         # A worker past --max-worker-memory is replaced as one past its max
@@ -469,7 +493,7 @@ class Supervisor:
         slot = min(self._free_slots, default=None)
         if slot is None:
             logger.warning("no free status slot: the status page will miss a worker")
-        parent_end, child_end = socket.socketpair()
+        parent_end, child_end = channel_pair()
         sys.stdout.flush()
         sys.stderr.flush()
         # Blocked across the fork, and in the child until run_worker() has its
@@ -498,7 +522,7 @@ class Supervisor:
                     max_requests,
                     self.scoreboard if slot is not None else None,
                     slot or 0,
-                    self.app,
+                    app=self.app,
                 )
                 status = run_worker(spec)
             except BaseException:
@@ -531,28 +555,50 @@ class Supervisor:
         # end-of-file on its channel when the supervisor dies.
         for worker in self.workers.values():
             worker.channel.close()
+        # Likewise connections on their way to a worker: a copy here would
+        # keep them open after their new owner closes them.
+        self._relay.close_all()
 
-    def _stop(self, worker: Worker) -> None:
+    def _stop(self, worker: Worker, hand_over: bool = False) -> None:
+        """Drain ``worker``: with ``hand_over`` (it is replaced, others serve on)
+        it passes its idle connections on; else (the gateway stops) it closes them."""
         worker.stopping = True
         worker.kill_at = time.monotonic() + self.config.timeout_graceful_shutdown + STOP_MARGIN
+        if hand_over and worker.ready and worker.channel.fileno() >= 0:
+            try:
+                worker.channel.send(HAND_OVER)
+                return
+            except OSError:
+                pass  # full or gone: a plain stop
         self._signal(worker, signal.SIGTERM)
 
     def _signal(self, worker: Worker, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker.pid, sig)
 
-    def _read_channel(self, fd: int) -> None:
+    def _read_channel(self, fd: int, batch: int = 64) -> None:
+        # A bounded batch: a worker handing over many connections must not
+        # keep the supervisor from its other duties; poll() reports the rest.
         worker = self._by_fd.get(fd)
         if worker is None:
             return
-        try:
-            data = worker.channel.recv(64)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:  # the worker is exiting; _reap() collects it
-            self._unwatch(worker)
+        for _ in range(batch):
+            message = receive(worker.channel)
+            if message is None:
+                return
+            data, fds = message
+            if not data:  # the worker is exiting; _reap() collects it
+                self._unwatch(worker)
+                return
+            self._on_message(worker, data, fds)
+
+    def _on_message(self, worker: Worker, data: bytes, fds: list[int]) -> None:
+        if data[:1] == CONNECTION:
+            if self._stopping:
+                for fd in fds:
+                    os.close(fd)
+            else:
+                self._relay.take(data, fds)
             return
         if READY in data and not worker.ready:
             worker.ready = True
@@ -562,7 +608,19 @@ class Supervisor:
             logger.info("worker %d ready", worker.pid)
         if RETIRE in data and not worker.obsolete and not worker.stopping:
             worker.obsolete = True
-            logger.info("worker %d reached its max requests: replacing it", worker.pid)
+            if self._serving_channels():
+                # Others serve the socket: it stops taking requests now, and
+                # its idle connections move to them (_manage starts the new one).
+                logger.info(
+                    "worker %d reached its max requests: replacing it, others serve meanwhile",
+                    worker.pid,
+                )
+                self._stop(worker, hand_over=True)
+            else:
+                logger.info(
+                    "worker %d reached its max requests: replacing it once a new one is ready",
+                    worker.pid,
+                )
 
     def _unwatch(self, worker: Worker) -> None:
         fd = worker.channel.fileno()
@@ -580,6 +638,10 @@ class Supervisor:
                 return
             worker = self.workers.pop(pid, None)
             if worker is not None:
+                # Connections it handed over just before exiting are still
+                # queued on its channel: take them before closing it.
+                if worker.channel.fileno() >= 0:
+                    self._read_channel(worker.channel.fileno(), batch=1 << 20)
                 self._unwatch(worker)
                 if worker.slot is not None:
                     self.scoreboard.clear(worker.slot)

@@ -3,13 +3,19 @@
 The supervisor forks it and talks to it over a socketpair, the *channel*:
 
 - the worker writes :data:`READY` once the app has started and it accepts,
-  and :data:`RETIRE` once it has served its ``max_requests``, asking to be
-  replaced (the supervisor starts the replacement first, then stops it);
+  and :data:`RETIRE` at the end of its ``max_requests``-th request, asking to
+  be replaced (when no other worker serves, the supervisor starts the
+  replacement first, then stops it);
+- the supervisor sends :data:`~fcgi_asgi.handoff.HAND_OVER` to replace a
+  worker: it drains, handing its idle connections over rather than closing
+  them, and passes connections other workers handed over for it to adopt
+  (see :mod:`fcgi_asgi.handoff`);
 - the supervisor holds the other end: when the supervisor dies, the worker
   reads end-of-file and drains, so no worker outlives its parent.
 
-SIGTERM drains and exits 0 (while the app is still starting, it gives up
-starting and exits 0 at once); SIGQUIT cuts running requests (the supervisor
+SIGTERM drains (closing idle connections: the gateway stops) and exits 0
+(while the app is still starting, it gives up starting and exits 0 at
+once); SIGQUIT cuts running requests (the supervisor
 sends it on a second stop signal). A repeated SIGTERM changes nothing, since
 ``kill -TERM`` of the whole process group (systemd's default KillMode, or
 ``timeout``) plus the supervisor's own SIGTERM must still drain. SIGINT,
@@ -22,14 +28,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
 from dataclasses import dataclass
 
+from .asgi.lifespan import LifespanFailure
 from .chroot import confine
 from .config import ASGIApp, Config, ConfigError
-from .lifespan import LifespanFailure
+from .handoff import CONNECTION, HAND_OVER, Handoff, receive
 from .listeners import Listener
 from .privileges import Identity
 from .scoreboard import Scoreboard
@@ -47,8 +55,6 @@ RETIRE = b"m"
 BOOT_ERROR = 3
 
 _IGNORED = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
-#: Seconds between checks of the request count against max_requests.
-_RETIRE_CHECK = 0.2
 
 
 @dataclass
@@ -115,10 +121,12 @@ async def _serve(spec: WorkerSpec, early: list[int]) -> int:
     server.slot = spec.slot
     channel = spec.channel
     channel.setblocking(False)
+    handoff = Handoff(channel)
     started = stopping = aborting = False
 
     def on_term() -> None:
         nonlocal stopping
+        handoff.enabled = False  # the gateway stops: nobody to hand connections to
         if not started and not stopping and main is not None:
             # Nobody is served yet: give up starting (a hung lifespan startup)
             # rather than make the supervisor wait for its kill deadline.
@@ -150,15 +158,35 @@ async def _serve(spec: WorkerSpec, early: list[int]) -> int:
             logger.warning("the supervisor is gone: worker stopping")
             on_term()
 
-    def on_channel() -> None:
-        try:
-            data = channel.recv(64)
-        except BlockingIOError:
+    def hand_over() -> None:
+        nonlocal stopping
+        if stopping:
             return
-        except OSError:
-            data = b""
-        if not data:
-            parent_gone()
+        logger.info("worker being replaced: draining, handing idle connections over")
+        handoff.enabled = True
+        server.on_idle = handoff.hand_over
+        server.close()
+        stopping = True
+
+    def on_channel() -> None:
+        for _ in range(64):  # a bounded batch per turn; the reader fires again
+            message = receive(channel)
+            if message is None:
+                return
+            data, fds = message
+            if not data:
+                parent_gone()
+                return
+            if data[:1] == CONNECTION and len(fds) == 1 and server.ctx is not None:
+                handoff.adopt(server.ctx, fds[0], bytes(data[1:]))
+                continue
+            for fd in fds:  # not ours to serve (none is ever sent before READY)
+                os.close(fd)
+            if data[:1] == HAND_OVER:
+                if started:
+                    hand_over()
+                else:
+                    on_term()
 
     loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGQUIT, on_quit)
@@ -184,21 +212,30 @@ async def _serve(spec: WorkerSpec, early: list[int]) -> int:
     else:
         tell(READY)
 
-    if spec.max_requests:
+    ctx = server.ctx
+    if spec.max_requests and ctx is not None:
 
-        def check_requests() -> None:
-            ctx = server.ctx
-            if ctx is not None and ctx.stats.requests_served >= spec.max_requests:
-                logger.info(
-                    "worker served %d requests (max %d): asking for a replacement",
-                    ctx.stats.requests_served,
-                    spec.max_requests,
-                )
-                tell(RETIRE)
-            else:
-                loop.call_later(_RETIRE_CHECK, check_requests)
+        def retire() -> None:
+            logger.info(
+                "worker served its max requests (%d): asking for a replacement",
+                spec.max_requests,
+            )
+            tell(RETIRE)
 
-        loop.call_later(_RETIRE_CHECK, check_requests)
+        ctx.retire_at = spec.max_requests
+        ctx.on_retire = retire
+        if ctx.stats.requests_served >= spec.max_requests:  # served before READY went
+            retire()
 
-    await server.serve_forever()
+    try:
+        await server.serve_forever()
+    finally:
+        handoff.finish()
+    if ctx is not None:
+        logger.info(
+            "worker exiting: served %d requests, handed over %d and adopted %d connection(s)",
+            ctx.stats.requests_served,
+            handoff.handed_over,
+            handoff.adopted,
+        )
     return 0

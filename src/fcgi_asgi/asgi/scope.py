@@ -1,30 +1,20 @@
 """CGI/1.1 params (as sent by a FastCGI web server) to an ASGI HTTP scope.
 
 A pure function, table-tested against what nginx, lighttpd, Apache httpd,
-Caddy and h2o send with their stock configurations. The path rules:
-
-* ``raw_path`` is the path part of ``REQUEST_URI`` (the request target as the
-  client sent it, without scheme and host when it was in absolute form) and
-  ``path`` its percent-decoded UTF-8 form. Without
-  ``REQUEST_URI`` both come from ``SCRIPT_NAME + PATH_INFO``.
-* ``path`` always includes ``root_path`` (ASGI 2.4 / Starlette >= 0.35).
-* ``root_path`` is the operator's ``--root-path`` when given; otherwise
-  ``SCRIPT_NAME``, but only when the server really split the path into
-  ``SCRIPT_NAME`` + a non-empty ``PATH_INFO`` and that split is a prefix of
-  the request path. nginx and Apache put the whole path in SCRIPT_NAME by
-  default; trusting it there would 404 every route. lighttpd splits at the
-  next path segment whatever the mount point, so its split is never trusted.
+Caddy and h2o send with their stock configurations. The path rules
+(``path``, ``raw_path``, ``root_path``) are those of
+:mod:`fcgi_asgi.protocol.paths`, shared with the WSGI environ.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, unquote_to_bytes
 
-from .records import decode_params
+from ..protocol.paths import request_path
+from ..protocol.records import decode_params
 
-__all__ = ["ASGI_VERSION", "build_scope", "scope_from_params", "split_request_uri"]
+__all__ = ["ASGI_VERSION", "build_scope", "scope_from_params"]
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 
@@ -100,8 +90,8 @@ def request_headers_py(params: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
 #: The C version when built (same results; tests/test_hot_path.py), else Python.
 request_headers: Callable[[dict[bytes, bytes]], list[tuple[bytes, bytes]]]
 try:
-    from ._speedups import request_headers
-except ImportError:  # not built: see records.py
+    from .._speedups import request_headers
+except ImportError:  # not built: see protocol/records.py
     request_headers = request_headers_py
 
 
@@ -113,47 +103,6 @@ def _port(value: bytes | None) -> int | None:
     if value and value.isdigit():
         return int(value)
     return None
-
-
-def split_request_uri(uri: bytes) -> tuple[bytes, bytes]:
-    """Split a request target into ``(path, query)`` bytes."""
-    path, _, query = uri.partition(b"?")
-    return path, query
-
-
-def _splits_at_next_segment(server_software: bytes | None) -> bool:
-    """True for a server whose SCRIPT_NAME/PATH_INFO split is not a mount point.
-
-    lighttpd's ``fastcgi.server`` (``check-local`` disabled) cuts the path at
-    the first ``/`` after the mapping key: with key ``"/"``, ``/items/42``
-    arrives as SCRIPT_NAME ``/items`` + PATH_INFO ``/42``; with key
-    ``"/app/"``, ``/app/items/42`` as ``/app/items`` + ``/42``. The params do
-    not say which key matched, so such a split cannot be told from a real
-    mount; ``--root-path`` says where the app is mounted instead.
-    """
-    return server_software is not None and server_software[:8].lower() == b"lighttpd"
-
-
-def _strip_scheme_and_authority(target: bytes) -> bytes:
-    """The path of an absolute-form target (``http://host/a`` -> ``/a``).
-
-    A client may send one (RFC 9112 3.2.2) and Apache passes it on in
-    REQUEST_URI; ASGI's path has no scheme or host. Anything else (``*``)
-    stays as it is.
-    """
-    sep = target.find(b"://")
-    if sep <= 0:
-        return target
-    slash = target.find(b"/", sep + 3)
-    return target[slash:] if slash >= 0 else b""
-
-
-def _decode_path(raw: bytes) -> str:
-    """Percent-decode a raw path as UTF-8, as is: a client may also have sent
-    UTF-8 bytes unescaped, which web servers pass on in REQUEST_URI."""
-    if raw.isascii() and b"%" not in raw:
-        return raw.decode("ascii")
-    return unquote_to_bytes(raw).decode("utf-8", "replace")
 
 
 def build_scope(
@@ -172,40 +121,7 @@ def build_scope(
     get = params.get
     headers = request_headers(params)
 
-    script_name = get(b"SCRIPT_NAME", b"")
-    path_info = get(b"PATH_INFO", b"")
-    request_uri = get(b"REQUEST_URI")
-    query = get(b"QUERY_STRING")
-    if request_uri:
-        raw_path, _, uri_query = request_uri.partition(b"?")
-        if query is None:
-            query = uri_query
-        if raw_path[:1] != b"/":
-            raw_path = _strip_scheme_and_authority(raw_path)
-    else:
-        # quote() the bytes as they are: they are UTF-8 already, and a str
-        # from latin-1 would be encoded to UTF-8 a second time.
-        raw_path = quote(script_name + path_info, safe="/:@!$&'()*+,;=-._~").encode("ascii")
-    if not raw_path:
-        raw_path = b"/"
-    path = _decode_path(raw_path)
-
-    if root_path is None:
-        root_path = ""
-        if path_info and script_name and not _splits_at_next_segment(get(b"SERVER_SOFTWARE")):
-            # Servers send SCRIPT_NAME/PATH_INFO decoded (UTF-8 bytes). Only a
-            # true split counts: the request path must be SCRIPT_NAME then
-            # PATH_INFO, else SCRIPT_NAME is not a mount point.
-            sn = script_name.decode("utf-8", "replace")
-            if path == sn + path_info.decode("utf-8", "replace"):
-                root_path = sn.rstrip("/")
-    else:
-        root_path = root_path.rstrip("/")
-        # A server that strips the mount prefix before forwarding gets it
-        # put back, so that ``path`` always includes ``root_path``.
-        if root_path and path != root_path and not path.startswith(root_path + "/"):
-            path = root_path + path
-            raw_path = quote(root_path).encode("ascii") + raw_path
+    raw_path, path, root_path, query = request_path(params, root_path)
 
     scheme = "http"
     https = get(b"HTTPS")
@@ -236,7 +152,7 @@ def build_scope(
         "scheme": scheme,
         "path": path,
         "raw_path": raw_path,
-        "query_string": query or b"",
+        "query_string": query,
         "root_path": root_path,
         "headers": headers,
         "client": client,
@@ -257,7 +173,7 @@ def scope_from_params_py(
 ) -> dict[str, Any]:
     """The scope of a request from its raw PARAMS data (decoded, then built).
 
-    Raises :class:`~fcgi_asgi.records.MalformedPairs` for malformed data.
+    Raises :class:`~fcgi_asgi.protocol.records.MalformedPairs` for malformed data.
     """
     return build_scope(decode_params(data), root_path, state, extensions)
 
@@ -281,7 +197,7 @@ def _scope_from_params_with_c(
 #: The C version when built (same results; tests/test_hot_path.py), else Python.
 scope_from_params: Callable[..., dict[str, Any]]
 try:
-    from ._speedups import scope_from_params as _c_scope_from_params
+    from .._speedups import scope_from_params as _c_scope_from_params
 except ImportError:
     scope_from_params = scope_from_params_py
 else:

@@ -302,8 +302,8 @@ def decode_params_py(data: bytes | bytearray | memoryview) -> dict[bytes, bytes]
 
 
 try:
-    from ._speedups import decode_params as _decode_params_c
-    from ._speedups import parse_records as _c_parse_records
+    from .._speedups import decode_params as _decode_params_c
+    from .._speedups import parse_records as _c_parse_records
 except ImportError:  # not built: no compiler, or FCGI_ASGI_NO_EXTENSIONS=1
     _c_decoder = None
     _c_parse_records = None  # type: ignore[assignment]
@@ -341,6 +341,12 @@ class RecordReader:
     def buffered(self) -> int:
         """Bytes held back as the start of an incomplete record."""
         return len(self._buf)
+
+    def take_buffered(self) -> bytes:
+        """Remove and return the bytes held back (for another reader to go on)."""
+        held = bytes(self._buf)
+        self._buf.clear()
+        return held
 
     def feed(self, data: bytes) -> list[Record]:
         """Parse ``data`` (appended to anything held back) into records.

@@ -1,6 +1,6 @@
 """The FastCGI connection: an :class:`asyncio.Protocol` per web server socket.
 
-It feeds received bytes to the sans-IO :class:`~fcgi_asgi.records.RecordReader`,
+It feeds received bytes to the sans-IO :class:`~fcgi_asgi.protocol.records.RecordReader`,
 keeps the table of live requests by id, answers management records, runs
 each request as its own task, and applies flow control both ways: reading
 pauses while too much request body is unread, and ``send()`` waits while the
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from .cycle import RequestCycle, end_records, resolve_all
 from .records import (
     ABORT_REQUEST,
     BEGIN_REQUEST,
@@ -38,16 +39,15 @@ from .records import (
     encode_unknown_type,
     parse_begin_request,
 )
-from .scope import scope_from_params
+from .request import Request, end_records, resolve_all, wait_in
 
 if TYPE_CHECKING:
-    from .context import ServerContext
+    from ..context import ServerContext
 
 __all__ = ["FastCGIConnection"]
 
 logger = logging.getLogger("fcgi_asgi.error")
 
-_EXTENSIONS: dict[str, Any] = {"http.response.pathsend": {}}
 _RECORD_NAMES = {
     1: "BEGIN_REQUEST",
     2: "ABORT_REQUEST",
@@ -66,13 +66,13 @@ _RECORD_NAMES = {
 class FastCGIConnection(asyncio.Protocol):
     """One connection from a web server, carrying one or many requests."""
 
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, adopted: bytes | None = None) -> None:
         self.ctx = ctx
         self.config = ctx.config
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = "-"
-        self.requests: dict[int, RequestCycle] = {}
+        self.requests: dict[int, Request] = {}
         #: BEGIN_REQUESTs seen; 0 means the web server has not sent a request yet.
         self.requests_begun = 0
         self.write_paused = False
@@ -94,8 +94,12 @@ class FastCGIConnection(asyncio.Protocol):
         # that request's STDIN has ended (Apache answers 503 if we close early).
         self._linger_id: int | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
-        # Set on server shutdown: close once idle.
+        # Set on server shutdown: close once idle (or pass it to _on_idle).
         self._close_when_idle = False
+        self._on_idle: Callable[[FastCGIConnection], None] | None = None
+        # Handed over by another worker (see handoff.py): already accepted,
+        # with the bytes that worker had read but not parsed.
+        self._adopted = adopted
         # Timeout bookkeeping, read by check_timeouts() about once a second:
         # since when the connection has had no request, whether it has served
         # any (keep-alive idle) and since when a BEGIN_REQUEST waits for PARAMS.
@@ -109,6 +113,9 @@ class FastCGIConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport; same interface.
         self.transport = transport = cast(asyncio.Transport, transport)
         ctx = self.ctx
+        if self._adopted is not None:
+            self._connection_adopted(transport, self._adopted)
+            return
         ctx.stats.accepted_connections += 1
         # A web server's end of a unix socket is unnamed: not asking saves a
         # getpeername() and a socket object per connection (uvloop; about 2 us
@@ -151,6 +158,21 @@ class FastCGIConnection(asyncio.Protocol):
         # 3.11 it joins the pieces anyway), so there the pieces are joined here.
         self._gather_writes = type(transport).__module__.startswith("uvloop")
         ctx.connections.add(self)
+
+    def _connection_adopted(self, transport: asyncio.Transport, carried: bytes) -> None:
+        # Counted, checked against the allow list and the connection limit
+        # where it was accepted; refusing it now would lose its next request.
+        self._adopted = None
+        self.peer = "unix" if self.ctx.unix else "handed-over"
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = f"{peer[0]}:{peer[1]}"
+        size = self.config.write_buffer_size
+        transport.set_write_buffer_limits(high=size, low=size // 4)
+        self._gather_writes = type(transport).__module__.startswith("uvloop")
+        self.ctx.connections.add(self)
+        if carried:
+            self.data_received(carried)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -290,7 +312,7 @@ class FastCGIConnection(asyncio.Protocol):
                 raise ProtocolError(
                     f"BEGIN_REQUEST for request id {rid} after a request without FCGI_KEEP_CONN"
                 )
-            self.requests[rid] = RequestCycle(self, rid, keep_conn)
+            self.requests[rid] = self.ctx.request_class(self, rid, keep_conn)
             self._idle_since = None
             if self._params_since is None:
                 self._params_since = self.loop.time()
@@ -300,7 +322,7 @@ class FastCGIConnection(asyncio.Protocol):
         if not keep_conn:
             self._linger(rid)
 
-    def _params(self, cycle: RequestCycle, content: bytes) -> None:
+    def _params(self, cycle: Request, content: bytes) -> None:
         params = cycle.params
         if params is None:
             raise ProtocolError(f"PARAMS for request id {cycle.request_id} after its PARAMS ended")
@@ -335,25 +357,7 @@ class FastCGIConnection(asyncio.Protocol):
             len(self.requests) == 1 or all(c.params is None for c in self.requests.values())
         ):
             self._params_since = None
-        ctx = self.ctx
-        scope = scope_from_params(params, self.config.root_path, ctx.state, _EXTENSIONS)
-        cycle.scope = scope
-        if ctx.internal_paths and scope["path"] in ctx.internal_paths:
-            cycle.answer_internal()
-            return
-        tasks = ctx.tasks
-        # The cycle takes its task out of ctx.tasks when it ends, which costs
-        # less than a done callback (one loop callback fewer per request).
-        cycle.task = task = self.loop.create_task(cycle.run(ctx.app, scope))
-        if task.done():
-            # An eager task factory (Python 3.12+, set by the app) ran the whole
-            # request inside create_task(): nothing is left to track.
-            return
-        tasks.add(task)
-        if len(tasks) > ctx.stats.max_active_requests:
-            ctx.stats.max_active_requests = len(tasks)
-        if self.config.request_timeout is not None:
-            cycle.set_timeout(task, self.config.request_timeout)
+        cycle.start(params)
 
     # -- called by request cycles --------------------------------------------------
 
@@ -375,21 +379,16 @@ class FastCGIConnection(asyncio.Protocol):
         transport = self.transport
         return transport is not None and not self.closing and not transport.is_closing()
 
-    async def drain(self, cycle: RequestCycle | None = None) -> None:
+    async def drain(self, cycle: Request | None = None) -> None:
         """Wait until the transport accepts writes again, the connection is
         gone, or ``cycle`` (the request waiting) is aborted."""
         if not self.write_paused or self.transport is None:
             return
         waiter = self.loop.create_future()
-        self._drain_waiters.append(waiter)
         if cycle is not None:
             cycle.drain_waiter = waiter
         try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter in self._drain_waiters:
-                self._drain_waiters.remove(waiter)
-            raise
+            await wait_in(self._drain_waiters, waiter)
         finally:
             if cycle is not None:
                 cycle.drain_waiter = None
@@ -423,10 +422,10 @@ class FastCGIConnection(asyncio.Protocol):
         else:
             self.transport.resume_reading()
 
-    def request_ended(self, cycle: RequestCycle) -> None:
+    def request_ended(self, cycle: Request) -> None:
         """The cycle wrote its END_REQUEST: free the id, close if not keep-conn."""
         cycle.ended = True
-        self.ctx.stats.requests_served += 1
+        self.ctx.count_served()
         if self.requests.get(cycle.request_id) is cycle:
             del self.requests[cycle.request_id]
         if cycle.params is not None:  # aborted before its PARAMS ended
@@ -443,9 +442,12 @@ class FastCGIConnection(asyncio.Protocol):
             else:
                 self._linger(cycle.request_id)
         elif self._close_when_idle and not self.requests:
-            self._close()
+            if self._on_idle is not None:
+                self._on_idle(self)
+            else:
+                self._close()
 
-    def request_failed(self, cycle: RequestCycle) -> None:
+    def request_failed(self, cycle: Request) -> None:
         """The app failed after part of the response was written.
 
         Alone on its connection, the request is cut by closing the connection
@@ -461,7 +463,7 @@ class FastCGIConnection(asyncio.Protocol):
             self.write(
                 [encode_record(STDOUT, cycle.request_id), encode_end_request(cycle.request_id, 1)]
             )
-            self.ctx.stats.requests_served += 1
+            self.ctx.count_served()
             if not cycle.keep_conn:
                 self._close()
         else:
@@ -469,7 +471,7 @@ class FastCGIConnection(asyncio.Protocol):
             self.requests.pop(cycle.request_id, None)
             self._close()
 
-    def _end_aborted(self, cycle: RequestCycle) -> None:
+    def _end_aborted(self, cycle: Request) -> None:
         if cycle.ended:
             return
         if cycle.end_pending:  # its STDOUT is already closed
@@ -542,14 +544,58 @@ class FastCGIConnection(asyncio.Protocol):
         self.requests.clear()
         self._close()
 
-    def shutdown(self) -> None:
+    def shutdown(self, on_idle: Callable[[FastCGIConnection], None] | None = None) -> None:
         """Close now if idle; otherwise close once the running requests end.
 
         A connection that has not begun a request yet stays open: the web
         server has likely written one that is not read yet (the server's
         drain closes it after a grace). One lingering for the rest of a
         finished request's STDIN closes when that ends, as usual.
+
+        With ``on_idle``, the connection is not closed: ``on_idle`` is called
+        with it now if idle, else each time its last running request ends
+        (it hands the connection to another process, see :meth:`detach`).
         """
         self._close_when_idle = True
-        if not self.requests and self.requests_begun and self._linger_id is None:
+        self._on_idle = on_idle
+        if on_idle is not None:
+            if not self.requests:
+                on_idle(self)
+        elif not self.requests and self.requests_begun and self._linger_id is None:
             self._close()
+
+    @property
+    def detachable(self) -> bool:
+        """True when the connection can move to another process now.
+
+        No request is running or lingering, everything written has reached
+        the kernel, and what was read has been parsed (bar the start of a
+        record, which :meth:`detach` carries along): the next byte on the
+        socket begins or continues a record nobody has acted on yet.
+        """
+        transport = self.transport
+        return (
+            not self.requests
+            and self._linger_id is None
+            and not self.closing
+            and transport is not None
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() == 0
+        )
+
+    def detach(self) -> tuple[int, bytes]:
+        """Give up the connection without closing it: returns a duplicate of
+        its file descriptor and the bytes read but not yet parsed.
+
+        The caller owns the descriptor. This process stops reading at once
+        and closes its own descriptor, which leaves the socket open (the
+        duplicate holds it), so the peer sees nothing.
+        """
+        transport = self.transport
+        assert transport is not None and self.detachable
+        sock = transport.get_extra_info("socket")
+        fd = os.dup(sock.fileno())
+        carried = self._reader.take_buffered()
+        self.closing = True
+        transport.close()  # stops reading now; the write buffer is empty
+        return fd, carried

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .scope import ASGI_VERSION
 
 if TYPE_CHECKING:
-    from .config import ASGIApp, LifespanMode
+    from ..config import ASGIApp, LifespanMode
 
 __all__ = ["Lifespan", "LifespanFailure"]
 

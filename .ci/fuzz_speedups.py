@@ -1,0 +1,161 @@
+"""Coverage-guided differential fuzzing of the C speedups (run by .ci/sanitize).
+
+Every input drives one exported function of fcgi_asgi._speedups and its
+Python version, and fails on any difference in result or error; the
+extension is built with ASan and UBSan, so a memory error aborts the run.
+
+Guidance: atheris instruments the Python versions and this harness (edge
+coverage of the same rules the C code implements), and the extension is
+built with gcc's -fsanitize-coverage=trace-cmp, whose compare callbacks feed
+libFuzzer's value profile (-use_value_profile=1). gcc has no libFuzzer edge
+counters (clang's -fsanitize=fuzzer-no-link), which is why the C side is
+guided through its compares only.
+
+    python .ci/fuzz_speedups.py -max_total_time=60 -use_value_profile=1
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import atheris
+
+atheris.Setup(sys.argv, lambda data: one_input(data))
+
+with atheris.instrument_imports(include=["fcgi_asgi"]):
+    from fcgi_asgi import _speedups
+    from fcgi_asgi.asgi.scope import ASGI_VERSION, build_scope, request_headers_py
+    from fcgi_asgi.errors import AppProtocolError
+    from fcgi_asgi.protocol.head import _STATUS_LINES, encode_head_py
+    from fcgi_asgi.protocol.records import (
+        MalformedPairs,
+        Record,
+        RecordReader,
+        UnsupportedVersion,
+        decode_params_py,
+    )
+
+STATUSES = sorted(_STATUS_LINES)
+# Names the C code looks for, so short inputs reach its branches.
+_NAMES = """
+    REQUEST_URI QUERY_STRING SCRIPT_NAME PATH_INFO SERVER_SOFTWARE REQUEST_METHOD
+    SERVER_PROTOCOL HTTPS REQUEST_SCHEME REMOTE_ADDR REMOTE_PORT SERVER_ADDR SERVER_NAME
+    SERVER_PORT CONTENT_TYPE CONTENT_LENGTH HTTP_CONTENT_TYPE HTTP_CONTENT_LENGTH HTTP_HOST
+    HTTP_ Status"""
+NAMES = [name.encode() for name in _NAMES.split()]
+
+
+def as_source(fdp: atheris.FuzzedDataProvider, data: bytes) -> Any:
+    """The bytes as the gateway passes them (bytes, bytearray) or as a caller might."""
+    kind = fdp.ConsumeIntInRange(0, 3)
+    if kind == 1:
+        return bytearray(data)
+    if kind == 2:
+        return memoryview(data)
+    if kind == 3:  # non-contiguous: copied first
+        return memoryview(bytes(x for b in data for x in (b, 0)))[::2]
+    return data
+
+
+def pairs_blob(fdp: atheris.FuzzedDataProvider) -> bytes:
+    """PARAMS-like data: well-formed pairs of known and random names, or raw bytes."""
+    if fdp.ConsumeBool():
+        return fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 400))
+    out = bytearray()
+    for _ in range(fdp.ConsumeIntInRange(0, 12)):
+        name = NAMES[fdp.ConsumeIntInRange(0, len(NAMES) - 1)]
+        if fdp.ConsumeBool():
+            name = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 20))
+        value = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 200))
+        for n in (len(name), len(value)):
+            out += bytes([n]) if n < 0x80 and fdp.ConsumeBool() else (n | 1 << 31).to_bytes(4)
+        out += name + value
+    if fdp.ConsumeBool() and out:  # cut short
+        del out[fdp.ConsumeIntInRange(0, len(out) - 1) :]
+    return bytes(out)
+
+
+def outcome(fn: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        return ("ok", fn(*args))
+    except (ValueError, MalformedPairs, UnsupportedVersion, AppProtocolError) as exc:
+        return ("error", str(exc))
+
+
+def check_decode_params(fdp: atheris.FuzzedDataProvider) -> None:
+    blob = pairs_blob(fdp)
+    c = outcome(_speedups.decode_params, as_source(fdp, blob))
+    assert c == outcome(decode_params_py, blob), (blob, c)
+
+
+def check_parse_records(fdp: atheris.FuzzedDataProvider) -> None:
+    blob = bytearray()
+    for _ in range(fdp.ConsumeIntInRange(0, 6)):
+        clen = fdp.ConsumeIntInRange(0, 300)
+        plen = fdp.ConsumeIntInRange(0, 255)
+        version = 1 if fdp.ConsumeIntInRange(0, 15) else fdp.ConsumeIntInRange(0, 255)
+        rtype, rid = fdp.ConsumeIntInRange(0, 255), fdp.ConsumeIntInRange(0, 65535)
+        blob += bytes((version, rtype, rid >> 8, rid & 255, clen >> 8, clen & 255, plen, 0))
+        blob += fdp.ConsumeBytes(clen) + bytes(plen)
+    blob += fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 20))
+    blob = bytes(blob)
+    c = outcome(_speedups.parse_records, as_source(fdp, blob), Record)
+    reader = RecordReader()
+    py = outcome(reader._feed_py, blob)
+    if py[0] == "ok":
+        py = ("ok", (py[1], len(blob) - reader.buffered))
+    assert c == py, (blob, c, py)
+
+
+def check_scope(fdp: atheris.FuzzedDataProvider) -> None:
+    blob = pairs_blob(fdp)
+    state = {"k": 1} if fdp.ConsumeBool() else None
+    extensions = {"x": {}} if fdp.ConsumeBool() else None
+    c = _speedups.scope_from_params(as_source(fdp, blob), ASGI_VERSION, state, extensions)
+    try:
+        params = decode_params_py(blob)
+    except MalformedPairs:
+        assert c is None, blob
+        return
+    if c is not None:
+        assert c == build_scope(params, None, state, extensions), blob
+
+
+def check_request_headers(fdp: atheris.FuzzedDataProvider) -> None:
+    try:
+        params = decode_params_py(pairs_blob(fdp))
+    except MalformedPairs:
+        return
+    expected = request_headers_py(params)
+    assert _speedups.request_headers(params) == expected, params
+    assert _speedups.request_headers(params) == expected, params  # from the name cache
+
+
+def check_encode_head(fdp: atheris.FuzzedDataProvider) -> None:
+    status = STATUSES[fdp.ConsumeIntInRange(0, len(STATUSES) - 1)]
+    headers: list[Any] = []
+    for _ in range(fdp.ConsumeIntInRange(0, 6)):
+        if fdp.ConsumeIntInRange(0, 7) == 0:
+            name = NAMES[fdp.ConsumeIntInRange(0, len(NAMES) - 1)]
+        else:
+            name = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 12))
+        pair = (name, fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 24)))
+        headers.append(list(pair) if fdp.ConsumeIntInRange(0, 7) == 0 else pair)
+    if fdp.ConsumeBool():
+        headers = tuple(headers)  # type: ignore[assignment]
+    c = _speedups.encode_head(_STATUS_LINES[status], headers)
+    if c is not None:
+        assert c == encode_head_py(status, headers), (status, headers)
+
+
+CHECKS = [check_decode_params, check_parse_records, check_scope, check_request_headers]
+CHECKS.append(check_encode_head)
+
+
+def one_input(data: bytes) -> None:
+    fdp = atheris.FuzzedDataProvider(data)
+    CHECKS[fdp.ConsumeIntInRange(0, len(CHECKS) - 1)](fdp)
+
+
+atheris.Fuzz()

@@ -1,0 +1,133 @@
+"""Reference-leak loop for the C speedups (run by .ci/sanitize).
+
+Calls every exported function N times (default one million) over a mix of
+good inputs and inputs that raise, and fails when the interpreter's count of
+allocated blocks or the process RSS grows between the end of a warm-up and
+the end of the run: a reference leaked per call would leave N objects behind.
+Run on the normal build without the sanitizers, whose quarantine of freed
+memory would make RSS meaningless.
+
+    python .ci/leak_speedups.py [N]
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import gc
+import os
+import sys
+import time
+import types
+from collections.abc import Callable
+from typing import Any
+
+from fcgi_asgi import _speedups
+from fcgi_asgi.asgi.scope import ASGI_VERSION
+from fcgi_asgi.protocol.records import Record, encode_pairs, encode_record
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+MAX_BLOCKS = 2_000  # caches (the name cache is bounded at 4096 names) settle in the warm-up
+MAX_RSS = 8 << 20
+
+
+class NoCopy(dict[str, Any]):
+    def copy(self) -> dict[str, Any]:
+        raise RuntimeError("no copy")
+
+
+class BadDigits(bytes):
+    def isdigit(self) -> bool:
+        raise RuntimeError("no isdigit")
+
+
+class Sub(bytes):
+    pass
+
+
+PARAMS = [
+    (b"REQUEST_URI", b"/a%20b/c?x=1"),
+    (b"REQUEST_METHOD", b"POST"),
+    (b"CONTENT_TYPE", b"text/plain"),
+    (b"CONTENT_LENGTH", b"12"),
+    (b"HTTP_CONTENT_LENGTH", b"12"),
+    (b"REMOTE_ADDR", b"127.0.0.1"),
+    (b"REMOTE_PORT", b"4242"),
+    (b"SERVER_NAME", b"example.org"),
+    (b"SERVER_PORT", b"80"),
+    (b"HTTPS", b"on"),
+] + [(b"HTTP_X_%d" % i, b"v" * i) for i in range(15)]
+BLOB = encode_pairs(PARAMS)
+PARAMS_DICT = dict(PARAMS)
+RECORDS = b"".join(encode_record(6, i, b"r" * (i * 37)) for i in range(8)) + b"\x01\x06"
+HEAD = [(b"content-type", b"text/plain"), (b"x-a", b"1"), [b"x-b", b"2"]]
+LINE = b"Status: 200 OK\r\n"
+
+# (function, arguments): each case is called in turn, errors caught.
+CASES: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
+    (_speedups.decode_params, (BLOB,)),
+    (_speedups.decode_params, (bytearray(BLOB),)),
+    (_speedups.decode_params, (memoryview(BLOB)[:-3],)),  # cut short: ValueError
+    (_speedups.decode_params, (memoryview(BLOB + BLOB)[::2],)),  # copied
+    (_speedups.decode_params, ("str",)),  # TypeError
+    (_speedups.parse_records, (RECORDS, Record)),
+    (_speedups.parse_records, (bytearray(RECORDS), Record)),
+    (_speedups.parse_records, (b"\x02" + RECORDS, Record)),  # ValueError
+    (_speedups.parse_records, (RECORDS, time.struct_time)),  # TypeError
+    (_speedups.parse_records, (list(RECORDS[:40]), tuple)),  # copied
+    (_speedups.scope_from_params, (BLOB, ASGI_VERSION, {"s": 1}, {"e": {}})),
+    (_speedups.scope_from_params, (bytearray(BLOB), ASGI_VERSION, None, None)),
+    (_speedups.scope_from_params, (BLOB[:-2], ASGI_VERSION, None, None)),  # None
+    (_speedups.scope_from_params, (BLOB, ASGI_VERSION, types.MappingProxyType({"a": 1}), None)),
+    (_speedups.scope_from_params, (BLOB, ASGI_VERSION, NoCopy(a=1), None)),  # RuntimeError
+    (_speedups.scope_from_params, (BLOB, ASGI_VERSION)),  # TypeError
+    (_speedups.request_headers, (PARAMS_DICT,)),
+    (_speedups.request_headers, ({Sub(b"HTTP_A"): "x", b"CONTENT_TYPE": 0},)),
+    (_speedups.request_headers, ({b"CONTENT_LENGTH": BadDigits(b"1")},)),  # RuntimeError
+    (_speedups.request_headers, ({b"HTTP_A": b"1", 1: b"x"},)),  # TypeError
+    (_speedups.request_headers, (collections.OrderedDict(PARAMS_DICT),)),  # TypeError
+    (_speedups.encode_head, (LINE, HEAD)),
+    (_speedups.encode_head, (LINE, tuple(HEAD))),
+    (_speedups.encode_head, (LINE, [(b"bad name", b"1")])),  # None
+    (_speedups.encode_head, ("str", HEAD)),  # TypeError
+]
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def run(rounds: int) -> None:
+    for _ in range(rounds):
+        for fn, args in CASES:
+            with contextlib.suppress(ValueError, TypeError, RuntimeError):
+                fn(*args)
+
+
+def main() -> int:
+    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    per_function = collections.Counter(fn.__name__ for fn, _ in CASES)
+    # every function is called at least `calls` times
+    rounds = -(-calls // min(per_function.values()))
+    run(max(rounds // 10, 1000))
+    gc.collect()
+    blocks0, rss0 = sys.getallocatedblocks(), rss()
+    started = time.monotonic()
+    run(rounds)
+    gc.collect()
+    blocks, grown = sys.getallocatedblocks() - blocks0, rss() - rss0
+    total = rounds * len(CASES)
+    print(
+        f"{total} calls ({rounds} rounds of {len(CASES)} cases, each function at least "
+        f"{rounds * min(per_function.values())} times) in {time.monotonic() - started:.1f} s: "
+        f"allocated blocks {blocks:+d}, RSS {grown / 1024:+.0f} KiB"
+    )
+    if blocks > MAX_BLOCKS or grown > MAX_RSS:
+        print(f"LEAK: more than {MAX_BLOCKS} blocks or {MAX_RSS >> 20} MiB of RSS")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The ASGI HTTP bridge: ``receive()`` and ``send()`` on a FastCGI request.
+
+:class:`ASGIRequest` adds the ASGI message protocol to the shared
+:class:`~fcgi_asgi.protocol.request.Request`: the scope from the params,
+body chunks as ``http.request`` messages, the response messages checked
+and turned into the request's head and body, and the app's task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..errors import AppProtocolError, ClientDisconnected
+from ..protocol.request import GONE, Request
+from .scope import scope_from_params
+
+if TYPE_CHECKING:
+    from ..protocol.connection import FastCGIConnection
+
+__all__ = ["ASGIRequest"]
+
+logger = logging.getLogger("fcgi_asgi.error")
+
+_READ_CHUNK = 256 << 10
+_DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
+_EXTENSIONS: dict[str, Any] = {"http.response.pathsend": {}}
+
+
+class ASGIRequest(Request):
+    """One FastCGI request bridged to one ASGI HTTP call."""
+
+    __slots__ = ("_final_sent", "app_error")
+
+    def __init__(self, conn: FastCGIConnection, request_id: int, keep_conn: bool) -> None:
+        Request.__init__(self, conn, request_id, keep_conn)
+        self._final_sent = False
+        self.app_error: str | None = None
+
+    def start(self, params: bytes | bytearray) -> None:
+        """Build the scope and run the app as its own task."""
+        conn = self.conn
+        ctx = conn.ctx
+        self.scope = scope = scope_from_params(
+            params, conn.config.root_path, ctx.state, _EXTENSIONS
+        )
+        self.head_only = scope["method"] == "HEAD"
+        if ctx.internal_paths and scope["path"] in ctx.internal_paths:
+            self.answer_internal()
+            return
+        self.spawn(self.run(ctx.app, scope))
+
+    async def run(self, app: Any, scope: dict[str, Any]) -> None:
+        """Run the app for this request and make sure the request ends."""
+        try:
+            await app(scope, self.receive, self.send)
+        except Exception as exc:
+            self.app_raised(exc, "ASGI")
+        except asyncio.CancelledError:
+            if not self.app_cancelled("ASGI"):
+                raise
+        else:
+            if self.app_error is not None:
+                self.fail(self.app_error, None)
+            elif not self.response_started:
+                if not self.disconnected:
+                    self.fail("ASGI application returned without starting a response", None)
+            elif not self.response_complete:
+                self.fail("ASGI application returned without completing the response", None)
+            elif self.end_held and not self.ended:
+                # Trailers announced but never sent: the body is whole and
+                # trailers are dropped anyway, so the request ends as usual.
+                logger.debug("request id %d: the app sent no trailers", self.request_id)
+                self.end_held = False
+                self.finish([])
+        finally:
+            self.done()
+
+    async def receive(self) -> dict[str, Any]:
+        """ASGI ``receive``: body chunks as they arrive, then ``http.disconnect``."""
+        while True:
+            if self.disconnected or self.response_complete:
+                return _DISCONNECT
+            if self.body:
+                data = self.take_body()
+                more = not self.stdin_done
+                if not more:
+                    self._final_sent = True
+                return {"type": "http.request", "body": data, "more_body": more}
+            if self.stdin_done and not self._final_sent:
+                self._final_sent = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await self.wait()
+
+    async def send(self, message: Any) -> None:
+        """ASGI ``send``: response start, body, pathsend and trailers."""
+        mtype = message["type"]
+        if mtype == "http.response.body":
+            await self._send_body(message.get("body", b""), message.get("more_body", False))
+        elif mtype == "http.response.start":
+            if self.response_started:
+                self._fail_app("http.response.start sent twice")
+            self.end_held = bool(message.get("trailers", False))
+            self.set_head(message["status"], message.get("headers", ()))
+        elif mtype == "http.response.pathsend":
+            await self._send_path(message["path"])
+        elif mtype == "http.response.trailers":
+            # Trailers have no place in a CGI response; they are dropped, and
+            # the last trailers message ends a response that waited for it.
+            if self.end_held and not message.get("more_trailers", False):
+                self.end_held = False
+                if self.response_complete and not self.ended:
+                    self.finish([])
+        else:
+            self._fail_app(f"unexpected ASGI message type {mtype!r}")
+
+    def _fail_app(self, message: str) -> None:
+        self.app_error = message
+        raise AppProtocolError(message)
+
+    def _check_body_allowed(self, mtype: str) -> None:
+        if self.disconnected:
+            # First: an aborted request is also complete, and the app must see
+            # the client gone (an OSError), not an error of its own.
+            raise ClientDisconnected(GONE)
+        if not self.response_started:
+            self._fail_app(f"{mtype} sent before http.response.start")
+        if self.response_complete:
+            self._fail_app(f"{mtype} sent after the response was complete")
+
+    async def _send_body(self, body: Any, more_body: bool) -> None:
+        self._check_body_allowed("http.response.body")
+        if type(body) is not bytes:
+            if not isinstance(body, bytes | bytearray | memoryview):
+                self._fail_app(f"http.response.body body must be bytes, not {type(body).__name__}")
+            body = bytes(body)
+        await self.send_body(body, more_body)
+
+    async def _send_path(self, path: str) -> None:
+        self._check_body_allowed("http.response.pathsend")
+        # File reads run in the default executor: a slow disk must not stall
+        # every other request on the loop.
+        loop = self.conn.loop
+        f = await loop.run_in_executor(None, open, path, "rb")
+        try:
+            while chunk := await loop.run_in_executor(None, f.read, _READ_CHUNK):
+                await self._send_body(chunk, True)
+        finally:
+            await loop.run_in_executor(None, f.close)
+        await self._send_body(b"", False)

@@ -1,0 +1,506 @@
+"""One FastCGI request, the wire side every interface shares.
+
+A :class:`Request` is created by the connection on BEGIN_REQUEST and fed
+PARAMS and STDIN by it. It holds the request body with read flow control,
+frames the response into STDOUT records with backpressure, holds
+END_REQUEST back until STDIN has ended (the linger web servers need), sends
+it exactly once, and answers the gateway's own error pages. An interface
+(the ASGI bridge, the WSGI bridge) subclasses it: :meth:`Request.start`
+runs the app once PARAMS are complete, and the interface turns what the
+app does into :meth:`set_head` and :meth:`send_body` calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ClientDisconnected
+from ..pool import pool_status
+from ..status import render_status
+from .head import encode_head
+from .records import MAX_CONTENT, STDOUT, encode_end_request, encode_record, encode_stream
+
+if TYPE_CHECKING:
+    from .connection import FastCGIConnection
+
+__all__ = ["GONE", "Request", "end_records", "resolve_all", "wait_in"]
+
+logger = logging.getLogger("fcgi_asgi.error")
+access_logger = logging.getLogger("fcgi_asgi.access")
+
+# Bodies up to this size share one STDOUT record with the head: one write, one
+# record, at the cost of copying a few KiB; larger bodies are sliced instead.
+_COALESCE_LIMIT = 16 << 10
+_YIELD_EVERY = 512 << 10
+# How long STDIN may stay quiet while an answered request waits for its end.
+_STDIN_IDLE = 0.2
+
+#: Why ``send()`` (or a WSGI write) raises :class:`ClientDisconnected`.
+GONE = "the web server aborted the request or closed the connection"
+
+
+def _error_page(status: HTTPStatus) -> bytes:
+    body = status.phrase.encode()
+    return (
+        b"Status: %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (status.value, body, len(body), body)
+    )
+
+
+# Whole CGI responses for the errors the gateway answers itself; never a traceback.
+_ERROR_PAGES = {s.value: _error_page(s) for s in (HTTPStatus(500), HTTPStatus(504))}
+
+# The records that close a request: an empty STDOUT then END_REQUEST. Request
+# ids repeat (web servers always use 1), so each tail is built once.
+_end_records: dict[int, bytes] = {}
+
+
+def end_records(request_id: int) -> bytes:
+    """An empty STDOUT record and a successful END_REQUEST for ``request_id``."""
+    tail = _end_records.get(request_id)
+    if tail is None:
+        tail = encode_record(STDOUT, request_id) + encode_end_request(request_id)
+        if len(_end_records) < 1024:
+            _end_records[request_id] = tail
+    return tail
+
+
+def resolve_all(waiters: list[asyncio.Future[None]]) -> None:
+    """Wake every waiter not woken or cancelled yet (already detached from its list)."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+async def wait_in(waiters: list[asyncio.Future[None]], waiter: asyncio.Future[None]) -> None:
+    """Wait on ``waiter``, kept in ``waiters`` until :func:`resolve_all` wakes it.
+
+    A wait given up on (wait_for, a cancelled watcher) leaves nothing
+    behind in ``waiters``, however often it is retried.
+    """
+    waiters.append(waiter)
+    try:
+        await waiter
+    except asyncio.CancelledError:
+        if waiter in waiters:
+            waiters.remove(waiter)
+        raise
+
+
+class Request:
+    """The state of one request: params, body queue, response progress.
+
+    Everything here runs on the event loop; interfaces that run the app in
+    a thread call in through the loop.
+    """
+
+    __slots__ = (
+        "_end_deadline",
+        "_head",
+        "_stdin_seen",
+        "_stdout_sent",
+        "_timeout",
+        "_unyielded",
+        "_waiters",
+        "body",
+        "body_size",
+        "bytes_sent",
+        "conn",
+        "disconnected",
+        "drain_waiter",
+        "end_held",
+        "end_pending",
+        "ended",
+        "head_only",
+        "keep_conn",
+        "params",
+        "request_id",
+        "response_complete",
+        "response_started",
+        "scope",
+        "started",
+        "status",
+        "stdin_done",
+        "task",
+        "timed_out",
+    )
+
+    def __init__(self, conn: FastCGIConnection, request_id: int, keep_conn: bool) -> None:
+        self.conn = conn
+        self.request_id = request_id
+        self.keep_conn = keep_conn
+        # PARAMS content until the stream ends (the first record as is, more
+        # appended to a bytearray), then None.
+        self.params: bytes | bytearray | None = b""
+        #: The request as an ASGI-shaped scope, for the access log and the
+        #: gateway's own pages (set by the interface in :meth:`start`).
+        self.scope: dict[str, Any] | None = None
+        self.body: deque[bytes] = deque()
+        self.body_size = 0
+        self.stdin_done = False
+        self.disconnected = False
+        #: The response is written; END_REQUEST waits for the end of STDIN.
+        self.end_pending = False
+        #: The body is complete but the end waits for the interface (ASGI trailers).
+        self.end_held = False
+        #: A HEAD request: the response keeps its head (Content-Length too)
+        #: but no body bytes; h2o 2.2 would forward them and corrupt the next
+        #: response on the client's connection.
+        self.head_only = False
+        self._stdin_seen = self._end_deadline = 0.0
+        self.response_started = False
+        self.response_complete = False
+        self.ended = False
+        self.status = 0
+        self.started = conn.loop.time()
+        self.bytes_sent = 0
+        self.timed_out = False
+        self._timeout: asyncio.TimerHandle | None = None
+        self._unyielded = 0
+        self._head: bytes | None = None
+        self._stdout_sent = False
+        # Coroutines waiting for news (body, end of body, disconnect); an app
+        # may have several (a body reader and a disconnect watcher).
+        self._waiters: list[asyncio.Future[None]] = []
+        #: Set while send_body() waits for the web server to read (conn.drain()).
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    # -- fed by the connection ------------------------------------------------
+
+    def start(self, params: bytes | bytearray) -> None:
+        """PARAMS are complete: build the request and run the app (interfaces)."""
+        raise NotImplementedError
+
+    def feed_body(self, data: bytes) -> None:
+        """Queue a STDIN chunk for the app."""
+        # stdin_done: data after the end of STDIN (a broken peer) would reach
+        # the app after the end of its body.
+        if self.response_complete or self.disconnected or self.stdin_done:
+            if self.end_pending:
+                self._stdin_seen = self.conn.loop.time()
+            return
+        self.body.append(data)
+        self.body_size += len(data)
+        self.conn.body_buffered(len(data))
+        self.wake()
+
+    def end_body(self) -> None:
+        """The empty STDIN record arrived: the body is complete."""
+        self.stdin_done = True
+        if self.end_pending:
+            self.end_request_now()
+        else:
+            self.wake()
+
+    def disconnect(self) -> None:
+        """The web server aborted the request or the connection was lost."""
+        if self.disconnected:
+            return
+        self.disconnected = True
+        self.drop_body()
+        self.wake()
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # a send_body() waiting for the peer raises now
+
+    def wake(self) -> None:
+        """Wake every coroutine waiting in :meth:`wait`."""
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            resolve_all(waiters)
+
+    async def wait(self) -> None:
+        """Wait for news: more body, its end, the response done, or a disconnect."""
+        await wait_in(self._waiters, self.conn.loop.create_future())
+
+    def take_body(self) -> bytes:
+        """All the body received and not taken yet (b"" when none), and let
+        reading resume once the connection's unread body is small again."""
+        body = self.body
+        if not body:
+            return b""
+        data = body.popleft() if len(body) == 1 else b"".join(body)
+        body.clear()
+        n = self.body_size
+        self.body_size = 0
+        self.conn.body_consumed(n)
+        return data
+
+    def drop_body(self) -> None:
+        """Forget the unread body (the app will not read it)."""
+        if self.body_size:
+            self.conn.body_consumed(self.body_size)
+            self.body.clear()
+            self.body_size = 0
+
+    # -- the response -----------------------------------------------------------
+
+    def set_head(self, status: Any, headers: Any) -> None:
+        """Encode the response head; it waits for the first body to share a write.
+
+        Raises :class:`~fcgi_asgi.errors.AppProtocolError` for a malformed
+        status or header, and :class:`ClientDisconnected` once the client is gone.
+        """
+        self._head = encode_head(status, headers)
+        self.status = status
+        self.response_started = True
+        if self.disconnected:
+            raise ClientDisconnected(GONE)
+        # If the app yields before its first body, the head is flushed on its
+        # own on the next loop iteration. One callback per iteration serves
+        # every request started in it (0.5 us a request less than a callback
+        # each, benchmarks/hotpath.py).
+        ctx = self.conn.ctx
+        if not ctx.pending_heads:
+            self.conn.loop.call_soon(ctx.flush_heads)
+        ctx.pending_heads.append(self)
+
+    def flush_head(self) -> None:
+        """Write the response head now if it is still waiting for a body."""
+        head = self._head
+        if head is not None and not self.disconnected and not self.ended:
+            self._head = None
+            self._stdout_sent = True
+            # encode_stream: a head may be larger than one record.
+            self.conn.write(encode_stream(STDOUT, self.request_id, head))
+
+    async def send_body(self, body: bytes, more_body: bool) -> None:
+        """Write a piece of the response body; the last one ends the request.
+
+        Waits while the web server is not reading; raises
+        :class:`ClientDisconnected` once it is gone.
+        """
+        if self.head_only:
+            body = b""  # and not counted as sent in the access log
+        self.bytes_sent += len(body)
+        rid = self.request_id
+        head = self._head
+        if head is not None:
+            self._head = None
+            if len(body) <= _COALESCE_LIMIT:
+                chunk = head + body
+                if (
+                    not more_body
+                    and self.stdin_done
+                    and not self.end_held
+                    and len(chunk) <= MAX_CONTENT
+                ):
+                    # The whole of a small response (head + body record, empty
+                    # STDOUT, END_REQUEST) as one bytes object in one write,
+                    # without the pieces list and finish() (raw hello cycle
+                    # 4.75 -> 4.6 us).
+                    self._stdout_sent = self.response_complete = True
+                    self.conn.write([encode_record(STDOUT, rid, chunk) + end_records(rid)])
+                    self.conn.request_ended(self)
+                    if self._waiters:
+                        self.wake()
+                    return
+                # Framed as a stream: a large head may not fit in one record.
+                pieces = encode_stream(STDOUT, rid, chunk)
+            else:
+                pieces = encode_stream(STDOUT, rid, head) + encode_stream(STDOUT, rid, body)
+            self._stdout_sent = True
+        elif body:
+            pieces = encode_stream(STDOUT, rid, body)
+        else:
+            pieces = []
+        if not more_body:
+            self.response_complete = True
+            # A waiter still there (a disconnect watcher) now learns that the
+            # response has been sent.
+            self.wake()
+            if not self.end_held:
+                self.finish(pieces)
+                return
+        conn = self.conn
+        if pieces:
+            if not conn.writable:
+                # The connection is going away (a write failed); connection_lost
+                # follows on a later loop iteration, but for the app the client is
+                # gone now.
+                self.disconnect()
+                raise ClientDisconnected(GONE)
+            conn.write(pieces)
+        if conn.write_paused:
+            await conn.drain(self)
+            if self.disconnected:
+                raise ClientDisconnected(GONE)
+            self._unyielded = 0
+        else:
+            # A peer that reads as fast as the app writes never pauses us, and
+            # we would never suspend: let other tasks and I/O callbacks run
+            # (a lost connection is only noticed that way) every few hundred KiB.
+            self._unyielded += len(body)
+            if self._unyielded > _YIELD_EVERY:
+                self._unyielded = 0
+                await asyncio.sleep(0)
+                if self.disconnected:
+                    raise ClientDisconnected(GONE)
+
+    def finish(self, pieces: list[bytes | memoryview]) -> None:
+        """Write the last of the response and end the request.
+
+        END_REQUEST waits for the end of STDIN when the app answered before
+        reading its whole body: web servers still writing the body when the
+        request ends misbehave (h2o 2.2 aborts, Apache answers 503).
+        """
+        rid = self.request_id
+        if self.stdin_done:
+            pieces.append(end_records(rid))
+            self.conn.write(pieces)
+            self.conn.request_ended(self)
+        else:
+            pieces.append(encode_record(STDOUT, rid))
+            self.conn.write(pieces)
+            self.end_pending = True
+            self.conn.drain_stdin()
+            loop = self.conn.loop
+            self._stdin_seen = now = loop.time()
+            self._end_deadline = now + self.conn.config.stdin_linger
+            loop.call_later(_STDIN_IDLE, self._check_end)
+
+    def _check_end(self) -> None:
+        # nginx stops sending the body once it has the response; h2o keeps
+        # sending it. So the END_REQUEST goes out when STDIN ends, or when it
+        # has been quiet for _STDIN_IDLE, or after stdin_linger in all.
+        if not self.end_pending or self.ended:
+            return
+        loop = self.conn.loop
+        now = loop.time()
+        quiet = now - self._stdin_seen
+        if quiet >= _STDIN_IDLE or now >= self._end_deadline:
+            self.end_request_now()
+        else:
+            loop.call_later(_STDIN_IDLE - quiet, self._check_end)
+
+    def end_request_now(self) -> None:
+        """Send the END_REQUEST held back for the end of STDIN, and end the request."""
+        if self.end_pending and not self.ended:
+            self.end_pending = False
+            self.stdin_done = True  # given up on, or arrived
+            self.conn.write([encode_end_request(self.request_id)])
+            self.conn.request_ended(self)
+
+    def answer_internal(self) -> None:
+        """Answer the gateway's own ping or status path, without the app."""
+        conn = self.conn
+        assert self.scope is not None
+        if self.scope["path"] == conn.config.ping_path:
+            ctype, body = b"text/plain", b"pong"
+        else:
+            workers = conn.ctx.all_workers()
+            pool = pool_status(conn.config, workers)
+            ctype, body = render_status(workers, conn.ctx.listen, self.scope, pool=pool)
+        head = (
+            b"Status: 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+            b"Cache-Control: no-store\r\n\r\n" % (ctype, len(body))
+        )
+        self.status = 200
+        self.response_started = self.response_complete = True
+        self.finish(encode_stream(STDOUT, self.request_id, head + body))
+
+    def fail(self, message: str, exc: BaseException | None, status: int = 500) -> None:
+        """The app failed: log it, answer an error page if nothing was sent
+        yet, else cut the response so the web server sees it incomplete."""
+        log = logger.error if exc is not None or not self.disconnected else logger.debug
+        log(
+            "%s (request id %d, %s %s)",
+            message,
+            self.request_id,
+            self.scope["method"] if self.scope else "?",
+            self.scope["path"] if self.scope else "?",
+            exc_info=exc,
+        )
+        self.wake()  # the app's other waiters learn that the request is over
+        if self.ended or self.end_pending:
+            # end_pending: the whole response is out, END_REQUEST only waits
+            # for the end of STDIN; failing now would cut a complete response.
+            return
+        if not self._stdout_sent and not self.disconnected:
+            # Nothing reached the web server yet: answer a plain error instead.
+            self._head = None
+            self.response_started = self.response_complete = True
+            self.status = status
+            self.finish([encode_record(STDOUT, self.request_id, _ERROR_PAGES[status])])
+        else:
+            self.response_complete = True
+            self.conn.request_failed(self)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` (the app on this request) as the request's task.
+
+        The request takes its task out of ``ctx.tasks`` when it ends, which
+        costs less than a done callback (one loop callback fewer per request).
+        """
+        conn = self.conn
+        ctx = conn.ctx
+        self.task = task = conn.loop.create_task(coro)
+        if task.done():
+            # An eager task factory (Python 3.12+, set by the app) ran the whole
+            # request inside create_task(): nothing is left to track.
+            return
+        tasks = ctx.tasks
+        tasks.add(task)
+        if len(tasks) > ctx.stats.max_active_requests:
+            ctx.stats.max_active_requests = len(tasks)
+        if conn.config.request_timeout is not None:
+            self.set_timeout(task, conn.config.request_timeout)
+
+    def app_raised(self, exc: Exception, interface: str) -> None:
+        """The app (an ``interface`` app: "ASGI", "WSGI") raised ``exc``."""
+        if isinstance(exc, ClientDisconnected) and self.disconnected:
+            # The app let our own disconnect error escape: nothing to report.
+            logger.debug("request id %d ended by the client going away", self.request_id)
+        elif isinstance(exc, ClientDisconnected):
+            self.fail(f"Exception in {interface} application: {exc!r}", exc)
+        else:
+            self.fail(f"Exception in {interface} application: {type(exc).__name__}: {exc}", exc)
+
+    def app_cancelled(self, interface: str, on_timeout: str = "cancelled") -> bool:
+        """The app's task was cancelled; True when by our own --request-timeout
+        (the worker goes on, the client gets a 504), else the caller re-raises."""
+        if self.timed_out:
+            self.fail(
+                f"request timed out after {self.conn.config.request_timeout:g} s; "
+                f"{interface} application {on_timeout}",
+                None,
+                status=504,
+            )
+            return True
+        self.fail(f"{interface} application cancelled", None)
+        return False
+
+    def set_timeout(self, task: asyncio.Task[None], seconds: float) -> None:
+        """Cancel ``task`` (this request's app) after ``seconds``."""
+
+        def expire() -> None:
+            if not task.done():
+                self.timed_out = True
+                task.cancel()
+
+        self._timeout = self.conn.loop.call_later(seconds, expire)
+
+    def done(self) -> None:
+        """The app is done with this request: count it, log it, forget its task."""
+        self.drop_body()
+        if self._timeout is not None:
+            self._timeout.cancel()
+        duration = self.conn.loop.time() - self.started
+        ctx = self.conn.ctx
+        if duration > self.conn.config.slow_request_threshold:
+            ctx.stats.slow_requests += 1
+        if ctx.access_format is not None and self.response_complete and self.scope:
+            access_logger.info(
+                "%s",
+                ctx.access_format.render(
+                    self.scope, self.status, self.bytes_sent, duration, self.request_id
+                ),
+            )
+        if self.task is not None:
+            ctx.tasks.discard(self.task)

@@ -1,0 +1,187 @@
+"""The WSGI bridge: a WSGI app on a FastCGI request, in a bounded thread pool.
+
+:class:`WSGIRequest` runs the app in a worker thread of the server's pool
+(``--threads``) and keeps all wire work on the event loop: the thread hands
+each piece of the response to the loop and waits until the shared
+:class:`~fcgi_asgi.protocol.request.Request` has written it, so the app's
+thread waits while the web server is not reading and memory stays bounded.
+``wsgi.input`` reads wait the same way for STDIN records; the loop never
+blocks. Requests beyond the pool wait for a free thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, cast
+
+from ..asgi.scope import build_scope
+from ..errors import AppProtocolError, ClientDisconnected
+from ..protocol.records import decode_params
+from ..protocol.request import GONE, Request
+from .environ import ErrorStream, InputStream, build_environ
+
+if TYPE_CHECKING:
+    from ..context import ServerContext
+    from ..protocol.connection import FastCGIConnection
+
+__all__ = ["WSGIRequest", "thread_pool"]
+
+logger = logging.getLogger("fcgi_asgi.error")
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+_STATUS = re.compile(r"([1-9][0-9][0-9]) [^\r\n\x00]*")
+
+
+def thread_pool(ctx: ServerContext) -> ThreadPoolExecutor:
+    """The server's WSGI threads (``--threads``), made on first use."""
+    pool = ctx.executor
+    if pool is None:
+        pool = ctx.executor = ThreadPoolExecutor(
+            max_workers=ctx.config.threads, thread_name_prefix="fcgi-asgi-wsgi"
+        )
+    return pool
+
+
+class WSGIRequest(Request):
+    """One FastCGI request bridged to one WSGI call."""
+
+    __slots__ = ("_headers", "_status")
+
+    def __init__(self, conn: FastCGIConnection, request_id: int, keep_conn: bool) -> None:
+        Request.__init__(self, conn, request_id, keep_conn)
+        # Set by start_response in the app's thread, read on the loop when
+        # the first body goes out (the thread waits for that).
+        self._status: int | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+
+    def start(self, params: bytes | bytearray) -> None:
+        """Build the environ and run the app in the thread pool."""
+        conn = self.conn
+        ctx = conn.ctx
+        decoded = decode_params(params)
+        self.scope = scope = build_scope(decoded, conn.config.root_path)
+        self.head_only = scope["method"] == "HEAD"
+        if ctx.internal_paths and scope["path"] in ctx.internal_paths:
+            self.answer_internal()
+            return
+        environ = build_environ(
+            decoded,
+            scope,
+            InputStream(self._fetch_body),
+            ErrorStream(),
+            multiprocess=conn.config.workers > 1,
+        )
+        self.spawn(self.run(cast(WSGIApp, ctx.app), environ))
+
+    async def run(self, app: WSGIApp, environ: dict[str, Any]) -> None:
+        """Run the app in a thread; make sure the request ends."""
+        loop = self.conn.loop
+        try:
+            last = await loop.run_in_executor(
+                thread_pool(self.conn.ctx), self._call_app, app, environ
+            )
+            if last is not None:
+                await self._send(last, False)
+        except Exception as exc:
+            self.app_raised(exc, "WSGI")
+        except asyncio.CancelledError:
+            # A thread cannot be stopped: the app's next read or write raises
+            # ClientDisconnected, and its thread stays busy until it returns.
+            timed_out = self.app_cancelled("WSGI", "still runs in its thread until it returns")
+            self.disconnect()
+            if not timed_out:
+                raise
+        finally:
+            self.done()
+
+    # -- in the app's thread ----------------------------------------------------
+
+    def _on_loop(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run ``coro`` on the event loop and wait for its result (app's thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.conn.loop).result()
+
+    def _call_app(self, app: WSGIApp, environ: dict[str, Any]) -> bytes | None:
+        """Call the app and stream its response; return the body of a
+        one-piece response for the loop to send (one thread hop fewer)."""
+        result = app(environ, self._start_response)
+        try:
+            if type(result) in (list, tuple) and len(result) <= 1:
+                return bytes(result[0]) if result else b""
+            for chunk in result:
+                if chunk:
+                    self._write(chunk)
+            return b""
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    def _start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: ExcInfo | None = None,
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.response_started:
+                    # Too late for another head: the app's error goes on up.
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self._status is not None:
+            raise AppProtocolError("start_response() called again without exc_info")
+        if type(status) is not str or not _STATUS.fullmatch(status):
+            raise AppProtocolError(f"WSGI status must be like '200 OK', not {status!r}")
+        try:
+            encoded = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+        except (AttributeError, UnicodeEncodeError, ValueError, TypeError):
+            raise AppProtocolError(
+                f"WSGI response headers must be (str, str) pairs in latin-1, not {headers!r}"
+            ) from None
+        self._headers = encoded
+        self._status = int(status[:3])
+        return self._write
+
+    def _write(self, data: bytes) -> None:
+        """The ``write()`` callable, and each piece of the response iterable."""
+        if type(data) is not bytes:
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise AppProtocolError(f"WSGI body must be bytes, not {type(data).__name__}")
+            data = bytes(data)
+        self._on_loop(self._send(data, True))
+
+    def _fetch_body(self) -> bytes:
+        """The next piece of the request body, b"" at its end (for wsgi.input)."""
+        data: bytes = self._on_loop(self._next_body())
+        return data
+
+    # -- on the loop ------------------------------------------------------------
+
+    async def _send(self, data: bytes, more_body: bool) -> None:
+        if self.disconnected:
+            raise ClientDisconnected(GONE)
+        if not self.response_started:
+            if self._status is None:
+                raise AppProtocolError("the WSGI application did not call start_response()")
+            self.set_head(self._status, self._headers)
+        if self.response_complete:
+            return  # already cut short (an app still writing after a timeout)
+        await self.send_body(data, more_body)
+
+    async def _next_body(self) -> bytes:
+        while True:
+            if self.body:
+                return self.take_body()
+            if self.disconnected:
+                raise ClientDisconnected(GONE)
+            if self.stdin_done or self.response_complete:
+                return b""
+            await self.wait()

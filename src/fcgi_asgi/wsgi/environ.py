@@ -1,0 +1,185 @@
+"""The WSGI ``environ`` of a request, straight from its CGI params, and the
+``wsgi.input`` and ``wsgi.errors`` streams.
+
+The params are CGI variables already: they go in as native strings
+(latin-1, PEP 3333). Where the request goes comes from the gateway's one
+set of path rules (:mod:`fcgi_asgi.protocol.paths`, through the scope the
+gateway keeps for every request): SCRIPT_NAME is ``root_path`` (from
+``--root-path`` or a real split), PATH_INFO the rest of the decoded path;
+REQUEST_URI stays as the web server sent it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.util import FileWrapper
+
+__all__ = ["ErrorStream", "InputStream", "build_environ"]
+
+error_logger = logging.getLogger("fcgi_asgi.error")
+
+# Params the environ takes from the path rules, or not at all: validators
+# (wsgiref.validate) reject HTTP_CONTENT_TYPE/LENGTH, which nginx, lighttpd
+# and Caddy send besides the CGI variables.
+_REPLACED = frozenset(
+    (
+        "SCRIPT_NAME",
+        "PATH_INFO",
+        "QUERY_STRING",
+        "REQUEST_METHOD",
+        "HTTP_CONTENT_TYPE",
+        "HTTP_CONTENT_LENGTH",
+        "CONTENT_TYPE",
+        "CONTENT_LENGTH",
+    )
+)
+
+
+def _wsgi_str(text: str) -> str:
+    """A decoded path as PEP 3333 wants it: its UTF-8 bytes as latin-1."""
+    return text if text.isascii() else text.encode("utf-8").decode("latin-1")
+
+
+def build_environ(
+    params: dict[bytes, bytes],
+    scope: dict[str, Any],
+    wsgi_input: Any,
+    errors: Any,
+    multiprocess: bool,
+) -> dict[str, Any]:
+    """The environ for decoded CGI ``params`` and the ``scope`` built from them."""
+    environ: dict[str, Any] = {
+        key: value.decode("latin-1")
+        for name, value in params.items()
+        if (key := name.decode("latin-1")) not in _REPLACED
+    }
+    root_path: str = scope["root_path"]
+    path: str = scope["path"]
+    environ["REQUEST_METHOD"] = scope["method"]
+    environ["SCRIPT_NAME"] = _wsgi_str(root_path)
+    environ["PATH_INFO"] = _wsgi_str(path[len(root_path) :])
+    environ["QUERY_STRING"] = scope["query_string"].decode("latin-1")
+    # The content headers the scope kept: CONTENT_TYPE when not empty,
+    # CONTENT_LENGTH when a number (Caddy sends -1, nginx "" on a GET).
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            environ["CONTENT_TYPE"] = value.decode("latin-1")
+        elif name == b"content-length":
+            environ["CONTENT_LENGTH"] = value.decode("latin-1")
+    server = scope["server"]
+    if "SERVER_NAME" not in environ:
+        environ["SERVER_NAME"] = server[0] if server else "localhost"
+    if "SERVER_PORT" not in environ:
+        port = server[1] if server and server[1] else None
+        environ["SERVER_PORT"] = str(port or (443 if scope["scheme"] == "https" else 80))
+    environ.setdefault("SERVER_PROTOCOL", "HTTP/" + scope["http_version"])
+    environ["wsgi.version"] = (1, 0)
+    environ["wsgi.url_scheme"] = scope["scheme"]
+    environ["wsgi.input"] = wsgi_input
+    environ["wsgi.errors"] = errors
+    environ["wsgi.multithread"] = True
+    environ["wsgi.multiprocess"] = multiprocess
+    environ["wsgi.run_once"] = False
+    environ["wsgi.file_wrapper"] = FileWrapper
+    environ["wsgi.input_terminated"] = True
+    return environ
+
+
+class InputStream(io.RawIOBase):
+    """``wsgi.input``: the request body as it arrives, read in the app's thread.
+
+    ``fetch()`` blocks the calling thread (never the loop) until the
+    connection has more of the body, and returns b"" at its end; the
+    connection pauses reading while the app does not read.
+    """
+
+    def __init__(self, fetch: Callable[[], bytes]) -> None:
+        self._fetch = fetch
+        self._buffer = b""
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        data = self._fetch()
+        if not data:
+            self._eof = True
+            return False
+        self._buffer += data
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (all the rest when -1 or None)."""
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            data, self._buffer = self._buffer, b""
+            return data
+        while len(self._buffer) < size and self._fill():
+            pass
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """One line, newline included; at most ``size`` bytes when given."""
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                n = end + 1 if size is None or size < 0 else min(end + 1, size)
+                break
+            if size is not None and 0 <= size <= len(self._buffer):
+                n = size
+                break
+            if not self._fill():
+                n = len(self._buffer)
+                break
+        data, self._buffer = self._buffer[:n], self._buffer[n:]
+        return data
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        """The remaining lines."""
+        lines = []
+        total = 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> Any:
+        return iter(self.readline, b"")
+
+
+class ErrorStream:
+    """``wsgi.errors``: lines written by the app go to the gateway's error log."""
+
+    def __init__(self) -> None:
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        for line in lines:
+            error_logger.error("%s", line)
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._pending:
+            error_logger.error("%s", self._pending)
+            self._pending = ""

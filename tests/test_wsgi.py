@@ -1,0 +1,268 @@
+"""WSGI apps on the gateway, over a real socket with the FastCGI client.
+
+Every app here is wrapped in ``wsgiref.validate.validator`` (see
+``tests/wsgi_apps.py``): a PEP 3333 violation by the gateway fails the request.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import hashlib
+import logging
+import os
+
+import pytest
+
+from fcgi_asgi import FastCGIServer
+from fcgi_asgi.client import build_params
+from fcgi_asgi.config import AppLoadError, Config
+from fcgi_asgi.interface import detect_interface
+from fcgi_asgi.protocol.records import (
+    PARAMS,
+    STDIN,
+    encode_begin_request,
+    encode_pairs,
+    encode_record,
+)
+from tests import apps, wsgi_apps
+from tests.conftest import connect
+from tests.test_backpressure import StalledReader
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def server(serve):
+    return await serve(wsgi_apps.plain_app, interface="wsgi")
+
+
+async def test_hello(server):
+    async with await connect(server) as client:
+        r = await client.request("GET", "/hello")
+    assert r.status == 200
+    assert r.body == b"Hello, world!"
+    assert r.header("content-length") == "13"
+
+
+async def test_auto_detects_a_wsgi_app_and_its_one_piece_response(serve):
+    server = await serve(wsgi_apps.plain_app_unwrapped)
+    async with await connect(server) as client:
+        r = await client.request("GET", "/hello")
+        r2 = await client.request("POST", "/write")
+    assert (r.status, r.body) == (200, b"Hello, world!")
+    assert (r2.status, r2.body) == (200, b"written and returned")
+
+
+async def test_environ_paths_follow_the_scope_rules(serve):
+    server = await serve(wsgi_apps.plain_app, interface="wsgi", root_path="/app")
+    params = {
+        b"SCRIPT_NAME": b"/app/environ",
+        b"REQUEST_URI": b"/app/environ?x=%20",
+        b"CONTENT_LENGTH": b"",
+        b"HTTP_CONTENT_TYPE": b"text/x-dup",
+        b"HTTP_X_TEST": b"caf\xe9",
+    }
+    async with await connect(server) as client:
+        r = await client.request("GET", "/app/environ", query="x=%20", params=params)
+    assert r.status == 200, r.body
+    env = ast.literal_eval(r.body.decode())
+    assert env["SCRIPT_NAME"] == "/app"
+    assert env["PATH_INFO"] == "/environ"
+    assert env["QUERY_STRING"] == "x=%20"
+    assert env["REQUEST_URI"] == "/app/environ?x=%20"
+    assert env["CONTENT_LENGTH"] is None  # nginx's empty one is no length
+    assert env["HTTP_X_TEST"] == "caf\xe9"  # latin-1 native string
+
+
+async def test_percent_encoded_utf8_path_is_a_latin1_native_string(server):
+    async with await connect(server) as client:
+        r = await client.request("GET", "/caf%C3%A9/x")
+    assert r.status == 200, r.body
+    assert ast.literal_eval(r.body.decode()) == ("", "/caf\xc3\xa9/x")
+
+
+@pytest.mark.parametrize("size", [0, 1000, 3 << 20])
+async def test_body_streams_through_wsgi_input(server, size):
+    body = b"first line\n" + os.urandom(size)
+    async with await connect(server) as client:
+        r = await client.request("POST", "/digest", body=body)
+    assert r.status == 200, r.body
+    assert r.body.decode() == f"{len(body)} {hashlib.sha256(body).hexdigest()}"
+
+
+async def test_start_response_exc_info_replaces_an_unsent_head(server):
+    async with await connect(server) as client:
+        r = await client.request("GET", "/exc-info")
+    assert r.status == 503
+    assert r.header("x-replaced") == "1"
+    assert r.body == b"replaced"
+
+
+async def test_app_exception_gives_500_and_a_logged_traceback(server, caplog):
+    async with await connect(server) as client:
+        r = await client.request("GET", "/boom")
+        again = await client.request("GET", "/hello")
+    assert r.status == 500
+    assert b"failed on purpose" not in r.body
+    assert "the WSGI app failed on purpose" in caplog.text
+    assert again.status == 200
+
+
+async def test_head_keeps_its_head_but_sends_no_body(server):
+    async with await connect(server) as client:
+        r = await client.request("HEAD", "/hello")
+    assert r.status == 200
+    assert r.header("content-length") == "13"
+    assert r.body == b""
+
+
+async def test_hop_by_hop_headers_are_dropped(server):
+    async with await connect(server) as client:
+        r = await client.request("GET", "/hop-by-hop")
+    assert r.status == 200
+    assert r.body == b"one two"
+    names = {name.lower() for name, _ in r.headers}
+    assert "connection" not in names and "x-hop" not in names
+
+
+async def test_file_wrapper(server):
+    async with await connect(server) as client:
+        r = await client.request("GET", "/file")
+    assert r.status == 200
+    assert r.body == b"f" * 100_000
+
+
+async def test_threads_bound_the_requests_running_at_once(serve):
+    server = await serve(wsgi_apps.plain_app, interface="wsgi", threads=2)
+    token = "threads-bound"
+
+    async def one() -> int:
+        async with await connect(server) as client:
+            return (await client.request("GET", "/sleep", query=token)).status
+
+    statuses = await asyncio.gather(*(one() for _ in range(5)))
+    assert statuses == [200] * 5  # the ones beyond the pool waited, none was refused
+    assert wsgi_apps.EVENTS[token]["most"] == 2
+
+
+async def test_graceful_shutdown_waits_for_a_running_thread(serve):
+    server = await serve(wsgi_apps.plain_app, interface="wsgi", timeout_graceful_shutdown=10)
+    token = "shutdown-waits"
+    async with await connect(server) as client:
+        pending = asyncio.ensure_future(client.request("GET", "/sleep", query=token))
+        for _ in range(100):  # bounded: until the app's thread runs
+            if wsgi_apps.EVENTS.get(token, {}).get("running"):
+                break
+            await asyncio.sleep(0.01)
+        await server.aclose()
+        r = await pending
+    assert r.status == 200 and r.body == b"GET"
+
+
+async def test_disconnect_mid_stream_closes_the_iterable(server):
+    token = "disconnect-closes"
+    client = await connect(server)
+    params = build_params("GET", "/stream", query=str(200 << 20), headers={"X-Token": token})
+    req = await client.begin(params)
+    await req.end_body()
+    for _ in range(200):  # bounded: until the app has streamed a little
+        if wsgi_apps.EVENTS.get(token, {}).get("sent", 0) > 1 << 20:
+            break
+        await asyncio.sleep(0.02)
+    await client.close()  # the web server goes away mid-response
+    for _ in range(200):
+        if wsgi_apps.EVENTS.get(token, {}).get("closed"):
+            break
+        await asyncio.sleep(0.02)
+    ev = wsgi_apps.EVENTS[token]
+    assert ev.get("closed"), ev
+    assert ev["sent"] < 200 << 20
+
+
+def test_auto_tells_asgi_from_wsgi_and_says_when_it_cannot() -> None:
+    assert detect_interface(apps.app) == "asgi"
+    assert detect_interface(wsgi_apps.flask_app_unwrapped) == "wsgi"
+    assert detect_interface(wsgi_apps.plain_app_unwrapped) == "wsgi"
+    with pytest.raises(AppLoadError, match="--interface asgi or --interface wsgi"):
+        detect_interface(wsgi_apps.plain_app)  # (*args): cannot be told
+    with pytest.raises(AppLoadError, match="--factory"):
+        detect_interface(lambda: None)
+    with pytest.raises(AppLoadError, match="use --interface wsgi"):
+        detect_interface(wsgi_apps.flask_app_unwrapped, "asgi")
+    with pytest.raises(AppLoadError, match="use --interface asgi"):
+        detect_interface(apps.app, "wsgi")
+
+
+async def test_a_wsgi_app_given_as_asgi_fails_at_start(sock_path):
+    server = FastCGIServer(
+        Config(app=wsgi_apps.flask_app_unwrapped, socket=sock_path, interface="asgi")
+    )
+    with pytest.raises(AppLoadError, match="WSGI app"):
+        await server.start()
+
+
+async def test_wsgi_errors_reach_the_error_log(serve, caplog):
+    def app(environ, start_response):
+        environ["wsgi.errors"].write("a line from the app\npart")
+        environ["wsgi.errors"].flush()
+        start_response("200 OK", [])
+        return [b""]
+
+    server = await serve(app)
+    with caplog.at_level(logging.ERROR, logger="fcgi_asgi.error"):
+        async with await connect(server) as client:
+            r = await client.request("GET", "/")
+    assert r.status == 200
+    assert [m for m in caplog.messages if "from the app" in m or m == "part"] == [
+        "a line from the app",
+        "part",
+    ]
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) << 10
+    raise AssertionError("no VmRSS")
+
+
+async def test_200mib_stream_to_a_stalled_reader_keeps_memory_flat(serve):
+    """The app's thread waits while the web server reads nothing; then all of it
+    arrives intact, and the process never held more than a few buffers."""
+    size = 200 << 20
+    token = "stalled-reader"
+    server = await serve(wsgi_apps.plain_app, interface="wsgi")
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_unix_connection(StalledReader, server.config.socket)
+    transport.pause_reading()
+    params = build_params("GET", "/stream", query=str(size), headers={"X-Token": token})
+    transport.write(
+        encode_begin_request(1)
+        + encode_record(PARAMS, 1, encode_pairs(params))
+        + encode_record(PARAMS, 1)
+        + encode_record(STDIN, 1)
+    )
+    rss_before = _rss()
+    max_rss = 0
+    for _ in range(40):  # 2 s of reading nothing
+        await asyncio.sleep(0.05)
+        max_rss = max(max_rss, _rss())
+    sent_while_stalled = wsgi_apps.EVENTS[token]["sent"]
+    assert proto.received == 0, "the stalled peer read anyway"
+    # The app's thread got at most a write buffer plus kernel socket buffers ahead.
+    assert sent_while_stalled < 8 << 20, sent_while_stalled
+    transport.resume_reading()
+    while not proto.done.done():  # bounded by the wait_for below
+        max_rss = max(max_rss, _rss())
+        await asyncio.wait([proto.done], timeout=0.1)
+    await asyncio.wait_for(proto.done, 60)
+    transport.close()
+    expected = hashlib.sha256(b"Status: 200 OK\r\nContent-Type: application/octet-stream\r\n")
+    expected.update(b"Content-Length: %d\r\n\r\n" % size)
+    for start in range(0, size, 64 << 20):
+        expected.update(wsgi_apps.stream_pattern(min(64 << 20, size - start)))
+    assert proto.digest.hexdigest() == expected.hexdigest()
+    assert max_rss - rss_before < 16 << 20, (max_rss - rss_before) >> 20
+    assert wsgi_apps.EVENTS[token]["closed"]
