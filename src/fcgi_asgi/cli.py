@@ -152,6 +152,43 @@ def build_parser() -> argparse.ArgumentParser:
         "one process that ignores SIGHUP)",
     )
     procs.add_argument(
+        "--workers-min",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --workers-max: the fewest workers of a dynamic pool (default: 1)",
+    )
+    procs.add_argument(
+        "--workers-max",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a dynamic pool: start more workers, up to N, when every worker is busy, "
+        "and stop idle ones (default: 0, a fixed --workers)",
+    )
+    procs.add_argument(
+        "--min-spare-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="a dynamic pool grows while fewer than N workers are idle (default: %(default)s)",
+    )
+    procs.add_argument(
+        "--max-spare-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a dynamic pool stops idle workers beyond N at once (default: 0, --workers-max)",
+    )
+    procs.add_argument(
+        "--worker-idle-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a dynamic pool stops a worker idle this long, down to --workers-min "
+        "(default: %(default)s)",
+    )
+    procs.add_argument(
         "--max-requests",
         "--limit-max-requests",
         type=int,
@@ -166,9 +203,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="J",
         help="add a random 0..J to --max-requests per worker (default: %(default)s)",
     )
+    procs.add_argument(
+        "--preload",
+        action="store_true",
+        help="import the app once in the supervisor, so that workers share its memory; "
+        "SIGHUP then re-executes the supervisor to load new code",
+    )
+    procs.add_argument(
+        "--max-worker-memory",
+        type=int,
+        default=0,
+        metavar="MIB",
+        help="replace a worker, gracefully, once its resident memory (RSS) passes MIB "
+        "mebibytes; 0 never (default: %(default)s)",
+    )
     procs.add_argument("--user", help="run the app as this user after binding (needs root)")
     procs.add_argument(
         "--group", help="run the app as this group (default: the --user's group; needs root)"
+    )
+    procs.add_argument(
+        "--chroot",
+        metavar="DIR",
+        help="workers chroot into DIR after binding and importing the app, then drop "
+        "privileges; the socket file stays outside (needs root)",
     )
     limits = p.add_argument_group("limits")
     limits.add_argument(
@@ -421,10 +478,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ping_path=args.ping_path,
         metrics_path=args.metrics_path,
         slow_request_threshold=args.slow_request_threshold,
-        workers=1 if args.workers is None else args.workers,
+        workers=args.workers if args.workers is not None else (args.workers_min or 1),
+        workers_min=args.workers_min,
+        workers_max=args.workers_max,
+        min_spare_workers=args.min_spare_workers,
+        max_spare_workers=args.max_spare_workers,
+        worker_idle_timeout=args.worker_idle_timeout,
         supervise=args.workers is not None,
         max_requests=args.max_requests,
         max_requests_jitter=args.max_requests_jitter,
+        max_worker_memory=args.max_worker_memory,
+        preload=args.preload,
+        chroot=args.chroot,
         socket_mode=args.socket_mode,
         socket_owner=args.socket_owner,
         user=args.user,

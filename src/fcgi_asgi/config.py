@@ -158,6 +158,22 @@ class Config:
     max_requests: int = 0
     #: A random 0..J added to max_requests per worker, so workers do not recycle together.
     max_requests_jitter: int = 0
+    #: A dynamic pool between workers_min and workers_max workers (0: a fixed
+    #: pool of ``workers``); ``workers`` is then the number started with.
+    workers_min: int = 0
+    workers_max: int = 0
+    #: A dynamic pool keeps at least this many idle workers (up to workers_max)...
+    min_spare_workers: int = 1
+    #: ... and at most this many (0: workers_max).
+    max_spare_workers: int = 0
+    #: Seconds after which an idle worker of a dynamic pool is stopped.
+    worker_idle_timeout: float = 10.0
+    #: Import the app in the supervisor, before forking workers (shared copy-on-write).
+    preload: bool = False
+    #: Directory workers chroot into after binding and importing the app (needs root).
+    chroot: str | None = None
+    #: Resident memory in MiB above which a worker is replaced (0: no ceiling).
+    max_worker_memory: int = 0
     #: Permission bits for the unix socket file (e.g. 0o660); None keeps the umask's.
     socket_mode: int | None = None
     #: ``USER[:GROUP]`` (or ``:GROUP``) to own the unix socket file.
@@ -244,17 +260,21 @@ class Config:
 
         # Here, not only in each worker: a bad entry is one error before binding.
         AllowList(self.allow)  # raises ConfigError for an entry that is no network
-        if self.workers < 1:
+        if not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"{opt('workers')} must be a positive integer")
-        for name in ("max_requests", "max_requests_jitter"):
-            if getattr(self, name) < 0:
+        for name in ("max_requests", "max_requests_jitter", "max_worker_memory"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{opt(name)} must be 0 or a positive integer")
+        self._check_pool()
         if self.socket_mode is not None and not 0 <= self.socket_mode <= 0o777:
             raise ConfigError(f"{opt('socket_mode')} must be octal 0-777, not {self.socket_mode:o}")
         if (self.socket_mode is not None or self.socket_owner) and self.socket is None:
             raise ConfigError(
                 f"{opt('socket_mode')} and {opt('socket_owner')} apply to {opt('socket')} only"
             )
+        if self.chroot is not None and not os.path.isabs(self.chroot):
+            raise ConfigError(f"{opt('chroot')} must be an absolute path, not {self.chroot!r}")
         if self.root_path is not None:
             if self.root_path and not self.root_path.startswith("/"):
                 raise ConfigError(f"{opt('root_path')} must start with '/', not {self.root_path!r}")
@@ -264,6 +284,27 @@ class Config:
                     f"not {self.root_path!r}"
                 )
             self.root_path = self.root_path.rstrip("/")
+
+    def _check_pool(self) -> None:
+        if not self.workers_max:
+            if self.workers_min:
+                raise ConfigError(f"{opt('workers_min')} needs {opt('workers_max')}")
+            return
+        self.workers_min = self.workers_min or 1
+        if not 1 <= self.workers_min <= self.workers_max:
+            raise ConfigError(
+                f"{opt('workers_max')} must be at least {opt('workers_min')}, and both at least 1"
+            )
+        if self.min_spare_workers < 1:
+            raise ConfigError(f"{opt('min_spare_workers')} must be a positive integer")
+        if self.max_spare_workers and self.max_spare_workers < self.min_spare_workers:
+            raise ConfigError(
+                f"{opt('max_spare_workers')} must be at least {opt('min_spare_workers')}"
+            )
+        if not self.worker_idle_timeout > 0:
+            raise ConfigError(f"{opt('worker_idle_timeout')} must be more than 0 seconds")
+        # --workers is where the pool starts, within its bounds.
+        self.workers = min(max(self.workers, self.workers_min), self.workers_max)
 
     @property
     def max_connections_hint(self) -> int:

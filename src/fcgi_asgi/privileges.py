@@ -6,14 +6,23 @@ typo is a one-line error at start rather than a worker that cannot boot.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .config import ConfigError, opt
 
-__all__ = ["Identity", "SocketOwner", "drop_privileges", "parse_socket_owner", "resolve_identity"]
+__all__ = [
+    "Identity",
+    "SocketOwner",
+    "acting_as",
+    "drop_privileges",
+    "parse_socket_owner",
+    "resolve_identity",
+]
 
 
 @dataclass(frozen=True)
@@ -114,3 +123,31 @@ def drop_privileges(identity: Identity) -> None:
         os.setgroups([identity.gid])
     os.setgid(identity.gid)
     os.setuid(identity.uid)
+
+
+@contextlib.contextmanager
+def acting_as(identity: Identity | None) -> Iterator[None]:
+    """Run the block with ``identity``'s effective ids, then return to root.
+
+    For code that must run before root is given up for good (importing the
+    app before a chroot, or in the supervisor for ``--preload``): files are
+    opened with the user's rights, so an import does what it would as that
+    user. This is no sandbox: the saved user id stays root, and code that
+    asks can take root back.
+    """
+    if identity is None or identity.is_current():
+        yield
+        return
+    groups, egid = os.getgroups(), os.getegid()
+    if identity.name is not None:
+        os.setgroups(os.getgrouplist(identity.name, identity.gid))
+    else:
+        os.setgroups([identity.gid])
+    os.setegid(identity.gid)
+    os.seteuid(identity.uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(egid)
+        os.setgroups(groups)

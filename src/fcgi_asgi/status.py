@@ -27,9 +27,12 @@ def wants_json(scope: dict[str, Any]) -> bool:
 
 
 def render_status(
-    workers: list[WorkerStats], listen: str, scope: dict[str, Any]
+    workers: list[WorkerStats],
+    listen: str,
+    scope: dict[str, Any],
+    pool: dict[str, Any] | None = None,
 ) -> tuple[bytes, bytes]:
-    """The status page as ``(content_type, body)``."""
+    """The status page as ``(content_type, body)``; ``pool`` adds the pool's fields."""
     now = time.time()
     started = min((w.started for w in workers), default=now)
     info: dict[str, Any] = {
@@ -43,6 +46,7 @@ def render_status(
         "active requests": sum(w.active_requests for w in workers),
         "max active requests": sum(w.max_active_requests for w in workers),
         "slow requests": sum(w.slow_requests for w in workers),
+        **(pool or {}),
     }
     full = b"full" in scope["query_string"]
     if full:

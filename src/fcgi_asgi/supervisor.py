@@ -3,6 +3,8 @@
 It binds the listening socket once, forks workers that serve it, and then
 only supervises. It runs no event loop and never imports the app, so each
 worker it forks imports the app afresh, which is what makes SIGHUP a reload.
+With ``--preload`` it does import the app, and SIGHUP re-executes it (see
+:mod:`fcgi_asgi.preload`).
 
 Signals it acts on:
 
@@ -15,6 +17,10 @@ Signals it acts on:
   replaced worker hands its idle connections over (through the supervisor,
   see :mod:`fcgi_asgi.handoff`) rather than closing them.
 - SIGTTIN, SIGTTOU: one worker more, one fewer (never fewer than one).
+
+With ``--workers-max`` the pool is dynamic: once a second the supervisor
+reads the scoreboard and lets :mod:`fcgi_asgi.pool` decide to start workers
+(all busy) or stop idle ones.
 
 A worker that dies is replaced. One that dies before it is ready is retried
 with an exponential back-off; when no worker has ever started and one fails
@@ -35,10 +41,15 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from typing import NoReturn
 
-from .config import Config
+from .chroot import check_chroot
+from .config import ASGIApp, Config, ConfigError
 from .handoff import CONNECTION, HAND_OVER, Relay, channel_pair, receive
 from .listeners import Listener, open_listener
+from .memory import MIB, rss_bytes
+from .pool import PoolSettings, PoolWatch, decide
+from .preload import ReexecState, preload_app
 from .privileges import Identity, resolve_identity
 from .scoreboard import Scoreboard
 from .sdnotify import Notifier
@@ -56,6 +67,10 @@ BACKOFF_MAX = 10.0
 STOP_MARGIN = 10.0
 #: Seconds a worker gets after a second stop signal before it is killed.
 FORCE_MARGIN = 5.0
+#: Seconds between reads of the workers' memory (--max-worker-memory).
+MEMORY_CHECK_INTERVAL = 1.0
+#: Seconds between decisions of a dynamic pool (--workers-max).
+POOL_CHECK_INTERVAL = 1.0
 
 _HANDLED = (
     signal.SIGTERM,
@@ -72,7 +87,7 @@ def needs_supervisor(config: Config) -> bool:
     """True when the options need worker processes under a supervisor.
 
     ``--workers`` given at all (even 1: reload on SIGHUP, respawn on a crash),
-    recycling after max requests, and switching users (the supervisor keeps
+    recycling after max requests or memory, and switching users (the supervisor keeps
     root to remove the socket file; no app code runs as root) do. Otherwise
     the gateway serves in a single process.
     """
@@ -80,6 +95,10 @@ def needs_supervisor(config: Config) -> bool:
         config.supervise
         or config.workers > 1
         or config.max_requests > 0
+        or config.max_worker_memory > 0
+        or config.workers_max > 0
+        or config.preload
+        or config.chroot is not None
         or bool(config.user or config.group)
     )
 
@@ -139,11 +158,18 @@ class Supervisor:
         # Shared before any fork, so that every worker's status page can
         # report on all. Old workers draining during a reload, and SIGTTIN,
         # need slots beyond --workers.
-        self.scoreboard = Scoreboard(max(64, 4 * config.workers))
+        self.scoreboard = Scoreboard(max(64, 4 * max(config.workers, config.workers_max)))
         self._free_slots = set(range(self.scoreboard.slots))
         # systemd hears from the supervisor alone (workers never see the socket).
         self._notifier = Notifier.from_environ(unset=True)
         self._announced = False
+        self._memory_checked = 0.0
+        #: The app, imported before forking (--preload); None: each worker imports it.
+        self.app: ASGIApp | None = None
+        self._reexec_wanted = False
+        self.pool = PoolSettings.from_config(config)
+        self._pool_watch = PoolWatch()
+        self._pool_checked = 0.0
 
     # -- running ----------------------------------------------------------------
 
@@ -151,7 +177,17 @@ class Supervisor:
         """Bind, start the workers and supervise them until stopped."""
         config = self.config
         self.identity = resolve_identity(config.user, config.group)
-        self.listener = open_listener(config, self.identity)
+        check_chroot(config.chroot, self.identity)
+        inherited = ReexecState.from_environ()
+        if inherited is None:
+            if config.preload:
+                self._preload(first=True)  # a broken app fails before binding anything
+            self.listener = open_listener(config, self.identity)
+        else:
+            self._resume(inherited)
+            if config.preload:
+                self._preload(first=False)
+        assert self.listener is not None
         logger.info(
             "fcgi-asgi supervisor %d listening on %s, %d worker(s)",
             os.getpid(),
@@ -162,6 +198,8 @@ class Supervisor:
         self._poll.register(self._wake_r, select.POLLIN)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _HANDLED}
         old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        # Blocked across a --preload re-exec (see _reexec_self); handled from here.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED)
         try:
             self._main_loop()
         finally:
@@ -231,6 +269,11 @@ class Supervisor:
                     self._force_stop()
             elif self._stopping:
                 continue
+            elif sig == signal.SIGHUP and self.config.preload:
+                # The new image reloads: it imports the new code and drains
+                # every worker it takes over. Re-executing ends this image, so
+                # it comes after the other signals.
+                self._reexec_wanted = True
             elif sig == signal.SIGHUP:
                 self._reload()
             elif sig == signal.SIGTTIN:
@@ -242,6 +285,9 @@ class Supervisor:
                     logger.info("received SIGTTOU: %d worker(s)", self.target)
                 else:
                     logger.info("received SIGTTOU: keeping the last worker")
+        # Connections on their way between workers are passed on first.
+        if self._reexec_wanted and not self._stopping and not self._relay:
+            self._reexec_self()
 
     def _reload(self) -> None:
         self._generation += 1
@@ -256,6 +302,54 @@ class Supervisor:
         logger.info(
             "received SIGHUP: starting %d new worker(s), then draining the old", self.target
         )
+
+    # -- --preload -------------------------------------------------------------
+
+    def _preload(self, first: bool) -> None:
+        try:
+            self.app = preload_app(self.config, self.identity)
+        except ConfigError as exc:
+            if first:
+                raise  # a broken app at first start: an error to report
+            # A broken deploy: the old workers keep serving while new ones,
+            # importing the app themselves, fail and are retried.
+            logger.error("--preload: %s; workers will import the app themselves", exc)
+            return
+        logger.info("--preload: app imported, workers share it")
+
+    def _reexec_self(self) -> NoReturn:
+        # A new image imports the new code; the workers carry on meanwhile.
+        assert self.listener is not None
+        logger.info("received SIGHUP: re-executing the supervisor to load the new code (--preload)")
+        self._notifier.reloading()
+        listener = self.listener
+        # Until the new image has its handlers: a second SIGHUP would kill it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        ReexecState(
+            listener.sock.fileno(),
+            listener.path,
+            listener.file_id,
+            [(w.pid, w.channel.fileno(), w.stopping) for w in self.workers.values()],
+        ).reexec(self._notifier.address)
+
+    def _resume(self, inherited: ReexecState) -> None:
+        self.listener = inherited.listener()
+        # Inheritable only across the exec: not into the app's own programs.
+        self.listener.sock.set_inheritable(False)
+        self._ever_ready = True
+        now = time.monotonic()
+        for pid, fd, stopping in inherited.workers:
+            channel = socket.socket(fileno=fd) if fd >= 0 else _closed_socket()
+            worker = Worker(pid, channel, -1, now, ready=True, obsolete=True)
+            self.workers[pid] = worker
+            if stopping:
+                self._stop(worker)
+            if fd >= 0:
+                channel.set_inheritable(False)
+                channel.setblocking(False)
+                self._by_fd[fd] = worker
+                self._poll.register(fd, select.POLLIN)
+        logger.info("took over %d worker(s) of the previous supervisor", len(self.workers))
 
     def _begin_stop(self) -> None:
         self._stopping = True
@@ -289,6 +383,9 @@ class Supervisor:
                 worker.kill_at = None
         if self._stopping:
             return
+        self._check_memory(now)
+        if self.pool is not None:
+            self._resize_pool(now)
         fresh = sorted(
             (w for w in self.workers.values() if not w.obsolete and not w.stopping),
             key=lambda w: w.started,
@@ -322,6 +419,57 @@ class Supervisor:
             for w in self.workers.values()
             if w.ready and not w.obsolete and not w.stopping and w.channel.fileno() >= 0
         ]
+
+    def _check_memory(self, now: float) -> None:
+        # A worker past --max-worker-memory is replaced as one past its max
+        # requests is: its replacement starts first, then it drains.
+        limit = self.config.max_worker_memory * MIB
+        if not limit or now - self._memory_checked < MEMORY_CHECK_INTERVAL:
+            return
+        self._memory_checked = now
+        for worker in self.workers.values():
+            if not worker.ready or worker.obsolete or worker.stopping:
+                continue
+            rss = rss_bytes(worker.pid)
+            if rss is not None and rss > limit:
+                worker.obsolete = True
+                logger.warning(
+                    "worker %d uses %d MiB (RSS), more than --max-worker-memory %d: replacing it",
+                    worker.pid,
+                    rss // MIB,
+                    self.config.max_worker_memory,
+                )
+
+    def _resize_pool(self, now: float) -> None:
+        # Once a second: workers publish their counters about as often.
+        if now - self._pool_checked < POOL_CHECK_INTERVAL or self._failures:
+            return
+        assert self.pool is not None
+        self._pool_checked = now
+        current = [w for w in self.workers.values() if not w.obsolete and not w.stopping]
+        loads = self._pool_watch.observe(
+            now, ((w.pid, w.ready) for w in current), self.scoreboard.read()
+        )
+        decision = decide(self.pool, loads)
+        # Below the minimum (at start, after a crash) the usual respawn covers it.
+        if decision.start and len(current) + decision.start > self.target:
+            self.target = len(current) + decision.start
+            busy = sum(load.busy for load in loads)
+            logger.info(
+                "pool grows to %d worker(s): %d of %d busy", self.target, busy, len(current)
+            )
+        idle = {load.pid: load.idle_for for load in loads}
+        if decision.stop:
+            self.target = len(current)
+        for pid in decision.stop:
+            self.target -= 1
+            logger.info(
+                "pool shrinks to %d worker(s): worker %d idle for %.0f s",
+                self.target,
+                pid,
+                idle[pid],
+            )
+            self._stop(self.workers[pid])
 
     def _announce(self) -> None:
         # READY=1 once --workers ready workers of the current generation serve
@@ -375,6 +523,7 @@ class Supervisor:
                     max_requests,
                     self.scoreboard if slot is not None else None,
                     slot or 0,
+                    app=self.app,
                 )
                 status = run_worker(spec)
             except BaseException:
@@ -531,3 +680,10 @@ class Supervisor:
         listener.remove_file()
         with contextlib.suppress(OSError):
             listener.sock.close()
+
+
+def _closed_socket() -> socket.socket:
+    """A stand-in channel for a worker whose channel had already closed."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.close()
+    return sock

@@ -35,10 +35,11 @@ import sys
 from dataclasses import dataclass
 
 from .asgi.lifespan import LifespanFailure
-from .config import Config, ConfigError
+from .chroot import confine
+from .config import ASGIApp, Config, ConfigError
 from .handoff import CONNECTION, HAND_OVER, Handoff, receive
 from .listeners import Listener
-from .privileges import Identity, drop_privileges
+from .privileges import Identity
 from .scoreboard import Scoreboard
 from .server import FastCGIServer, _new_loop_factory
 
@@ -70,6 +71,8 @@ class WorkerSpec:
     #: Shared counters of all workers (for the status page) and this worker's slot.
     scoreboard: Scoreboard | None = None
     slot: int = 0
+    #: The app when the supervisor imported it (--preload); None: import it here.
+    app: ASGIApp | None = None
 
 
 def _ignore(signum: int, frame: object) -> None:
@@ -91,9 +94,9 @@ def run_worker(spec: WorkerSpec) -> int:
     )
     try:
         loop_factory = _new_loop_factory(spec.config.loop)
-        if spec.identity is not None:
-            # Before the app is imported: no app code ever runs as root.
-            drop_privileges(spec.identity)
+        # Privileges go before the app is imported (no app code runs as root),
+        # unless --chroot needs the app imported first.
+        spec.app = confine(spec.config, spec.identity, spec.app)
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             return runner.run(_serve(spec, early))
     except (ConfigError, LifespanFailure) as exc:
@@ -113,7 +116,7 @@ def run_worker(spec: WorkerSpec) -> int:
 async def _serve(spec: WorkerSpec, early: list[int]) -> int:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
-    server = FastCGIServer(spec.config, listener=Listener(spec.sock))
+    server = FastCGIServer(spec.config, spec.app, listener=Listener(spec.sock))
     server.scoreboard = spec.scoreboard
     server.slot = spec.slot
     channel = spec.channel

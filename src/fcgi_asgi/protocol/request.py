@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ClientDisconnected
 from ..metrics import METRICS_CONTENT_TYPE, render_metrics
+from ..pool import pool_status
 from ..scoreboard import REFUSED_CONCURRENT
 from ..status import render_status
 from .head import encode_head
@@ -405,7 +406,9 @@ class Request:
             ctype = METRICS_CONTENT_TYPE
             body = render_metrics(conn.ctx.all_workers(), conn.ctx.supervisor_stats())
         else:
-            ctype, body = render_status(conn.ctx.all_workers(), conn.ctx.listen, self.scope)
+            workers = conn.ctx.all_workers()
+            pool = pool_status(conn.config, workers)
+            ctype, body = render_status(workers, conn.ctx.listen, self.scope, pool=pool)
         head = (
             b"Status: 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
             b"Cache-Control: no-store\r\n\r\n" % (ctype, len(body))
