@@ -82,5 +82,5 @@ async def test_errors_are_exported(sock_path):
 async def test_wsgi_app_given_as_asgi_is_refused_by_the_api_too(sock_path):
     from tests.flask_site import app as flask_app
 
-    with pytest.raises(fcgi_asgi.AppLoadError, match="is a WSGI app.*interface= wsgi"):
+    with pytest.raises(fcgi_asgi.AppLoadError, match=r"is a WSGI app.*interface= wsgi"):
         await start_server(flask_app, socket=sock_path, interface="asgi")

@@ -184,7 +184,7 @@ def test_auto_tells_asgi_from_wsgi_and_says_when_it_cannot() -> None:
     assert detect_interface(apps.app) == "asgi"
     assert detect_interface(wsgi_apps.flask_app_unwrapped) == "wsgi"
     assert detect_interface(wsgi_apps.plain_app_unwrapped) == "wsgi"
-    with pytest.raises(AppLoadError, match="asgi or .*wsgi"):
+    with pytest.raises(AppLoadError, match=r"asgi or .*wsgi"):
         detect_interface(wsgi_apps.plain_app)  # (*args): cannot be told
     with pytest.raises(AppLoadError, match="app factory: give factory"):
         detect_interface(lambda: None)
