@@ -74,17 +74,18 @@ def test_watch_counts_idle_time_from_the_last_request_seen():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"workers_min": 2}, "--workers-min needs --workers-max"),
-        ({"workers_min": 3, "workers_max": 2}, "--workers-max must be at least --workers-min"),
-        ({"workers_max": 2, "min_spare_workers": 0}, "--min-spare-workers must be a positive"),
+        ({"workers_min": 2}, "workers_min= needs workers_max="),
+        ({"workers_min": 3, "workers_max": 2}, "workers_max= must be at least workers_min="),
+        ({"workers_max": 2, "min_spare_workers": 0}, "min_spare_workers= must be a positive"),
         (
             {"workers_max": 4, "min_spare_workers": 2, "max_spare_workers": 1},
-            "--max-spare-workers must be at least --min-spare-workers",
+            "max_spare_workers= must be at least min_spare_workers=",
         ),
-        ({"workers_max": 2, "worker_idle_timeout": 0}, "--worker-idle-timeout must be more"),
+        ({"workers_max": 2, "worker_idle_timeout": 0}, "worker_idle_timeout= must be more"),
     ],
 )
 def test_pool_option_errors(options, message):
+    # The API names options as keywords; the command line names them --like-this.
     with pytest.raises(ConfigError, match=message):
         Config(app="x:y", **options)
 
