@@ -44,6 +44,11 @@ _NAMES = """
     SERVER_PORT CONTENT_TYPE CONTENT_LENGTH HTTP_CONTENT_TYPE HTTP_CONTENT_LENGTH HTTP_HOST
     HTTP_ Status"""
 NAMES = [name.encode() for name in _NAMES.split()]
+# Values the C code looks for (methods, versions, ports, flags, paths).
+_VALUES = """
+    GET POST get BREW HTTP/1.0 HTTP/2.0 HTTP/2 HTTP/3 HTTP/0.9 on ON yes 1 https HTTPS 8080 -1 0
+    127.0.0.1 lighttpd/1.4.69 LIGHTTPD nginx/1.22.1 text/plain / /a/b?x=1 /%41%zz%4 /caf%C3%A9?q"""
+VALUES = [value.encode() for value in _VALUES.split()] + [b"", b"1" * 19]
 
 
 def as_source(fdp: atheris.FuzzedDataProvider, data: bytes) -> Any:
@@ -63,11 +68,16 @@ def pairs_blob(fdp: atheris.FuzzedDataProvider) -> bytes:
     if fdp.ConsumeBool():
         return fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 400))
     out = bytearray()
+    if fdp.ConsumeBool():  # most requests have one: the case the C scope covers
+        out += b"\x0b" + bytes([len(uri := b"/" + fdp.ConsumeBytes(8))]) + b"REQUEST_URI" + uri
     for _ in range(fdp.ConsumeIntInRange(0, 12)):
         name = NAMES[fdp.ConsumeIntInRange(0, len(NAMES) - 1)]
         if fdp.ConsumeBool():
             name = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 20))
-        value = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 200))
+        if fdp.ConsumeBool():
+            value = VALUES[fdp.ConsumeIntInRange(0, len(VALUES) - 1)]
+        else:
+            value = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 200))
         for n in (len(name), len(value)):
             out += bytes([n]) if n < 0x80 and fdp.ConsumeBool() else (n | 1 << 31).to_bytes(4)
         out += name + value

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, settings
 
 settings.register_profile(
     "sanitize",
-    max_examples=int(os.environ.get("SANITIZE_EXAMPLES", "2000")),
+    max_examples=int(os.environ.get("SANITIZE_EXAMPLES", "1000")),
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )

@@ -1,11 +1,13 @@
+# Each function also takes what the Python version takes (anything bytes() copies);
+# these are the types the gateway passes.
 def decode_params(data: bytes | bytearray | memoryview, /) -> dict[bytes, bytes]: ...
 def request_headers(params: dict[bytes, bytes], /) -> list[tuple[bytes, bytes]]: ...
 def parse_records(
-    src: bytes | bytearray, record_type: type[tuple[int, int, bytes]], /
+    src: bytes | bytearray | memoryview, record_type: type[tuple[int, int, bytes]], /
 ) -> tuple[list[tuple[int, int, bytes]], int]: ...
 def encode_head(status_line: bytes, headers: object, /) -> bytes | None: ...
 def scope_from_params(
-    data: bytes | bytearray,
+    data: bytes | bytearray | memoryview,
     asgi: dict[str, str],
     state: dict[str, object] | None,
     extensions: dict[str, object] | None,
