@@ -219,6 +219,12 @@ class TestMatrix:
         with client(site) as c:
             r = c.post("/digest", content=body())
         assert r.request.headers["transfer-encoding"] == "chunked"
+        if site.server == "haproxy":
+            # HAProxy must send CONTENT_LENGTH (its manual, 10.2): a chunked body
+            # larger than its buffer is refused before any FastCGI request (400,
+            # "PH--"); one that fits is sent with its length (next test).
+            assert r.status_code == 400, r.text[:300]
+            return
         assert r.status_code == 200, r.text[:300]
         data = b"".join(pieces)
         assert r.json()["size"] == len(data)
@@ -529,10 +535,12 @@ def test_spawn_fcgi_runs_the_gateway(workdir: Path, gateways: Gateways) -> None:
 # -- two gateways behind a balancer -----------------------------------------------------
 
 
-@pytest.mark.parametrize("server", ["nginx", "lighttpd"])
+@pytest.mark.parametrize("server", ["nginx", "lighttpd", "haproxy"])
 async def test_balancer_spreads_and_survives_a_dead_backend(server: str, workdir: Path) -> None:
-    a = Gateway("tests.webapp:starlette_app", workdir, name="backend-a", tcp=True)
-    b = Gateway("tests.webapp:starlette_app", workdir, name="backend-b", tcp=True)
+    # HAProxy's health checks ask the gateway's ping path over FastCGI.
+    ping = ("--ping-path", "/fcgi-ping")
+    a = Gateway("tests.webapp:starlette_app", workdir, name="backend-a", tcp=True, extra=ping)
+    b = Gateway("tests.webapp:starlette_app", workdir, name="backend-b", tcp=True, extra=ping)
     try:
         start_gateways(a, b)
         ws = start_webserver(
@@ -611,6 +619,7 @@ SENDS: dict[str, dict[str, tuple[str | None, str | None]]] = {
     "apache2": {"/items/42": ("/items/42", None), "/app/items/42": ("/app/items/42", None)},
     "caddy": {"/items/42": ("", "/items/42"), "/app/items/42": ("", "/app/items/42")},
     "h2o": {"/items/42": ("", "/items/42"), "/app/items/42": ("", "/app/items/42")},
+    "haproxy": {"/items/42": ("/items/42", None), "/app/items/42": ("/app/items/42", None)},
 }
 
 

@@ -215,7 +215,7 @@ class RequestCycle:
         # receive() calls waiting for news; an app may have several (a body
         # reader and a disconnect watcher), and each must be woken.
         self._waiters: list[asyncio.Future[None]] = []
-        #: Set while send() waits for the web server to read (conn.drain()).
+        #: Set while send() waits for its turn to write (conn.scheduler).
         self.drain_waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -321,6 +321,11 @@ class RequestCycle:
                 )
             if self.task is not None:
                 ctx.tasks.discard(self.task)
+
+    def describe(self) -> str:
+        """``METHOD path`` of this request, for log lines."""
+        scope = self.scope
+        return f"{scope['method']} {scope['path']}" if scope else "params not complete"
 
     def set_timeout(self, task: asyncio.Task[None], seconds: float) -> None:
         """Cancel ``task`` (this request's app) after ``seconds``."""
@@ -511,13 +516,16 @@ class RequestCycle:
                 # gone now: a receive() after this says http.disconnect.
                 self.disconnect()
                 raise ClientDisconnected(_GONE)
+            if conn.write_paused or conn.scheduler:
+                # The web server is not reading, or other streams of this
+                # connection wait for it: take turns (write_scheduler.py).
+                await conn.scheduler.wait_turn(self, pieces)
+                if self.disconnected:
+                    raise ClientDisconnected(_GONE)
+                self._unyielded = 0
+                return
             conn.write(pieces)
-        if conn.write_paused:
-            await conn.drain(self)
-            if self.disconnected:
-                raise ClientDisconnected(_GONE)
-            self._unyielded = 0
-        else:
+        if not conn.write_paused:
             # A peer that reads as fast as the app writes never pauses us, and
             # send() would never suspend: let other tasks and I/O callbacks run
             # (a lost connection is only noticed that way) every few hundred KiB.
