@@ -723,3 +723,33 @@ def test_reload_under_load_through_nginx_loses_nothing(workdir: Path, config: st
         ws.stop()
         assert gw.stop() == 0, gw.log_tail()
         other.stop()
+
+
+@pytest.mark.parametrize("multiplex", [True, False], ids=["multiplex", "no-multiplex"])
+async def test_haproxy_multiplexes_as_the_gateway_says(workdir: Path, multiplex: bool) -> None:
+    """HAProxy's site.conf asks GET_VALUES: 40 concurrent requests share connections,
+    unless the gateway says FCGI_MPXS_CONNS=0 (--no-multiplex); then each has its own
+    and none is refused with CANT_MPX_CONN."""
+    extra = ("--status-path", "/fcgi-status", *(() if multiplex else ("--no-multiplex",)))
+    gw = Gateway("tests.webapp:starlette_app", workdir, name="mpx", extra=extra)
+    other = Gateway("tests.webapp:fastapi_app", workdir, name="mpx-app", root_path="/app")
+    start_gateways(gw, other)
+    try:
+        ws = start_webserver("haproxy", "site", workdir, socket=gw.socket, app_socket=other.socket)
+        try:
+            limits = httpx.Limits(max_connections=40)
+            async with httpx.AsyncClient(base_url=ws.base_url, timeout=30, limits=limits) as c:
+                rs = await asyncio.gather(*(c.get(f"/sleep/{i}?s=0.5") for i in range(40)))
+                status = (await c.get("/fcgi-status?json")).json()
+        finally:
+            ws.stop()
+    finally:
+        gw.stop()
+        other.stop()
+    assert [r.status_code for r in rs] == [200] * 40, ws.logs()
+    assert status["max active requests"] >= 20
+    if multiplex:
+        assert status["accepted conn"] <= 30, status
+    else:
+        assert status["accepted conn"] > 40, status
+        assert "refused" not in gw.log_tail(200)
