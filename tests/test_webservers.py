@@ -753,3 +753,63 @@ async def test_haproxy_multiplexes_as_the_gateway_says(workdir: Path, multiplex:
     else:
         assert status["accepted conn"] > 40, status
         assert "refused" not in gw.log_tail(200)
+
+
+class _SlowReader(threading.Thread):
+    """A client that really reads slowly: a 4 KiB receive buffer, 4 KiB every 20 ms."""
+
+    def __init__(self, port: int, target: str, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.port, self.target, self.stop = port, target, stop
+        self.received = 0
+
+    def run(self) -> None:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(30)
+            with contextlib.suppress(OSError):
+                s.connect(("127.0.0.1", self.port))
+                s.sendall(f"GET {self.target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                for _ in range(100_000):  # bounded; the event ends it long before
+                    if self.stop.is_set():
+                        return
+                    data = s.recv(4096)
+                    if not data:
+                        return
+                    self.received += len(data)
+                    time.sleep(0.02)
+
+
+def test_haproxy_small_requests_pass_beside_slow_streams(workdir: Path) -> None:
+    """4 slow clients stream through HAProxy's multiplexed backend; small requests
+    through the same HAProxy all complete meanwhile, and the gateway holds the
+    streams (their apps are only a little ahead of what the clients read)."""
+    gw = Gateway("tests.webapp:starlette_app", workdir, name="slow")
+    other = Gateway("tests.webapp:fastapi_app", workdir, name="slow-app", root_path="/app")
+    start_gateways(gw, other)
+    stop = threading.Event()
+    tokens = [secrets.token_hex(8) for _ in range(4)]
+    try:
+        ws = start_webserver("haproxy", "site", workdir, socket=gw.socket, app_socket=other.socket)
+        try:
+            readers = [_SlowReader(ws.port, f"/endless/{t}", stop) for t in tokens]
+            for r in readers:
+                r.start()
+            assert wait_for(lambda: all(r.received > 64 << 10 for r in readers), timeout=30)
+            with client(ws) as c:
+                small = [c.get("/ping") for _ in range(10)]
+                assert [r.status_code for r in small] == [200] * 10
+                assert all(r.is_alive() for r in readers)  # still streaming
+                received = [r.received for r in readers]  # (read on before `sent` is asked)
+                sent = [c.get(f"/events/{t}").json()["sent"] for t in tokens]
+        finally:
+            stop.set()
+            ws.stop()
+    finally:
+        gw.stop()
+        other.stop()
+    for s, r in zip(sent, received, strict=True):
+        # What the app sent but the client has not read sits in bounded buffers
+        # (HAProxy's, the sockets', the gateway's 32 KiB): far from the 30 s of
+        # 64 KiB chunks an unheld app would have pushed.
+        assert r - 1024 < s < r + (4 << 20), (sent, received)  # 1024: the response head
