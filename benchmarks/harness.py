@@ -346,8 +346,10 @@ def haproxy_conf(port: int, backend: Backend, sock: str, keepalive: bool) -> str
     """
     if backend.proto == "fastcgi":
         if keepalive:
-            app_opts = "option keep-conn\n    option mpxs-conns\n    option max-reqs 100"
-            app_opts += "\n    option get-values"
+            # Not 100 (the gateway's default, which "option get-values" would
+            # fetch): the PARAMS of the requests waiting on a connection must fit
+            # in HAProxy's 16 KiB buffer, or it answers 500 (IH--), with any backend.
+            app_opts = "option keep-conn\n    option mpxs-conns\n    option max-reqs 16"
         else:
             app_opts = "no option keep-conn"
         server = f"use-fcgi-app app\n    server s1 {sock} proto fcgi"

@@ -106,7 +106,11 @@ def main() -> int:
     p.add_argument("--read", type=int, default=4096, help="bytes per slow read")
     p.add_argument("--pace", type=float, default=0.02, help="seconds between slow reads")
     p.add_argument("--hold", type=float, default=3.0, help="seconds streams run first")
-    p.add_argument("--gateway-args", default="", help="extra gateway options")
+    p.add_argument(
+        "--gateway-args",
+        default="--max-requests-per-connection 16",
+        help="gateway options (default: as in site.conf)",
+    )
     args = p.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="fcgi-asgi-slow-"))

@@ -730,7 +730,8 @@ async def test_haproxy_multiplexes_as_the_gateway_says(workdir: Path, multiplex:
     """HAProxy's site.conf asks GET_VALUES: 40 concurrent requests share connections,
     unless the gateway says FCGI_MPXS_CONNS=0 (--no-multiplex); then each has its own
     and none is refused with CANT_MPX_CONN."""
-    extra = ("--status-path", "/fcgi-status", *(() if multiplex else ("--no-multiplex",)))
+    extra = ("--status-path", "/fcgi-status", "--max-requests-per-connection", "16")
+    extra += () if multiplex else ("--no-multiplex",)
     gw = Gateway("tests.webapp:starlette_app", workdir, name="mpx", extra=extra)
     other = Gateway("tests.webapp:fastapi_app", workdir, name="mpx-app", root_path="/app")
     start_gateways(gw, other)
@@ -739,7 +740,12 @@ async def test_haproxy_multiplexes_as_the_gateway_says(workdir: Path, multiplex:
         try:
             limits = httpx.Limits(max_connections=40)
             async with httpx.AsyncClient(base_url=ws.base_url, timeout=30, limits=limits) as c:
-                rs = await asyncio.gather(*(c.get(f"/sleep/{i}?s=0.5") for i in range(40)))
+                # Browser-sized headers: the PARAMS of 16 requests fill much of
+                # HAProxy's 16 KiB buffer (more would get 500s, see site.conf).
+                hdrs = {"user-agent": "Mozilla/5.0 " + "x" * 400, "accept-language": "en-US"}
+                rs = await asyncio.gather(
+                    *(c.get(f"/sleep/{i}?s=0.5", headers=hdrs) for i in range(40))
+                )
                 status = (await c.get("/fcgi-status?json")).json()
         finally:
             ws.stop()
@@ -784,7 +790,12 @@ def test_haproxy_small_requests_pass_beside_slow_streams(workdir: Path) -> None:
     """4 slow clients stream through HAProxy's multiplexed backend; small requests
     through the same HAProxy all complete meanwhile, and the gateway holds the
     streams (their apps are only a little ahead of what the clients read)."""
-    gw = Gateway("tests.webapp:starlette_app", workdir, name="slow")
+    gw = Gateway(
+        "tests.webapp:starlette_app",
+        workdir,
+        name="slow",
+        extra=("--max-requests-per-connection", "16"),
+    )
     other = Gateway("tests.webapp:fastapi_app", workdir, name="slow-app", root_path="/app")
     start_gateways(gw, other)
     stop = threading.Event()
