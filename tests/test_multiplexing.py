@@ -148,3 +148,27 @@ async def test_small_response_overtakes_waiting_stream_chunks(serve):
         assert stream_bytes < 450_000, stream_bytes  # 590 KB before the write scheduler
     finally:
         writer.close()
+
+
+async def test_send_timeout_alone_drops_the_connection(serve, caplog):
+    """A web server that reads none of a lone response for --send-timeout: the
+    connection is dropped at once (not closed gracefully behind a buffer nobody
+    reads) and the app's send() raises."""
+    caplog.set_level(logging.WARNING, logger="fcgi_asgi.error")
+    server = await serve(apps.app, send_timeout=1.0)
+    for key in ("stream_receive_after", "stream_sent"):
+        apps.EVENTS.pop(key, None)
+    reader, writer = await asyncio.open_unix_connection(server.config.socket)
+    try:
+        writer.write(_request(1, "/stream", "100000,65536"))
+        assert await reader.read(65536)
+        await _wait_until_held()
+        for _ in range(100):  # bounded: the cut comes after 1 s
+            if apps.EVENTS.get("stream_receive_after"):
+                break
+            await asyncio.sleep(0.05)
+        assert apps.EVENTS["stream_disconnected"] is True
+        assert not server.ctx.connections, "the stalled connection is still open"
+        assert any("cut" in r.getMessage() for r in caplog.records)
+    finally:
+        writer.close()

@@ -558,7 +558,13 @@ class FastCGIConnection(asyncio.Protocol):
                     config.send_timeout,
                 )
                 cycle.disconnect()
-                self.request_failed(cycle)
+                if len(self.requests) > 1:
+                    self.request_failed(cycle)
+                else:
+                    # Alone: close at once (a graceful close would wait for the
+                    # peer to read the buffered rest, which it does not).
+                    self._abort()
+                    return
             elif not item.warned and waited > config.slow_request_threshold:
                 item.warned = True
                 others = len(self.requests) - 1
@@ -588,6 +594,12 @@ class FastCGIConnection(asyncio.Protocol):
             self._linger_timer.cancel()
         if self.transport is not None:
             self.transport.close()
+
+    def _abort(self) -> None:
+        """Drop the connection now, buffered output and all."""
+        self.fail_quietly()
+        if self.transport is not None:
+            self.transport.abort()
 
     def fail(self, message: str) -> None:
         """Log a connection-level error and close this connection only."""
