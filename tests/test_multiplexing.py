@@ -172,3 +172,26 @@ async def test_send_timeout_alone_drops_the_connection(serve, caplog):
         assert any("cut" in r.getMessage() for r in caplog.records)
     finally:
         writer.close()
+
+
+async def test_send_timeout_spares_a_slow_but_steady_reader(serve, caplog):
+    """A peer that reads a little at a time is making progress, not stalled: the
+    timeout counts from the last time the web server read anything."""
+    caplog.set_level(logging.WARNING, logger="fcgi_asgi.error")
+    server = await serve(apps.app, send_timeout=3.0)
+    for key in ("stream_receive_after", "stream_sent", "stream_disconnected"):
+        apps.EVENTS.pop(key, None)
+    reader, writer = await asyncio.open_unix_connection(server.config.socket)
+    try:
+        writer.write(_request(1, "/stream", "100000,65536"))
+        received = 0
+        for _ in range(120):  # 6 s at 160 KB/s
+            data = await asyncio.wait_for(reader.read(8192), 10)
+            assert data, "the gateway closed the connection"
+            received += len(data)
+            await asyncio.sleep(0.05)
+        assert not apps.EVENTS.get("stream_disconnected")
+        assert not [r for r in caplog.records if "cut" in r.getMessage()]
+        assert server.ctx.connections
+    finally:
+        writer.close()

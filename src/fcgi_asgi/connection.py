@@ -111,6 +111,8 @@ class FastCGIConnection(asyncio.Protocol):
         self._params_since: float | None = None
         # Whether two requests have run at once here (see _start_multiplexing).
         self._multiplexed = False
+        # Bytes in the write buffer at the last check_timeouts(), to see progress.
+        self._unsent_at_check = 0
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -544,6 +546,14 @@ class FastCGIConnection(asyncio.Protocol):
         """Name the requests whose responses wait for the web server to read, while
         they hold up others on this connection; cut them after --send-timeout."""
         config = self.config
+        transport = self.transport
+        unsent = transport.get_write_buffer_size() if transport is not None else 0
+        if unsent < self._unsent_at_check:
+            # The web server read some of the buffer since the last check: a
+            # slow reader, not a stalled one (nginx's send_timeout also counts
+            # from the last progress).
+            self.scheduler.progressed(now)
+        self._unsent_at_check = unsent
         for item in self.scheduler.waiting():
             cycle = item.cycle
             if item.future.done() or cycle.ended:

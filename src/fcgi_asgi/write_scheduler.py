@@ -79,6 +79,11 @@ class WriteScheduler:
         """The chunks waiting now, the longest-waiting turn first."""
         return list(self._queue)
 
+    def progressed(self, now: float) -> None:
+        """The peer read some output: no waiting chunk is stalled as of ``now``."""
+        for item in self._queue:
+            item.since = now
+
     async def wait_turn(self, cycle: RequestCycle, pieces: Pieces) -> None:
         """Queue ``pieces`` of ``cycle``'s response; return once they are in the
         transport, or dropped because the request or connection is gone."""
