@@ -24,6 +24,7 @@ REPO = os.path.dirname(BENCH_DIR)
 WORK = os.environ.get("BENCH_WORKDIR", "/tmp/fcgi-asgi-bench")
 VENV = os.environ.get("BENCH_VENV", "/tmp/fcgi-asgi-bench-venv")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -49,6 +50,8 @@ class Scenario:
     expect: bytes
     backends: tuple[str, ...]
     keepalive: bool = True
+    #: The web server in front: "nginx" or "haproxy".
+    front: str = "nginx"
 
 
 SCENARIOS = {
@@ -92,6 +95,26 @@ SCENARIOS = {
             b"Hello, world!",
             ("fcgi-asgi-raw", "uvicorn-raw"),
             keepalive=False,
+        ),
+        Scenario(
+            "haproxy",
+            "GET / through HAProxy: FastCGI multiplexed (mpxs-conns, http-reuse aggressive), "
+            "HTTP keep-alive to uvicorn",
+            "GET",
+            "/",
+            b"Hello, world!",
+            ("fcgi-asgi-raw", "uvicorn-raw"),
+            front="haproxy",
+        ),
+        Scenario(
+            "haproxy-noka",
+            "GET / through HAProxy, a new backend connection per request",
+            "GET",
+            "/",
+            b"Hello, world!",
+            ("fcgi-asgi-raw", "uvicorn-raw"),
+            keepalive=False,
+            front="haproxy",
         ),
         Scenario(
             "workers",
@@ -310,6 +333,71 @@ def tail(path: str, lines: int = 5) -> str:
             return " | ".join(line.rstrip() for line in f.readlines()[-lines:])
     except OSError:
         return ""
+
+
+# -- HAProxy ---------------------------------------------------------------------
+
+
+def haproxy_conf(port: int, backend: Backend, sock: str, keepalive: bool) -> str:
+    """HAProxy in front of ``backend``: ``fcgi-app`` for FastCGI, plain HTTP for uvicorn.
+
+    keepalive: FastCGI connections are kept and multiplexed (HTTP: kept and
+    reused); otherwise each request gets a new backend connection.
+    """
+    if backend.proto == "fastcgi":
+        if keepalive:
+            # Not 100 (the gateway's default, which "option get-values" would
+            # fetch): the PARAMS of the requests waiting on a connection must fit
+            # in HAProxy's 16 KiB buffer, or it answers 500 (IH--), with any backend.
+            app_opts = "option keep-conn\n    option mpxs-conns\n    option max-reqs 16"
+        else:
+            app_opts = "no option keep-conn"
+        server = f"use-fcgi-app app\n    server s1 {sock} proto fcgi"
+        app = f"fcgi-app app\n    docroot /\n    {app_opts}\n"
+    else:
+        server = f"server s1 {sock}"
+        app = ""
+    reuse = "http-reuse aggressive" if keepalive else "option http-server-close"
+    return f"""\
+global
+    maxconn 4096
+    nbthread 1
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend web
+    bind 127.0.0.1:{port}
+    default_backend app
+backend app
+    {reuse}
+    {server}
+{app}"""
+
+
+def start_haproxy(backend: Backend, sock: str, port: int, keepalive: bool) -> tuple[Proc, str]:
+    """Start HAProxy (one thread, like nginx's one worker) on ``port``; returns it and its log."""
+    prefix = os.path.join(WORK, "haproxy", backend.name)
+    os.makedirs(prefix, exist_ok=True)
+    conf = os.path.join(prefix, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(haproxy_conf(port, backend, sock, keepalive))
+    log = os.path.join(prefix, "stderr.log")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(log)
+    proc = start([HAPROXY, "-db", "-f", conf], log)
+    if err := wait_tcp(port, proc, 10):
+        stop(proc)
+        raise RuntimeError(f"haproxy: {err}: {tail(log)}")
+    return proc, log
+
+
+def haproxy_errors(log: str) -> list[str]:
+    """HAProxy's alerts (it logs nothing else here: no "log" line in its config)."""
+    with contextlib.suppress(OSError), open(log, errors="replace") as f:
+        return [line for line in f if "[ALERT]" in line]
+    return []
 
 
 # -- nginx -----------------------------------------------------------------------

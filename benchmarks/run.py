@@ -39,6 +39,8 @@ TARGETS = [
     ("1 MiB response", "big", "fcgi-asgi-raw", "uvicorn-raw", 1.0),
     ("POST 64 KiB", "post", "fcgi-asgi-raw", "uvicorn-raw", 1.0),
     ("one request per connection", "noka", "fcgi-asgi-raw", "uvicorn-raw", 1.0),
+    ("hello through HAProxy, multiplexed", "haproxy", "fcgi-asgi-raw", "uvicorn-raw", 1.0),
+    ("HAProxy, a connection per request", "haproxy-noka", "fcgi-asgi-raw", "uvicorn-raw", 1.0),
 ]
 STREAM_BACKENDS = ("fcgi-asgi-raw", "uvicorn-raw", "fcgisgi-raw")
 STREAM_GROWTH_LIMIT_MIB = 2.0
@@ -55,19 +57,20 @@ def bootstrap(args: argparse.Namespace) -> None:
             sys.exit(f"--no-install: no venv at {h.VENV}")
         os.environ[IN_VENV] = "1"
         os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:]])
-    missing = [c for c, path in (("nginx", h.NGINX), ("wrk", h.WRK)) if not os.path.exists(path)]
+    tools = (("nginx", h.NGINX), ("wrk", h.WRK), ("haproxy", h.HAPROXY))
+    missing = [c for c, path in tools if not os.path.exists(path)]
     if missing:
         print(f"installing Debian packages for: {', '.join(missing)}", flush=True)
         sudo = [] if os.geteuid() == 0 else ["sudo"]
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env, timeout=600)
         subprocess.run(
-            [*sudo, "apt-get", "install", "-y", "-qq", "nginx-light", "wrk"],
+            [*sudo, "apt-get", "install", "-y", "-qq", "nginx-light", "wrk", "haproxy"],
             check=True,
             env=env,
             timeout=600,
         )
-        h.NGINX, h.WRK = "/usr/sbin/nginx", "/usr/bin/wrk"
+        h.NGINX, h.WRK, h.HAPROXY = "/usr/sbin/nginx", "/usr/bin/wrk", "/usr/sbin/haproxy"
     if not os.path.exists(python):
         print(f"creating {h.VENV}", flush=True)
         subprocess.run([sys.executable, "-m", "venv", h.VENV], check=True, timeout=300)
@@ -135,7 +138,12 @@ def measure(
         if err := h.wait_unix(sock, be, 20):
             res["note"] = f"backend did not start: {err}: {h.tail(log)}"
             return res
-        ngx, errlog = h.start_nginx(backend, sock, args.port, scenario.keepalive)
+        if scenario.front == "haproxy":
+            ngx, errlog = h.start_haproxy(backend, sock, args.port, scenario.keepalive)
+            front_errors = h.haproxy_errors
+        else:
+            ngx, errlog = h.start_nginx(backend, sock, args.port, scenario.keepalive)
+            front_errors = h.nginx_errors
         if err := h.check_response(args.port, scenario):
             res["note"] = f"check before the run failed: {err}"
             return res
@@ -180,8 +188,8 @@ def measure(
             problems.append("backend died")
         if err := h.check_response(args.port, scenario):
             problems.append(f"check after the run failed: {err}")
-        if errors := h.nginx_errors(errlog):
-            problems.append(f"{len(errors)} nginx error lines: {errors[0][-160:]}")
+        if errors := front_errors(errlog):
+            problems.append(f"{len(errors)} {scenario.front} error lines: {errors[0][-160:]}")
         res["valid"] = res["rps"] > 0 and not problems
         res["note"] = "; ".join(problems)
         return res
@@ -333,7 +341,7 @@ def report(
         f"{args.rounds} round(s), interleaved =="
     )
     log(
-        f"{'scenario':9s} {'backend':20s} {'req/s':>8s} {'min-max':>13s} {'ok':>5s} "
+        f"{'scenario':12s} {'backend':20s} {'req/s':>8s} {'min-max':>13s} {'ok':>5s} "
         f"{'x uvicorn':>9s} {'paired':>7s} {'CPU us/req':>10s} {'be%':>4s} {'ngx%':>4s} "
         f"{'wrk%':>4s} {'other%':>6s} {'p99 ms':>6s}"
     )
@@ -351,7 +359,7 @@ def report(
             return format(v, spec) if v is not None else "-"
 
         log(
-            f"{scen:9s} {name:20s} {fmt(row.get('rps'), '8.0f')} "
+            f"{scen:12s} {name:20s} {fmt(row.get('rps'), '8.0f')} "
             f"{(fmt(row.get('min'), '.0f') + '-' + fmt(row.get('max'), '.0f')):>13s} "
             f"{row['ok']:>2d}/{row['runs']:<2d} {fmt(ratio, '9.3f')} {fmt(pair, '7.3f')} "
             f"{fmt(row.get('cpu_us'), '10.1f')} {fmt(row.get('be_pct'), '4.0f')} "

@@ -2,7 +2,8 @@
 
 Each list is the PARAMS of one request, in the order sent (a name may repeat;
 the last value wins), recorded behind the server's config in ``examples/``
-(nginx 1.22.1, lighttpd 1.4.69, Apache 2.4.71, Caddy 2.6.2, h2o 2.2.5, Debian).
+(nginx 1.22.1, lighttpd 1.4.69, Apache 2.4.71, Caddy 2.6.2, h2o 2.2.5, HAProxy
+2.6.12, Debian).
 HTTP_ACCEPT*, HTTP_CONNECTION and HTTP_USER_AGENT are left out.
 ``tests/test_scope_recorded.py`` builds scopes from them.
 """
@@ -280,4 +281,22 @@ CADDY_CHUNKED_POST = [
     (b"SERVER_NAME", b"127.0.0.1"),
     (b"DOCUMENT_URI", b""),
     (b"AUTH_TYPE", b""),
+]
+# HAProxy, examples/haproxy/stock.conf (fcgi-app with docroot / only), GET /caf%C3%A9/a%2Fb?x=1
+HAPROXY = [
+    (b"HTTP_HOST", b"127.0.0.1:52353"),
+    (b"GATEWAY_INTERFACE", b"CGI/1.1"),
+    (b"DOCUMENT_ROOT", b"/"),
+    (b"SCRIPT_NAME", b"/caf\xc3\xa9/a/b"),
+    (b"REQUEST_URI", b"/caf%C3%A9/a%2Fb?x=1"),
+    (b"REQUEST_METHOD", b"GET"),
+    (b"QUERY_STRING", b"x=1"),
+    (b"SERVER_NAME", b"127.0.0.1:52353"),
+    (b"SERVER_PORT", b"52353"),
+    (b"SERVER_PROTOCOL", b"HTTP/1.1"),
+    (b"REMOTE_ADDR", b"127.0.0.1"),
+    (b"REMOTE_PORT", b"34582"),
+    (b"SCRIPT_FILENAME", b"//caf\xc3\xa9/a/b"),
+    (b"CONTENT_LENGTH", b"0"),
+    (b"SERVER_SOFTWARE", b"HAProxy 2.6.12-1+deb12u4"),
 ]

@@ -22,6 +22,8 @@ import os
 
 from fcgi_asgi.protocol.records import (
     BEGIN_REQUEST,
+    GET_VALUES,
+    GET_VALUES_RESULT,
     KEEP_CONN,
     PARAMS,
     STDIN,
@@ -29,6 +31,7 @@ from fcgi_asgi.protocol.records import (
     RecordReader,
     decode_pairs,
     encode_end_request,
+    encode_pairs,
     encode_record,
     encode_stream,
     parse_begin_request,
@@ -48,6 +51,10 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
         while data := await reader.read(65536):
             for rec in records.feed(data):
                 if rec.request_id == 0:
+                    if rec.type == GET_VALUES:
+                        # HAProxy's "option get-values" waits for the answer.
+                        answer = [(b"FCGI_MPXS_CONNS", b"1"), (b"FCGI_MAX_REQS", b"100")]
+                        writer.write(encode_record(GET_VALUES_RESULT, 0, encode_pairs(answer)))
                     continue
                 req = state.setdefault(rec.request_id, {"params": bytearray(), "stdin": 0})
                 if rec.type == BEGIN_REQUEST:

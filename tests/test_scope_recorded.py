@@ -24,6 +24,7 @@ CASES = [
     # The whole path in SCRIPT_NAME, no PATH_INFO.
     (rec.NGINX, None, "/café/a/b", b"/caf%C3%A9/a%2Fb", "", b"x=1"),
     (rec.APACHE, None, "/café/a/b", b"/caf%C3%A9/a%2Fb", "", b"x=1"),
+    (rec.HAPROXY, None, "/café/a/b", b"/caf%C3%A9/a%2Fb", "", b"x=1"),
     # SCRIPT_NAME empty, the whole path in PATH_INFO.
     (rec.CADDY, None, "/café/a/b", b"/caf%C3%A9/a%2Fb", "", b"x=1"),
     (rec.H2O, None, "/café/a/b", b"/caf%C3%A9/a%2Fb", "", b"x=1"),
@@ -44,6 +45,7 @@ CASES = [
         "lighttpd-fix-root-scriptname",
         "nginx",
         "apache",
+        "haproxy",
         "caddy",
         "h2o",
         "nginx-split-path-info",

@@ -31,7 +31,7 @@ from examples.render import render_file
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
-SERVERS = ("nginx", "lighttpd", "apache2", "caddy", "h2o")
+SERVERS = ("nginx", "lighttpd", "apache2", "caddy", "h2o", "haproxy")
 
 STARTUP_TIMEOUT = 20.0  # seconds a process gets to start answering
 STOP_TIMEOUT = 10.0  # seconds it gets to exit on SIGTERM before SIGKILL
@@ -265,6 +265,9 @@ class WebServer(Process):
             }
         elif server == "h2o":
             argv = ["h2o", "-c", str(self.config)]
+        elif server == "haproxy":
+            # -db: foreground, no daemon; its log lines go to stdout (server.log).
+            argv = ["haproxy", "-db", "-f", str(self.config)]
         else:
             raise ValueError(f"unknown web server {server!r}")
         super().__init__(

@@ -289,6 +289,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="cancel an app still running a request after this long; the client gets 504 "
         "if nothing was sent yet (default: no limit)",
     )
+    limits.add_argument(
+        "--timeout-send",
+        "--send-timeout",
+        dest="send_timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="cut a request whose response the web server has read none of for this long "
+        "(a client that stopped reading); 0: no limit (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--multiplex",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve several requests at once on one connection; with --no-multiplex, "
+        "GET_VALUES answers FCGI_MPXS_CONNS=0 and a second concurrent request gets "
+        "CANT_MPX_CONN (default: on)",
+    )
     access = p.add_argument_group("access and observability")
     access.add_argument(
         "--allow",
@@ -472,6 +490,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         params_timeout=args.params_timeout,
         keepalive_timeout=args.keepalive_timeout,
         request_timeout=args.request_timeout,
+        send_timeout=args.send_timeout or None,
+        multiplex=args.multiplex,
         allow=(*env_allow, *args.allow),
         access_log_format=args.access_log_format,
         status_path=args.status_path,

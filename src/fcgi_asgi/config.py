@@ -141,6 +141,11 @@ class Config:
     request_timeout: float | None = None
     #: Requests taking longer than this many seconds count as slow on the status page.
     slow_request_threshold: float = 5.0
+    #: Seconds a response may wait for the web server to read more of it before
+    #: the request is cut (nginx's send_timeout). None: no limit.
+    send_timeout: float | None = 60.0
+    #: Serve several requests at once on one connection (FCGI_MPXS_CONNS=1).
+    multiplex: bool = True
     #: Path answered by the gateway itself with its status (like php-fpm's pm.status_path).
     status_path: str | None = None
     #: Path answered by the gateway itself with 200 "pong" (like php-fpm's ping.path).
@@ -231,6 +236,10 @@ class Config:
                 raise ConfigError(f"{opt(name)} must be more than 0 seconds")
         if self.request_timeout is not None and not self.request_timeout > 0:
             raise ConfigError(f"{opt('request_timeout')} must be more than 0 seconds")
+        if self.send_timeout is not None and not self.send_timeout > 0:
+            raise ConfigError(
+                f"{opt('send_timeout')} must be more than 0 seconds (0 on the command line: none)"
+            )
         if not self.timeout_graceful_shutdown >= 0:
             raise ConfigError(f"{opt('timeout_graceful_shutdown')} must be 0 seconds or more")
         internal = ("status_path", "ping_path", "metrics_path")

@@ -10,8 +10,10 @@ web server is not reading the response.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -19,6 +21,7 @@ from ..scoreboard import REFUSED_ALLOW, REFUSED_PER_CONNECTION
 from .records import (
     ABORT_REQUEST,
     BEGIN_REQUEST,
+    CANT_MPX_CONN,
     DATA,
     GET_VALUES,
     GET_VALUES_RESULT,
@@ -40,7 +43,8 @@ from .records import (
     encode_unknown_type,
     parse_begin_request,
 )
-from .request import Request, end_records, resolve_all, wait_in
+from .request import Request, end_records
+from .write_scheduler import WriteScheduler
 
 if TYPE_CHECKING:
     from ..context import ServerContext
@@ -49,6 +53,10 @@ __all__ = ["FastCGIConnection"]
 
 logger = logging.getLogger("fcgi_asgi.error")
 
+# Write buffer and kernel send buffer of a connection that multiplexes: at a
+# slow stream's 200 KB/s, 32 KiB queued ahead of a small response cost 0.16 s.
+MUX_WRITE_BUFFER = 32 << 10
+MUX_SOCKET_BUFFER = 64 << 10
 _RECORD_NAMES = {
     1: "BEGIN_REQUEST",
     2: "ABORT_REQUEST",
@@ -80,9 +88,8 @@ class FastCGIConnection(asyncio.Protocol):
         self.closing = False
         self._reader = RecordReader()
         self._gather_writes = False
-        # send() calls waiting for the peer to read (resolved on resume_writing,
-        # on connection_lost, or by their own request's abort).
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        #: Streaming responses' chunks waiting for the peer to read, in turns.
+        self.scheduler = WriteScheduler(self)
         # Reading pauses for either of two reasons: too much unread request body,
         # or a peer that keeps sending while it reads none of what we write
         # (replies to GET_VALUES or refused requests must not pile up).
@@ -107,6 +114,10 @@ class FastCGIConnection(asyncio.Protocol):
         self._idle_since: float | None = self.loop.time()
         self._served_any = False
         self._params_since: float | None = None
+        # Whether two requests have run at once here (see _start_multiplexing).
+        self._multiplexed = False
+        # Bytes in the write buffer at the last check_timeouts(), to see progress.
+        self._unsent_at_check = 0
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -187,7 +198,7 @@ class FastCGIConnection(asyncio.Protocol):
             cycle.ended = True
             cycle.disconnect()
         self.write_paused = False
-        self._release_drain_waiters()
+        self.scheduler.release_all()
         self.transport = None
 
     def pause_writing(self) -> None:
@@ -195,7 +206,8 @@ class FastCGIConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self._release_drain_waiters()
+        if self.scheduler:
+            self.scheduler.run()
         if self._paused_for_write:
             self._paused_for_write = False
             self._update_reading()
@@ -259,10 +271,13 @@ class FastCGIConnection(asyncio.Protocol):
 
     def _management(self, rtype: int, content: bytes) -> None:
         if rtype == GET_VALUES:
+            mpxs = self.config.multiplex
             known = {
                 b"FCGI_MAX_CONNS": str(self.config.max_connections_hint).encode(),
-                b"FCGI_MAX_REQS": str(self.config.max_requests_per_connection).encode(),
-                b"FCGI_MPXS_CONNS": b"1",
+                b"FCGI_MAX_REQS": (
+                    str(self.config.max_requests_per_connection).encode() if mpxs else b"1"
+                ),
+                b"FCGI_MPXS_CONNS": b"1" if mpxs else b"0",
             }
             asked = decode_pairs(content)
             # Each name answered once: a query repeating names fills one record,
@@ -290,6 +305,15 @@ class FastCGIConnection(asyncio.Protocol):
                 role,
             )
             self._reject(rid, UNKNOWN_ROLE, keep_conn)
+        elif self.requests and not self.config.multiplex:
+            logger.warning(
+                "request id %d from %s refused: --no-multiplex and request id %d runs "
+                "on this connection",
+                rid,
+                self.peer,
+                next(iter(self.requests)),
+            )
+            self._reject(rid, CANT_MPX_CONN, keep_conn)
         elif len(self.requests) >= self.config.max_requests_per_connection:
             logger.warning(
                 "request id %d from %s refused: %d requests already run on this connection",
@@ -305,9 +329,30 @@ class FastCGIConnection(asyncio.Protocol):
                     f"BEGIN_REQUEST for request id {rid} after a request without FCGI_KEEP_CONN"
                 )
             self.requests[rid] = self.ctx.request_class(self, rid, keep_conn)
+            if len(self.requests) == 2 and not self._multiplexed:
+                self._start_multiplexing()
             self._idle_since = None
             if self._params_since is None:
                 self._params_since = self.loop.time()
+
+    def _start_multiplexing(self) -> None:
+        """Keep little of the response bytes queued ahead on a shared connection.
+
+        A web server that multiplexes (HAProxy) reads the connection at the
+        pace of its slowest stream, and a small response waits behind every
+        byte queued before it: in the transport buffer and in the socket's
+        send buffer. So from the first concurrent request on, streams queue
+        in the write scheduler instead, where small responses overtake them.
+        """
+        self._multiplexed = True
+        transport = self.transport
+        if transport is None:
+            return
+        transport.set_write_buffer_limits(high=MUX_WRITE_BUFFER, low=MUX_WRITE_BUFFER // 4)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MUX_SOCKET_BUFFER)
 
     def _reject(self, rid: int, protocol_status: int, keep_conn: bool) -> None:
         self.write([encode_end_request(rid, 0, protocol_status)])
@@ -370,25 +415,6 @@ class FastCGIConnection(asyncio.Protocol):
         """False once nothing written can reach the peer any more."""
         transport = self.transport
         return transport is not None and not self.closing and not transport.is_closing()
-
-    async def drain(self, cycle: Request | None = None) -> None:
-        """Wait until the transport accepts writes again, the connection is
-        gone, or ``cycle`` (the request waiting) is aborted."""
-        if not self.write_paused or self.transport is None:
-            return
-        waiter = self.loop.create_future()
-        if cycle is not None:
-            cycle.drain_waiter = waiter
-        try:
-            await wait_in(self._drain_waiters, waiter)
-        finally:
-            if cycle is not None:
-                cycle.drain_waiter = None
-
-    def _release_drain_waiters(self) -> None:
-        if self._drain_waiters:
-            waiters, self._drain_waiters = self._drain_waiters, []
-            resolve_all(waiters)
 
     def body_buffered(self, n: int) -> None:
         """Count unread request body; pause reading above the configured size."""
@@ -491,10 +517,13 @@ class FastCGIConnection(asyncio.Protocol):
         self._linger_timer = self.loop.call_later(self.config.stdin_linger, self._close)
 
     def check_timeouts(self, now: float) -> None:
-        """Drop a peer stalling on PARAMS; close a keep-conn connection idle too long."""
+        """Drop a peer stalling on PARAMS; close a keep-conn connection idle too long;
+        warn about, then cut, responses the web server stopped reading."""
         if self.closing:
             return
         config = self.config
+        if self.scheduler:
+            self._check_send_stalls(now)
         since = self._params_since
         if since is not None and now - since > config.params_timeout:
             self.fail(
@@ -512,6 +541,58 @@ class FastCGIConnection(asyncio.Protocol):
                     )
                 self._close()
 
+    def _check_send_stalls(self, now: float) -> None:
+        """Name the requests whose responses wait for the web server to read, while
+        they hold up others on this connection; cut them after --send-timeout."""
+        config = self.config
+        transport = self.transport
+        unsent = transport.get_write_buffer_size() if transport is not None else 0
+        if unsent < self._unsent_at_check:
+            # The web server read some of the buffer since the last check: a
+            # slow reader, not a stalled one (nginx's send_timeout also counts
+            # from the last progress).
+            self.scheduler.progressed(now)
+        self._unsent_at_check = unsent
+        for item in self.scheduler.waiting():
+            cycle = item.cycle
+            if item.future.done() or cycle.ended:
+                continue
+            waited = now - item.since
+            if config.send_timeout is not None and waited > config.send_timeout:
+                logger.warning(
+                    "request id %d (%s) cut: the web server read none of its response "
+                    "for %g s (--send-timeout; a client that stopped reading?)",
+                    cycle.request_id,
+                    cycle.describe(),
+                    config.send_timeout,
+                )
+                cycle.disconnect()
+                if len(self.requests) > 1:
+                    self.request_failed(cycle)
+                else:
+                    # Alone: close at once (a graceful close would wait for the
+                    # peer to read the buffered rest, which it does not).
+                    self._abort()
+                    return
+            elif not item.warned and waited > config.slow_request_threshold:
+                item.warned = True
+                others = len(self.requests) - 1
+                if others:
+                    # HAProxy stops reading a connection while one stream's
+                    # buffer is full: every request on it waits for that client.
+                    logger.warning(
+                        "request id %d (%s, %d bytes sent) has waited %.1f s for the web "
+                        "server to read its response; %d other request(s) on this "
+                        "multiplexed connection from %s may wait with it (a slow client; "
+                        "see the README on HAProxy)",
+                        cycle.request_id,
+                        cycle.describe(),
+                        cycle.bytes_sent,
+                        waited,
+                        others,
+                        self.peer,
+                    )
+
     # -- closing ------------------------------------------------------------------
 
     def _close(self) -> None:
@@ -522,6 +603,12 @@ class FastCGIConnection(asyncio.Protocol):
             self._linger_timer.cancel()
         if self.transport is not None:
             self.transport.close()
+
+    def _abort(self) -> None:
+        """Drop the connection now, buffered output and all."""
+        self.fail_quietly()
+        if self.transport is not None:
+            self.transport.abort()
 
     def fail(self, message: str) -> None:
         """Log a connection-level error and close this connection only."""

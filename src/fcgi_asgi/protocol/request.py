@@ -174,7 +174,7 @@ class Request:
         # Coroutines waiting for news (body, end of body, disconnect); an app
         # may have several (a body reader and a disconnect watcher).
         self._waiters: list[asyncio.Future[None]] = []
-        #: Set while send_body() waits for the web server to read (conn.drain()).
+        #: Set while send_body() waits for its turn to write (conn.scheduler).
         self.drain_waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -334,13 +334,16 @@ class Request:
                 # gone now.
                 self.disconnect()
                 raise ClientDisconnected(GONE)
+            if conn.write_paused or conn.scheduler:
+                # The web server is not reading, or other streams of this
+                # connection wait for it: take turns (write_scheduler.py).
+                await conn.scheduler.wait_turn(self, pieces)
+                if self.disconnected:
+                    raise ClientDisconnected(GONE)
+                self._unyielded = 0
+                return
             conn.write(pieces)
-        if conn.write_paused:
-            await conn.drain(self)
-            if self.disconnected:
-                raise ClientDisconnected(GONE)
-            self._unyielded = 0
-        else:
+        if not conn.write_paused:
             # A peer that reads as fast as the app writes never pauses us, and
             # we would never suspend: let other tasks and I/O callbacks run
             # (a lost connection is only noticed that way) every few hundred KiB.
@@ -508,6 +511,11 @@ class Request:
             return True
         self.fail(f"{interface} application cancelled", None)
         return False
+
+    def describe(self) -> str:
+        """``METHOD path`` of this request, for log lines."""
+        scope = self.scope
+        return f"{scope['method']} {scope['path']}" if scope else "params not complete"
 
     def set_timeout(self, task: asyncio.Task[None], seconds: float) -> None:
         """Cancel ``task`` (this request's app) after ``seconds``."""
