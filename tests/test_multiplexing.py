@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 import pytest
-from fcgi_asgi.records import (
+from fcgi_asgi.protocol.records import (
     CANT_MPX_CONN,
     END_REQUEST,
     KEEP_CONN,
