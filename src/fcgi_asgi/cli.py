@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -13,12 +12,11 @@ from .allowlist import parse_web_server_addrs
 from .config import Config, ConfigError
 from .lifespan import LifespanFailure
 from .listeners import ListenError
+from .logconfig import LOG_LEVELS, configure_logging
 from .server import run
 from .supervisor import needs_supervisor, supervise
 
 __all__ = ["build_parser", "main"]
-
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="event loop; auto uses uvloop when installed (default: %(default)s)",
     )
     run_.add_argument(
-        "--log-level", choices=LOG_LEVELS, default="info", help="log level (default: %(default)s)"
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="level of the gateway's loggers fcgi_asgi and fcgi_asgi.error; trace is below "
+        "debug (default: info, or what --log-config says)",
+    )
+    run_.add_argument(
+        "--log-config",
+        metavar="FILE",
+        help="logging configuration replacing the default one: dictConfig as .json (or "
+        ".yaml/.yml with PyYAML installed), else a fileConfig .ini file",
     )
     run_.add_argument(
         "--access-log",
@@ -197,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--access-log-format",
         metavar="FORMAT",
         help="access log line, a Python format over fields such as {client} {method} "
-        "{target} {status} {bytes} {duration_ms} (see README)",
+        "{target} {status} {bytes} {duration_ms}, or 'json' for JSON lines (see README)",
     )
     access.add_argument(
         "--status-path",
@@ -227,15 +234,6 @@ def _octal(value: str) -> int:
         raise argparse.ArgumentTypeError(f"not an octal mode: {value!r}") from None
 
 
-def configure_logging(level: str) -> None:
-    """Log to stderr with timestamps and the process id."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway; returns the process exit code (0, or 1 on error).
 
@@ -247,8 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return request_main(argv[1:])
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
     try:
+        configure_logging(args.log_level, args.log_config, args.access_log_format == "json")
         config = Config(
             app=args.app,
             socket=args.socket,
@@ -261,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             root_path=args.root_path,
             lifespan=args.lifespan,
             loop=args.loop,
-            log_level=args.log_level,
+            log_level=args.log_level or "info",
             access_log=args.access_log,
             timeout_graceful_shutdown=args.timeout_graceful_shutdown,
             max_params_size=args.max_params_size,

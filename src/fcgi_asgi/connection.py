@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from .cycle import RequestCycle, end_records, resolve_all
+from .logconfig import TRACE
 from .records import (
     ABORT_REQUEST,
     BEGIN_REQUEST,
@@ -151,8 +152,12 @@ class FastCGIConnection(asyncio.Protocol):
         # 3.11 it joins the pieces anyway), so there the pieces are joined here.
         self._gather_writes = type(transport).__module__.startswith("uvloop")
         ctx.connections.add(self)
+        if logger.isEnabledFor(TRACE):
+            logger.log(TRACE, "connection from %s opened", self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if logger.isEnabledFor(TRACE):
+            logger.log(TRACE, "connection from %s closed (%s)", self.peer, exc or "cleanly")
         self.closing = True
         self.ctx.connections.discard(self)
         if self._linger_timer is not None:

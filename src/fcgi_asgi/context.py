@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .accesslog import AccessLogFormat
+from .accesslog import AccessLog, AccessLogFormat
 from .allowlist import AllowList
 from .scoreboard import Scoreboard, WorkerStats
 
@@ -45,15 +45,16 @@ class ServerContext:
     refused_connections: int = 0
     last_refusal_log: float = float("-inf")
     allow: AllowList = field(init=False)
-    access_format: AccessLogFormat | None = field(init=False)
+    #: Where finished requests are logged; None with the access log off.
+    access_log: AccessLog | None = field(init=False)
     #: Paths the gateway answers itself (status, ping); empty when none are set.
     internal_paths: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         config = self.config
         self.allow = AllowList(config.allow)
-        self.access_format = (
-            AccessLogFormat(config.access_log_format) if config.access_log else None
+        self.access_log = (
+            AccessLog(AccessLogFormat(config.access_log_format)) if config.access_log else None
         )
         self.internal_paths = frozenset(
             p for p in (config.status_path, config.ping_path) if p is not None

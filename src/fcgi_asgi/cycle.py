@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["RequestCycle", "encode_head", "end_records", "resolve_all"]
 
 logger = logging.getLogger("fcgi_asgi.error")
-access_logger = logging.getLogger("fcgi_asgi.access")
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]")
@@ -312,13 +311,9 @@ class RequestCycle:
             ctx = self.conn.ctx
             if duration > self.conn.config.slow_request_threshold:
                 ctx.stats.slow_requests += 1
-            if ctx.access_format is not None and self.response_complete and self.scope:
-                access_logger.info(
-                    "%s",
-                    ctx.access_format.render(
-                        self.scope, self.status, self.bytes_sent, duration, self.request_id
-                    ),
-                )
+            access = ctx.access_log
+            if access is not None and self.response_complete and self.scope:
+                access.log(self.scope, self.status, self.bytes_sent, duration, self.request_id)
             if self.task is not None:
                 ctx.tasks.discard(self.task)
 

@@ -202,6 +202,8 @@ class FastCGIServer:
             if not await drain(ctx, timeout, abort) and not abort.is_set():
                 logger.warning("graceful shutdown timed out after %.1f s", timeout)
             await cut_remaining(ctx)
+            if ctx.access_log is not None:
+                ctx.access_log.flush()  # the last requests' lines, before the loop ends
         if self._lifespan is not None:
             try:
                 await self._lifespan.shutdown()
