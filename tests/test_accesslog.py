@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -213,3 +214,26 @@ async def test_our_handler_with_another_format_batches_through_logging(access_lo
     assert _read_all(r).decode().splitlines() == [
         "A INFO " + AccessLogFormat().render(SCOPE, status, 0, 0, 1) for status in (200, 204)
     ]
+
+
+async def test_a_record_with_a_traceback_keeps_its_place(pipe):
+    r, writer = pipe
+    handler = BufferedLineHandler(writer)
+    handler.setFormatter(logging.Formatter(logging_config()["formatters"]["access"]["format"]))
+    logger = logging.Logger("test.traceback")
+    logger.addHandler(handler)
+    add = handler.message_writer()
+    assert add is not None
+    add("first-line")
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError:
+        logger.exception("boom")
+    add("the-end")
+    await asyncio.sleep(0)
+    text = _read_all(r).decode()
+    assert text.index("first-line") < text.index("boom") < text.index("ZeroDivisionError")
+    assert text.index("ZeroDivisionError") < text.index("the-end")
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \[\d+\] "
+    for word in ("first-line", "boom", "the-end"):
+        assert re.search(f"^{stamp}{word}$", text, re.M), text

@@ -241,25 +241,29 @@ class AccessLog:
     (``--log-config``). The choice is made once, when the server starts.
     """
 
+    #: ``log(scope, status, bytes_sent, duration, request_id)`` logs the line
+    #: of a finished request.
+    log: Callable[[Scope, int, int, float, int], None]
+
     def __init__(self, fmt: AccessLogFormat, logger: logging.Logger = access_logger) -> None:
         self.format = fmt
         self.logger = logger
-        self._direct = _direct_writer(logger)
-
-    @property
-    def direct(self) -> bool:
-        """Lines bypass :mod:`logging` records (the default setup)."""
-        return self._direct is not None
-
-    def log(self, scope: Scope, status: int, sent: int, duration: float, request_id: int) -> None:
-        """Log the line of a finished request."""
-        direct = self._direct
+        direct = _direct_writer(logger)
+        self.direct = direct is not None
+        render = fmt.render
         if direct is not None:
-            direct(self.format.render(scope, status, sent, duration, request_id))
-            return
+
+            def log(scope: Scope, status: int, sent: int, duration: float, rid: int) -> None:
+                direct(render(scope, status, sent, duration, rid))
+
+            self.log = log
+        else:
+            self.log = self._log_record
+
+    def _log_record(self, scope: Scope, status: int, sent: int, duration: float, rid: int) -> None:
         logger = self.logger
         if logger.isEnabledFor(logging.INFO):
-            line = self.format.render(scope, status, sent, duration, request_id)
+            line = self.format.render(scope, status, sent, duration, rid)
             # makeRecord + handle, not info(): an access line has no caller
             # worth finding, and findCaller walks the stack for every line.
             logger.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, line, (), None))

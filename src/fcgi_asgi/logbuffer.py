@@ -35,25 +35,30 @@ _ATOMIC_WRITE = select.PIPE_BUF
 class BufferedLineHandler(logging.StreamHandler[TextIO]):
     """A :class:`logging.StreamHandler` whose lines are written in batches.
 
-    Any formatter works through :meth:`emit`. For the two formats the gateway
-    configures itself (its access-line prefix, or the bare message as for JSON
-    lines), :meth:`message_writer` gives the access log a shortcut that skips
-    the :class:`logging.LogRecord` and the formatter and yields the same bytes.
+    Any formatter works. For the two the gateway configures itself (its
+    access-line prefix ``%(asctime)s [%(process)d] ``, or the bare message as
+    for JSON lines) the handler keeps bare messages and puts the prefix on
+    when it writes them: :meth:`message_writer` gives the access log a way in
+    that skips the :class:`logging.LogRecord` and the formatter. The time in
+    that prefix is when the line is written, within one loop iteration of
+    when it was logged.
     """
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
-        #: Finished lines (with their newline) not written yet. Appended to
-        #: without the lock (one thread, the loop's, appends in the common
-        #: case); written under the lock, and only the lines present when the
-        #: write began are removed, so a line appended meanwhile is kept.
+        #: Lines not written yet, without their newline: bare messages when
+        #: the formatter is one the handler stands in for, else formatted.
+        #: Appended to without the lock (one thread, the loop's, appends in
+        #: the common case); written under the lock, and only the lines
+        #: present when the write began are removed, so a line appended
+        #: meanwhile is kept.
         self._pending: list[str] = []
         self._fd = _fileno(self.stream)
-        self._ms = -1
+        #: None: the formatter formats each record; "": bare messages;
+        #: ACCESS_LINE_FORMAT: messages get the time-and-pid prefix.
+        self._stands_in: str | None = None
         self._second = -1
         self._second_text = ""
-        self._stamp = ""
-        # A forked worker must not write its parent's waiting lines a second time.
         os.register_at_fork(after_in_child=self._pending.clear)
 
     def setStream(self, stream: TextIO) -> TextIO | None:
@@ -63,10 +68,25 @@ class BufferedLineHandler(logging.StreamHandler[TextIO]):
         self._fd = _fileno(self.stream)
         return old
 
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
+        """Write pending lines in the old format, then use ``fmt``."""
+        self.flush()
+        super().setFormatter(fmt)
+        self._stands_in = _known_format(fmt)
+
     def emit(self, record: logging.LogRecord) -> None:
-        """Format ``record`` and queue its line (``handle()`` holds the lock)."""
+        """Queue the line of ``record`` (``handle()`` holds the lock)."""
         try:
-            line = self.format(record) + self.terminator
+            if self._stands_in is not None and not (record.exc_info or record.stack_info):
+                line = record.getMessage()
+            else:
+                if self._stands_in is not None:
+                    # A traceback needs the formatter, and the lines before it their prefix.
+                    self.flush()
+                    self.stream.write(self.format(record) + self.terminator)
+                    self.stream.flush()
+                    return
+                line = self.format(record)
         except Exception:
             self.handleError(record)
             return
@@ -75,35 +95,7 @@ class BufferedLineHandler(logging.StreamHandler[TextIO]):
     def message_writer(self) -> Callable[[str], None] | None:
         """A function that queues a message as this handler's formatter would
         print it, or None if the formatter is not one it can stand in for."""
-        fmt = self.formatter
-        if fmt is None or type(fmt) is not logging.Formatter or fmt.datefmt is not None:
-            return None
-        style = fmt._style
-        if type(style) is not logging.PercentStyle or fmt.converter is not time.localtime:
-            return None
-        if style._fmt == BARE_LINE_FORMAT:
-            return self._add_bare
-        if style._fmt == ACCESS_LINE_FORMAT:
-            return self._add_stamped
-        return None
-
-    def _add_bare(self, message: str) -> None:
-        self._add(message + "\n")
-
-    def _add_stamped(self, message: str) -> None:
-        # logging.Formatter's "%(asctime)s [%(process)d] " for this millisecond,
-        # made once per millisecond rather than once per line.
-        now = time.time()
-        ms = int(now * 1000)
-        if ms != self._ms:
-            self._ms = ms
-            second = ms // 1000
-            if second != self._second:
-                self._second = second
-                self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-            # getpid() here, not once: workers are forked after the handler is made.
-            self._stamp = f"{self._second_text},{ms % 1000:03d} [{os.getpid()}] "
-        self._add(self._stamp + message + "\n")
+        return self._add if self._stands_in is not None else None
 
     def _add(self, line: str) -> None:
         pending = self._pending
@@ -113,11 +105,19 @@ class BufferedLineHandler(logging.StreamHandler[TextIO]):
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                self.flush()  # no loop will come back for it
+                self._flush_or_report()  # no loop will come back for it
             else:
-                loop.call_soon(self.flush)
+                loop.call_soon(self._flush_or_report)
         elif n >= MAX_PENDING_LINES:
+            self._flush_or_report()
+
+    def _flush_or_report(self) -> None:
+        # As StreamHandler.emit does: a failed write is reported, not raised
+        # into the code that logged (or into the event loop).
+        try:
             self.flush()
+        except Exception:
+            self.handleError(logging.makeLogRecord({"msg": "writing buffered log lines"}))
 
     def flush(self) -> None:
         """Write every line waiting, then flush the stream."""
@@ -127,17 +127,28 @@ class BufferedLineHandler(logging.StreamHandler[TextIO]):
             stream = self.stream
             if stream is not None and hasattr(stream, "flush"):
                 stream.flush()
-        except Exception:
-            self.handleError(logging.makeLogRecord({"msg": "writing buffered log lines"}))
         finally:
             self.release()
+
+    def _prefix(self) -> str:
+        if self._stands_in != ACCESS_LINE_FORMAT:
+            return ""
+        # logging.Formatter's "%(asctime)s [%(process)d] ", the date part made
+        # once a second; getpid() each time, as workers are forked later.
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{self._second_text},{int((now - second) * 1000):03d} [{os.getpid()}] "
 
     def _write_pending(self) -> None:
         pending = self._pending
         n = len(pending)
         if not n:
             return
-        text = "".join(pending[:n])
+        prefix = self._prefix()
+        text = prefix + ("\n" + prefix).join(pending[:n]) + "\n"
         del pending[:n]
         fd = self._fd
         if fd is None:
@@ -167,6 +178,18 @@ class BufferedLineHandler(logging.StreamHandler[TextIO]):
         """Write what waits; the stream stays open, as with StreamHandler."""
         self.flush()
         super().close()
+
+
+def _known_format(fmt: logging.Formatter | None) -> str | None:
+    """The format string of ``fmt`` if the handler can stand in for it."""
+    if fmt is None or type(fmt) is not logging.Formatter or fmt.datefmt is not None:
+        return None
+    style = fmt._style
+    if type(style) is not logging.PercentStyle or fmt.converter is not time.localtime:
+        return None
+    if style._fmt == BARE_LINE_FORMAT:
+        return ""
+    return ACCESS_LINE_FORMAT if style._fmt == ACCESS_LINE_FORMAT else None
 
 
 def _fileno(stream: TextIO | None) -> int | None:
