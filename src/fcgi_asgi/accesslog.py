@@ -272,7 +272,7 @@ class AccessLog:
         """Write the lines still waiting in the gateway's buffered handlers."""
         for handler in self.logger.handlers:
             if isinstance(handler, BufferedLineHandler):
-                handler.flush()
+                handler.flush_or_report()
 
 
 def _direct_writer(logger: logging.Logger) -> Callable[[str], None] | None:
