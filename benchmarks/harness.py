@@ -117,6 +117,14 @@ SCENARIOS = {
             front="haproxy",
         ),
         Scenario(
+            "defaults",
+            "GET /, each server with its default access log on, and both without",
+            "GET",
+            "/",
+            b"Hello, world!",
+            ("fcgi-asgi-raw-log", "uvicorn-raw-log", "fcgi-asgi-raw", "uvicorn-raw"),
+        ),
+        Scenario(
             "workers",
             "GET /, fcgi-asgi --workers 2 against 1 worker",
             "GET",
@@ -142,17 +150,21 @@ def backends(extra_args: list[str]) -> dict[str, Backend]:
     """Every backend, run from the benchmark venv, serving ``apps.py``."""
     venv_bin = os.path.join(VENV, "bin")
     fa = os.path.join(venv_bin, "fcgi-asgi")
-    fa_common = ["--socket", "{sock}", "--no-access-log", "--log-level", "warning"]
-    fa_common += ["--app-dir", BENCH_DIR, *extra_args]
+    # "-log" backends keep each server's default logging: its access log on,
+    # log level info (the lines go to the backend's log file).
+    fa_log = ["--socket", "{sock}", "--app-dir", BENCH_DIR, *extra_args]
+    fa_common = [*fa_log, "--no-access-log", "--log-level", "warning"]
     uv = os.path.join(venv_bin, "uvicorn")
-    uv_common = ["--uds", "{sock}", "--loop", "uvloop", "--http", "httptools"]
-    uv_common += ["--no-access-log", "--log-level", "warning", "--app-dir", BENCH_DIR]
+    uv_log = ["--uds", "{sock}", "--loop", "uvloop", "--http", "httptools", "--app-dir", BENCH_DIR]
+    uv_common = [*uv_log, "--no-access-log", "--log-level", "warning"]
     fs = [os.path.join(venv_bin, "python"), os.path.join(BENCH_DIR, "fcgisgi_serve.py")]
     items = [
         Backend("fcgi-asgi-raw", "fastcgi", (fa, "apps:raw", *fa_common)),
         Backend("fcgi-asgi-starlette", "fastcgi", (fa, "apps:starlette_app", *fa_common)),
         Backend("fcgi-asgi-raw-w2", "fastcgi", (fa, "apps:raw", *fa_common, "--workers", "2")),
         Backend("uvicorn-raw", "http", (uv, "apps:raw", *uv_common)),
+        Backend("fcgi-asgi-raw-log", "fastcgi", (fa, "apps:raw", *fa_log)),
+        Backend("uvicorn-raw-log", "http", (uv, "apps:raw", *uv_log)),
         Backend("uvicorn-starlette", "http", (uv, "apps:starlette_app", *uv_common)),
         Backend("fcgisgi-raw", "fastcgi", (*fs, "raw", "{sock}")),
     ]

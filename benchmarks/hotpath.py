@@ -1,12 +1,17 @@
 """CPU per request of the gateway's own code, without sockets or nginx.
 
     .venv/bin/python benchmarks/hotpath.py [raw|starlette_app] [--requests N] [--profile]
+        [--access-log off|on|json|handler]
 
 Feeds the bytes nginx sends for a GET (BEGIN_REQUEST with keep-conn, 25
 params, empty STDIN) to 32 FastCGIConnection objects over a stub transport,
 one request per connection per loop iteration as under wrk -c32, and prints
 the process CPU time per request (median of 5 runs). ``--profile`` prints
-cProfile's top functions instead. Use it to compare two versions of src/ on
+cProfile's top functions instead. ``--access-log on`` adds the default access
+log as the command line sets it up (its lines to a temporary file), ``json``
+the JSON lines, ``handler`` the default format through a plain
+``logging.FileHandler``, as a ``--log-config`` user would have it. Use it to
+compare two versions of src/ on
 the same machine (e.g. with PYTHONPATH=path/to/other/src); the end-to-end
 figures come from run.py.
 """
@@ -15,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -110,8 +117,36 @@ class StubTransport:
         pass
 
 
-async def measure(app: Any, requests: int) -> float:
-    config = Config(app=app, socket="/tmp/unused.sock", access_log=False)
+def setup_access_log(mode: str, path: str) -> None:
+    """Configure logging as the command line would, access lines to ``path``."""
+    if mode == "off":
+        return
+    try:
+        from fcgi_asgi.logconfig import configure_logging
+    except ImportError:  # a checkout from before logconfig: the root logger, as its CLI did
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
+            stream=open(path, "a"),  # noqa: SIM115 (lives as long as the process)
+        )
+        return
+    configure_logging("warning", access_json=mode == "json")
+    access = logging.getLogger("fcgi_asgi.access")
+    if mode == "handler":
+        handler: logging.Handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(process)d] %(message)s"))
+        access.handlers = [handler]
+    else:
+        access.handlers[0].setStream(open(path, "a"))  # type: ignore[attr-defined]  # noqa: SIM115
+
+
+async def measure(app: Any, requests: int, access: str) -> float:
+    config = Config(
+        app=app,
+        socket="/tmp/unused.sock",
+        access_log=access != "off",
+        access_log_format="json" if access == "json" else None,
+    )
     ctx = ServerContext(app=app, config=config, state={})
     transport = StubTransport()
     conns = [FastCGIConnection(ctx) for _ in range(32)]
@@ -139,20 +174,38 @@ def main() -> None:
     ap.add_argument("app", nargs="?", default="raw", choices=("raw", "starlette_app"))
     ap.add_argument("--requests", type=int, default=64000)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument(
+        "--access-log",
+        choices=("off", "on", "json", "handler"),
+        default="off",
+        help="off (default); on: the default access log; json: JSON lines; handler: "
+        "the default format through a logging.FileHandler",
+    )
     args = ap.parse_args()
     import uvloop
 
     app = getattr(apps, args.app)
-    if args.profile:
-        import cProfile
-        import pstats
+    with tempfile.TemporaryDirectory() as tmp:
+        log_path = os.path.join(tmp, "access.log")
+        setup_access_log(args.access_log, log_path)
+        if args.profile:
+            import cProfile
+            import pstats
 
-        with cProfile.Profile() as prof:
-            uvloop.run(measure(app, args.requests))
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
-        return
-    runs = [uvloop.run(measure(app, args.requests)) for _ in range(5)]
-    print(f"{args.app}: {statistics.median(runs) * 1e6:.2f} us per request (median of 5 runs)")
+            with cProfile.Profile() as prof:
+                uvloop.run(measure(app, args.requests, args.access_log))
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+            return
+        runs = [uvloop.run(measure(app, args.requests, args.access_log)) for _ in range(5)]
+        logging.shutdown()
+        lines = 0
+        if os.path.exists(log_path):
+            with open(log_path, "rb") as f:
+                lines = sum(1 for _ in f)
+    print(
+        f"{args.app}, access log {args.access_log}: {statistics.median(runs) * 1e6:.2f} us "
+        f"per request (median of 5 runs; {lines} access-log lines written)"
+    )
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ TARGETS = [
     ("one request per connection", "noka", "fcgi-asgi-raw", "uvicorn-raw", 1.0),
     ("hello through HAProxy, multiplexed", "haproxy", "fcgi-asgi-raw", "uvicorn-raw", 1.0),
     ("HAProxy, a connection per request", "haproxy-noka", "fcgi-asgi-raw", "uvicorn-raw", 1.0),
+    ("defaults, access log on both", "defaults", "fcgi-asgi-raw-log", "uvicorn-raw-log", 1.10),
+    ("access log cost", "defaults", "fcgi-asgi-raw-log", "fcgi-asgi-raw", 0.95),
 ]
 STREAM_BACKENDS = ("fcgi-asgi-raw", "uvicorn-raw", "fcgisgi-raw")
 STREAM_GROWTH_LIMIT_MIB = 2.0
@@ -347,6 +349,8 @@ def report(
     )
     for (scen, name), row in med.items():
         ref = "uvicorn-starlette" if name.endswith("starlette") else "uvicorn-raw"
+        if name.endswith("-log"):
+            ref = "uvicorn-raw-log"
         if scen == "workers":
             ref = "fcgi-asgi-raw"
         ref_row = med.get((scen, ref), {})
@@ -367,7 +371,8 @@ def report(
             f"{fmt(row.get('other_pct'), '6.0f')} {fmt(row.get('p99_ms'), '6.2f')}"
         )
     log("(x uvicorn: ratio of medians to uvicorn-raw, or to uvicorn-starlette for Starlette rows,")
-    log(" or to 1 worker in 'workers'; paired: median of same-round ratios)")
+    log(" to uvicorn-raw-log for -log rows (access log on), or to 1 worker in 'workers';")
+    log(" paired: median of same-round ratios)")
 
     if streams:
         log("")
@@ -397,6 +402,11 @@ def report(
             lines.append(f"{label}: {a / b:.3f}x {ref} (target >= {minimum:.2f}): {verdict}")
         else:
             lines.append(f"{label}: no valid runs")
+    a = med.get(("defaults", "fcgi-asgi-raw-log"), {}).get("cpu_us")
+    b = med.get(("defaults", "fcgi-asgi-raw"), {}).get("cpu_us")
+    if a and b:
+        verdict = "met" if a - b <= 2.0 else "NOT met"
+        lines.append(f"access log CPU per request: {a - b:+.1f} us (target <= 2 us): {verdict}")
     a = med.get(("hello", "fcgi-asgi-raw"), {}).get("cpu_us")
     b = med.get(("hello", "uvicorn-raw"), {}).get("cpu_us")
     if a and b:
@@ -483,8 +493,8 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument(
         "--scenarios",
-        default="hello,big,post,noka,workers,stream",
-        help="comma list of hello,big,post,noka,workers,stream (default: all)",
+        default="hello,big,post,noka,defaults,workers,stream",
+        help="comma list of hello,big,post,noka,defaults,workers,stream (default: all)",
     )
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--duration", type=int, default=5, help="seconds of wrk per run (default 5)")

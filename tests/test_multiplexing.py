@@ -6,6 +6,8 @@ import asyncio
 import logging
 
 import pytest
+
+from fcgi_asgi.client import build_params
 from fcgi_asgi.protocol.records import (
     CANT_MPX_CONN,
     END_REQUEST,
@@ -20,8 +22,6 @@ from fcgi_asgi.protocol.records import (
     encode_record,
     parse_end_request,
 )
-
-from fcgi_asgi.client import build_params
 from tests import apps
 from tests.conftest import connect
 

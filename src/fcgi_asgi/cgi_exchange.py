@@ -142,7 +142,7 @@ def parse_head(data: bytes) -> Head:
 class ResponseParser:
     """Turns the application's bytes into :class:`Head`, :class:`Body` and :class:`End`.
 
-    Raises :class:`~fcgi_asgi.records.ProtocolError` for anything a broken
+    Raises :class:`~fcgi_asgi.protocol.records.ProtocolError` for anything a broken
     application sends: a bad record, a record for another request, a head
     that does not parse or is too large, bytes after END_REQUEST.
     """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -13,12 +12,12 @@ from .allowlist import parse_web_server_addrs
 from .asgi.lifespan import LifespanFailure
 from .config import DEFAULT_THREADS, Config, ConfigError, opt, use_option_names
 from .listeners import ListenError
+from .logconfig import LOG_LEVELS, configure_logging
 from .server import run
 from .supervisor import needs_supervisor, supervise
 
 __all__ = ["build_parser", "main"]
 
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 #: Every option can be set as FCGI_ASGI_<OPTION> (its first name, upper case, "_" for "-").
 ENV_PREFIX = "FCGI_ASGI_"
 #: Variables other servers read, used when the FCGI_ASGI_ one is not set (uvicorn, gunicorn).
@@ -105,7 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="event loop; auto uses uvloop when installed (default: %(default)s)",
     )
     run_.add_argument(
-        "--log-level", choices=LOG_LEVELS, default="info", help="log level (default: %(default)s)"
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="level of the gateway's loggers fcgi_asgi and fcgi_asgi.error; trace is below "
+        "debug (default: info, or what --log-config says)",
+    )
+    run_.add_argument(
+        "--log-config",
+        metavar="FILE",
+        help="logging configuration replacing the default one: dictConfig as .json (or "
+        ".yaml/.yml with PyYAML installed), else a fileConfig .ini file",
     )
     run_.add_argument(
         "--access-log",
@@ -320,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--access-log-format",
         metavar="FORMAT",
         help="access log line, a Python format over fields such as {client} {method} "
-        "{target} {status} {bytes} {duration_ms} (see README)",
+        "{target} {status} {bytes} {duration_ms}, or 'json' for JSON lines (see README)",
     )
     access.add_argument(
         "--status-path",
@@ -354,15 +362,6 @@ def _octal(value: str) -> int:
         return int(value, 8)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an octal mode: {value!r}") from None
-
-
-def configure_logging(level: str) -> None:
-    """Log to stderr with timestamps and the process id."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def env_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> list[str]:
@@ -433,8 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     args = parser.parse_args([*env_arguments(parser, os.environ), *argv])
-    configure_logging(args.log_level)
     try:
+        configure_logging(args.log_level, args.log_config, args.access_log_format == "json")
         if args.reload:
             from .reloader import run_with_reload
 
@@ -480,7 +479,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         interface=args.interface,
         threads=args.threads,
         loop=args.loop,
-        log_level=args.log_level,
+        log_level=args.log_level or "info",
         access_log=args.access_log,
         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         max_params_size=args.max_params_size,

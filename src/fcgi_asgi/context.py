@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .accesslog import AccessLogFormat
+from .accesslog import AccessLog, AccessLogFormat
 from .allowlist import AllowList
 from .asgi.bridge import ASGIRequest
 from .scoreboard import (
@@ -59,7 +59,8 @@ class ServerContext:
     retire_at: int = 0
     on_retire: Callable[[], None] | None = None
     allow: AllowList = field(init=False)
-    access_format: AccessLogFormat | None = field(init=False)
+    #: Where finished requests are logged; None with the access log off.
+    access_log: AccessLog | None = field(init=False)
     #: Paths the gateway answers itself (status, ping); empty when none are set.
     internal_paths: frozenset[str] = field(init=False)
     #: What each BEGIN_REQUEST makes: the wire side plus the app's interface.
@@ -70,8 +71,8 @@ class ServerContext:
     def __post_init__(self) -> None:
         config = self.config
         self.allow = AllowList(config.allow)
-        self.access_format = (
-            AccessLogFormat(config.access_log_format) if config.access_log else None
+        self.access_log = (
+            AccessLog(AccessLogFormat(config.access_log_format)) if config.access_log else None
         )
         self.internal_paths = frozenset(
             p for p in (config.status_path, config.ping_path, config.metrics_path) if p is not None

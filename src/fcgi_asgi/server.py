@@ -217,6 +217,8 @@ class FastCGIServer:
                 logger.warning("graceful shutdown timed out after %.1f s", timeout)
             await cut_remaining(ctx)
             ctx.publish()  # the last counts, which the supervisor keeps once this worker exits
+            if ctx.access_log is not None:
+                ctx.access_log.flush()  # the last requests' lines, before the loop ends
         if self._lifespan is not None:
             try:
                 await self._lifespan.shutdown()

@@ -17,6 +17,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from ..logconfig import TRACE
 from ..scoreboard import REFUSED_ALLOW, REFUSED_PER_CONNECTION
 from .records import (
     ABORT_REQUEST,
@@ -171,6 +172,8 @@ class FastCGIConnection(asyncio.Protocol):
         # 3.11 it joins the pieces anyway), so there the pieces are joined here.
         self._gather_writes = type(transport).__module__.startswith("uvloop")
         ctx.connections.add(self)
+        if logger.isEnabledFor(TRACE):
+            logger.log(TRACE, "connection from %s opened", self.peer)
 
     def _connection_adopted(self, transport: asyncio.Transport, carried: bytes) -> None:
         # Counted, checked against the allow list and the connection limit
@@ -188,6 +191,8 @@ class FastCGIConnection(asyncio.Protocol):
             self.data_received(carried)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if logger.isEnabledFor(TRACE):
+            logger.log(TRACE, "connection from %s closed (%s)", self.peer, exc or "cleanly")
         self.closing = True
         self.ctx.connections.discard(self)
         if self._linger_timer is not None:

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["GONE", "Request", "end_records", "resolve_all", "wait_in"]
 
 logger = logging.getLogger("fcgi_asgi.error")
-access_logger = logging.getLogger("fcgi_asgi.access")
 
 # Bodies up to this size share one STDOUT record with the head: one write, one
 # record, at the cost of copying a few KiB; larger bodies are sliced instead.
@@ -537,12 +536,8 @@ class Request:
         ctx.record_request(self.status, duration, self.bytes_received, self.bytes_sent)
         if duration > self.conn.config.slow_request_threshold:
             ctx.stats.slow_requests += 1
-        if ctx.access_format is not None and self.response_complete and self.scope:
-            access_logger.info(
-                "%s",
-                ctx.access_format.render(
-                    self.scope, self.status, self.bytes_sent, duration, self.request_id
-                ),
-            )
+        access = ctx.access_log
+        if access is not None and self.response_complete and self.scope:
+            access.log(self.scope, self.status, self.bytes_sent, duration, self.request_id)
         if self.task is not None:
             ctx.tasks.discard(self.task)

@@ -1,0 +1,244 @@
+"""The access log's parts on real pipes and a real event loop: batched
+writes, whole lines from processes sharing a pipe, the shortcut past
+``logging`` and when it is not taken."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fcgi_asgi.accesslog import DEFAULT_FORMAT, AccessLog, AccessLogFormat
+from fcgi_asgi.logbuffer import MAX_PENDING_LINES, BufferedLineHandler
+from fcgi_asgi.logconfig import configure_logging, logging_config
+from tests.conftest import ROOT
+
+SCOPE: dict[str, Any] = {
+    "client": ("10.0.0.7", 41236),
+    "method": "GET",
+    "raw_path": b"/caf%C3%A9",
+    "path": "/café",
+    "query_string": b"a=1&b=%22",
+    "http_version": "1.1",
+    "headers": [(b"host", b"example.test"), (b"user-agent", b'say "hi"\\ \xe9')],
+}
+
+
+def _read_all(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, Any]]:
+    r, w = os.pipe()
+    writer = open(w, "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+    yield r, writer
+    writer.close()
+    os.close(r)
+
+
+@pytest.fixture
+def access_logger() -> Iterator[logging.Logger]:
+    """``fcgi_asgi.access`` as it was before the test, afterwards."""
+    logger = logging.getLogger("fcgi_asgi.access")
+    saved = logger.handlers[:], logger.propagate, logger.level, logger.disabled
+    yield logger
+    logger.handlers, logger.propagate, logger.level, logger.disabled = saved
+    for name in ("fcgi_asgi", "fcgi_asgi.error"):
+        other = logging.getLogger(name)
+        other.handlers, other.propagate = [], True
+        other.setLevel(logging.NOTSET)
+
+
+async def test_lines_are_written_together_later_and_in_order(pipe):
+    r, writer = pipe
+    handler = BufferedLineHandler(writer)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    add = handler.message_writer()
+    assert add is not None
+    for i in range(100):
+        add(f"line {i}")
+    assert _read_all(r) == b""  # nothing written by the logging call itself
+    data = b""
+    for _ in range(500):  # the batch's timer fires within a few loop iterations
+        await asyncio.sleep(0.01)
+        data += _read_all(r)
+        if data.count(b"\n") >= 100:
+            break
+    assert data.decode().splitlines() == [f"line {i}" for i in range(100)]
+    for i in range(MAX_PENDING_LINES):
+        add(f"more {i}")
+    # A full buffer is written at once, without waiting for the loop.
+    assert len(_read_all(r).splitlines()) == MAX_PENDING_LINES
+
+
+def test_without_a_running_loop_lines_are_written_at_once(pipe):
+    r, writer = pipe
+    handler = BufferedLineHandler(writer)
+    logger = logging.Logger("test.nolloop")
+    logger.addHandler(handler)
+    logger.warning("now %d", 1)
+    assert _read_all(r) == b"now 1\n"
+
+
+# Two processes writing batches of lines to one pipe, as workers do with stdout.
+_WRITER = """
+import asyncio, logging, sys
+from fcgi_asgi.logbuffer import BufferedLineHandler
+handler = BufferedLineHandler(sys.stdout)
+handler.setFormatter(logging.Formatter("%(message)s"))
+add = handler.message_writer()
+tag = sys.argv[1]
+async def main():
+    for batch in range(20):
+        for i in range(300):
+            add(f"{tag} {batch:03d} {i:03d} " + tag * 90)
+        await asyncio.sleep(0)
+asyncio.run(main())
+"""
+
+
+def test_processes_sharing_a_pipe_never_mix_half_lines():
+    r, w = os.pipe()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, tag],
+            stdout=w,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        )
+        for tag in "AB"
+    ]
+    os.close(w)
+    data = b""
+    with os.fdopen(r, "rb") as reader:
+        while chunk := reader.read(1024):  # a slow reader: the writers fill the pipe
+            data += chunk
+    for proc in procs:
+        assert proc.wait(30) == 0
+    lines = data.decode().splitlines()
+    assert len(lines) == 2 * 20 * 300
+    for line in lines:
+        tag = line[0]
+        assert line.endswith(" " + tag * 90) and line.count(tag) == 91, line[:120]
+    for tag in "AB":
+        mine = [line[:9] for line in lines if line[0] == tag]
+        assert mine == sorted(mine)  # each process's lines in its order
+
+
+def test_default_render_matches_the_format():
+    fast = AccessLogFormat()
+    slow = AccessLogFormat(DEFAULT_FORMAT + "{referer:.0}")  # the same line, the general way
+    for scope in (SCOPE, {**SCOPE, "client": None, "query_string": b""}):
+        line = fast.render(scope, 404, 5, 0.25, 3)
+        assert line == slow.render(scope, 404, 5, 0.25, 3)
+    assert fast.render(SCOPE, 200, 0, 0, 1) == (
+        '10.0.0.7:41236 - "GET /caf%C3%A9?a=1&b=%22 HTTP/1.1" 200'
+    )
+
+
+def test_json_render_is_json():
+    record = json.loads(AccessLogFormat("json").render(SCOPE, 201, 42, 0.0125, 9))
+    assert record["user_agent"] == 'say "hi"\\ é'
+    assert record["host"] == "example.test" and record["referer"] is None
+    assert record["path"] == "/café" and record["target"] == "/caf%C3%A9?a=1&b=%22"
+    assert (record["status"], record["bytes"], record["request_id"]) == (201, 42, 9)
+    assert record["duration_ms"] == 12.5 and record["pid"] == os.getpid()
+    none = json.loads(AccessLogFormat("json").render({**SCOPE, "client": None}, 200, 0, 0, 1))
+    assert none["client"] is None
+
+
+async def test_default_setup_takes_the_shortcut(access_logger, pipe):
+    r, writer = pipe
+    configure_logging()
+    access_logger.handlers[0].setStream(writer)  # type: ignore[attr-defined]
+    log = AccessLog(AccessLogFormat(), access_logger)
+    assert log.direct
+    log.log(SCOPE, 200, 13, 0.001, 1)
+    log.flush()
+    line = _read_all(r).decode()
+    # The same bytes logging's own formatter gives, prefix included.
+    record = logging.makeLogRecord({"msg": AccessLogFormat().render(SCOPE, 200, 13, 0.001, 1)})
+    expected = logging.Formatter(logging_config()["formatters"]["access"]["format"]).format(record)
+    assert line.split(" [", 1)[1] == expected.split(" [", 1)[1] + "\n"
+    assert len(line.split(" [", 1)[0]) == len("2026-01-02 10:00:00,123")
+
+
+async def test_user_handlers_get_records(access_logger):
+    # What --log-config gives: a handler of the user's, filters, propagation.
+    seen: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    access_logger.handlers = [Collect()]
+    access_logger.propagate = False
+    access_logger.setLevel(logging.INFO)
+    log = AccessLog(AccessLogFormat(), access_logger)
+    assert not log.direct
+    log.log(SCOPE, 200, 13, 0.001, 1)
+    assert [r.getMessage() for r in seen] == [AccessLogFormat().render(SCOPE, 200, 13, 0, 1)]
+    assert seen[0].name == "fcgi_asgi.access" and seen[0].levelno == logging.INFO
+    access_logger.setLevel(logging.WARNING)
+    log.log(SCOPE, 200, 13, 0.001, 1)
+    assert len(seen) == 1  # a level above INFO turns the access log off
+
+
+async def test_our_handler_with_another_format_batches_through_logging(access_logger, pipe):
+    r, writer = pipe
+    handler = BufferedLineHandler(writer)
+    handler.setFormatter(logging.Formatter("A %(levelname)s %(message)s"))
+    access_logger.handlers = [handler]
+    access_logger.propagate = False
+    access_logger.setLevel(logging.INFO)
+    log = AccessLog(AccessLogFormat(), access_logger)
+    assert not log.direct
+    log.log(SCOPE, 200, 13, 0.001, 1)
+    log.log(SCOPE, 204, 0, 0.001, 1)
+    assert _read_all(r) == b""
+    log.flush()
+    assert _read_all(r).decode().splitlines() == [
+        "A INFO " + AccessLogFormat().render(SCOPE, status, 0, 0, 1) for status in (200, 204)
+    ]
+
+
+async def test_a_record_with_a_traceback_keeps_its_place(pipe):
+    r, writer = pipe
+    handler = BufferedLineHandler(writer)
+    handler.setFormatter(logging.Formatter(logging_config()["formatters"]["access"]["format"]))
+    logger = logging.Logger("test.traceback")
+    logger.addHandler(handler)
+    add = handler.message_writer()
+    assert add is not None
+    add("first-line")
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError:
+        logger.exception("boom")
+    add("the-end")
+    handler.flush()
+    text = _read_all(r).decode()
+    assert text.index("first-line") < text.index("boom") < text.index("ZeroDivisionError")
+    assert text.index("ZeroDivisionError") < text.index("the-end")
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \[\d+\] "
+    for word in ("first-line", "boom", "the-end"):
+        assert re.search(f"^{stamp}{word}$", text, re.M), text
