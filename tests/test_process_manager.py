@@ -70,19 +70,13 @@ async def test_worker_past_its_memory_ceiling_is_replaced(launch):  # noqa: F811
 # -- dynamic pools ------------------------------------------------------------------
 
 
+def pool_args(low: int, high: int) -> list[str]:
+    """A dynamic pool from ``low`` to ``high`` workers, stopping one idle for 1 s."""
+    return ["--workers-min", str(low), "--workers-max", str(high), "--worker-idle-timeout", "1"]
+
+
 async def test_dynamic_pool_grows_under_a_burst_and_shrinks_when_idle(launch):  # noqa: F811
-    gw = await launch(
-        "--workers-min",
-        "1",
-        "--workers-max",
-        "3",
-        "--worker-idle-timeout",
-        "1",
-        "--status-path",
-        "/fcgi-status",
-        app=APP,
-        workers=1,
-    )
+    gw = await launch(*pool_args(1, 3), "--status-path", "/fcgi-status", app=APP, workers=1)
 
     async def status() -> dict[str, Any]:
         return json.loads((await gw.get("/fcgi-status", "json")).body)
@@ -121,6 +115,32 @@ async def test_dynamic_pool_grows_under_a_burst_and_shrinks_when_idle(launch):  
     info = await status()
     assert info["total processes"] == 1 and info["idle processes"] == 1, info
     assert "pool shrinks to 0" not in gw.log()
+
+
+async def test_pool_shrink_moves_keep_conn_connections_on(launch):  # noqa: F811
+    # An idle worker the pool stops hands its idle FCGI_KEEP_CONN connections
+    # to the worker that stays, as a reload does: none is closed under nginx.
+    gw = await launch("--workers", "2", *pool_args(1, 2), app=APP, workers=2)
+    clients: list[Any] = []
+    pids: set[int] = set()
+    try:
+        for _ in range(40):  # keep-conn connections on both workers
+            client = await gw.connect()
+            clients.append(client)
+            pids.add(int((await client.request("GET", "/pid")).body))
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2
+        await wait_until(lambda: len(gw.workers()) == 1, "the pool to shrink", 30)
+        (left,) = gw.workers()
+        for client in clients:
+            response = await asyncio.wait_for(client.request("GET", "/pid"), 10)
+            assert int(response.body) == left
+            assert not client.closed.is_set()
+    finally:
+        for client in clients:
+            await client.close()
+    assert "pool shrinks to 1 worker(s)" in gw.log()
 
 
 # -- --preload ----------------------------------------------------------------------

@@ -469,7 +469,7 @@ class Supervisor:
                 pid,
                 idle[pid],
             )
-            self._stop(self.workers[pid])
+            self._stop(self.workers[pid], hand_over=True)  # others serve on
 
     def _announce(self) -> None:
         # READY=1 once --workers ready workers of the current generation serve
