@@ -808,10 +808,13 @@ def test_reload_under_load_through_nginx_loses_nothing(workdir: Path, config: st
         threads = [threading.Thread(target=load) for _ in range(4)]
         for t in threads:
             t.start()
-        time.sleep(0.5)
+        # Load before, during and after the reload, counted in requests rather
+        # than seconds: a loaded machine answers fewer per second.
+        wait_for(lambda: len(statuses) >= 50, timeout=30)
         os.kill(gw.pid, signal.SIGHUP)
         wait_for(lambda: pids - before, timeout=15)  # the new workers answer
-        time.sleep(0.5)
+        after_reload = len(statuses)
+        wait_for(lambda: len(statuses) >= after_reload + 50, timeout=30)
         stop.set()
         for t in threads:
             t.join(15)
