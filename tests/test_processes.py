@@ -524,7 +524,9 @@ async def test_max_requests_recycles_workers(launch, workers):
     assert not failures, failures[:5]
     assert len(pids) >= 6, pids
     assert "reached its max requests: replacing it" in gw.log()
-    assert len(gw.workers()) <= workers + 1
+    # Replaced workers do not pile up: once the load stops, the retiring ones
+    # (several at once when their counts end together) are gone.
+    await wait_until(lambda: len(gw.workers()) == workers, f"{workers} workers after the load")
 
 
 async def test_ttin_adds_and_ttou_removes_a_worker(launch):
