@@ -97,7 +97,14 @@ class ASGIRequest(Request):
         """ASGI ``send``: response start, body, pathsend and trailers."""
         mtype = message["type"]
         if mtype == "http.response.body":
-            await self._send_body(message.get("body", b""), message.get("more_body", False))
+            # Straight to send_body: one coroutine per body message, as before
+            # the split (a coroutine layer costs about 0.3 us a request).
+            if self.disconnected or self.response_complete or not self.response_started:
+                self._check_body_allowed("http.response.body")
+            body = message.get("body", b"")
+            if type(body) is not bytes:
+                body = self._body_bytes(body)
+            await self.send_body(body, message.get("more_body", False))
         elif mtype == "http.response.start":
             if self.response_started:
                 self._fail_app("http.response.start sent twice")
@@ -129,13 +136,10 @@ class ASGIRequest(Request):
         if self.response_complete:
             self._fail_app(f"{mtype} sent after the response was complete")
 
-    async def _send_body(self, body: Any, more_body: bool) -> None:
-        self._check_body_allowed("http.response.body")
-        if type(body) is not bytes:
-            if not isinstance(body, bytes | bytearray | memoryview):
-                self._fail_app(f"http.response.body body must be bytes, not {type(body).__name__}")
-            body = bytes(body)
-        await self.send_body(body, more_body)
+    def _body_bytes(self, body: Any) -> bytes:
+        if not isinstance(body, bytes | bytearray | memoryview):
+            self._fail_app(f"http.response.body body must be bytes, not {type(body).__name__}")
+        return bytes(body)
 
     async def _send_path(self, path: str) -> None:
         self._check_body_allowed("http.response.pathsend")
@@ -145,7 +149,7 @@ class ASGIRequest(Request):
         f = await loop.run_in_executor(None, open, path, "rb")
         try:
             while chunk := await loop.run_in_executor(None, f.read, _READ_CHUNK):
-                await self._send_body(chunk, True)
+                await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
         finally:
             await loop.run_in_executor(None, f.close)
-        await self._send_body(b"", False)
+        await self.send({"type": "http.response.body", "body": b""})

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
-from ..asgi.scope import build_scope
+from ..asgi.scope import scope_from_params
 from ..errors import AppProtocolError, ClientDisconnected
 from ..protocol.records import decode_params
 from ..protocol.request import GONE, Request
@@ -66,7 +66,8 @@ class WSGIRequest(Request):
         conn = self.conn
         ctx = conn.ctx
         decoded = decode_params(params)
-        self.scope = scope = build_scope(decoded, conn.config.root_path)
+        # The C scope where it applies (a few us less than build_scope).
+        self.scope = scope = scope_from_params(params, conn.config.root_path)
         self.head_only = scope["method"] == "HEAD"
         if ctx.internal_paths and scope["path"] in ctx.internal_paths:
             self.answer_internal()
@@ -159,9 +160,29 @@ class WSGIRequest(Request):
         self._on_loop(self._send(data, True))
 
     def _fetch_body(self) -> bytes:
-        """The next piece of the request body, b"" at its end (for wsgi.input)."""
-        data: bytes = self._on_loop(self._next_body())
-        return data
+        """The next piece of the request body, b"" at its end (for wsgi.input).
+
+        What has arrived already is taken without a round trip through the
+        loop (a 64 KiB POST comes in several STDIN records): deque appends
+        and pops are atomic, and the loop is told afterwards so that reading
+        resumes. stdin_done is read first: once it is set, every piece of
+        the body is in the deque.
+        """
+        done = self.stdin_done
+        if self.body:
+            try:
+                data = self.body.popleft()
+            except IndexError:  # taken by the loop meanwhile (a disconnect)
+                data = b""
+            if data:
+                self.conn.loop.call_soon_threadsafe(self._consumed, len(data))
+                return data
+        if self.disconnected:
+            raise ClientDisconnected(GONE)
+        if done:
+            return b""
+        data = self._on_loop(self._next_body())
+        return cast(bytes, data)
 
     # -- on the loop ------------------------------------------------------------
 
@@ -175,6 +196,12 @@ class WSGIRequest(Request):
         if self.response_complete:
             return  # already cut short (an app still writing after a timeout)
         await self.send_body(data, more_body)
+
+    def _consumed(self, n: int) -> None:
+        # At most what is still counted: drop_body() may have counted it already.
+        n = min(n, self.body_size)
+        self.body_size -= n
+        self.conn.body_consumed(n)
 
     async def _next_body(self) -> bytes:
         while True:
