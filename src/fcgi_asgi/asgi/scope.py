@@ -99,12 +99,6 @@ except ImportError:  # not built: see protocol/records.py
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
-def _port(value: bytes | None) -> int | None:
-    if value and value.isdigit():
-        return int(value)
-    return None
-
-
 def build_scope(
     params: dict[bytes, bytes],
     root_path: str | None = None,
