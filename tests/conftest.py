@@ -20,7 +20,7 @@ import pytest
 
 from fcgi_asgi import FastCGIServer
 from fcgi_asgi.client import FastCGIClient
-from fcgi_asgi.config import Config
+from fcgi_asgi.config import Config, use_option_names
 from tests.webservers import web_workdir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +47,15 @@ def sock_path(tmp_path: Path) -> str:
     yield path
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+@pytest.fixture(autouse=True)
+def api_option_names() -> Iterator[None]:
+    """Errors name options as keywords (``port=``) unless a test's in-process
+    ``cli.main()`` switched this process to ``--port``: no test sees another's choice."""
+    use_option_names({})
+    yield
+    use_option_names({})
 
 
 @pytest.fixture(scope="session")

@@ -113,10 +113,11 @@ def _serve_until_ready(sock: str, *args: str, env: dict[str, str]) -> subprocess
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> bytes:
+    """Stop the gateway; what it wrote to stdout and stderr (access lines go to stdout)."""
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=15)
+    out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err.decode()
-    return err
+    return out + err
 
 
 def test_options_from_the_environment_and_the_command_line_wins(sock_path):
@@ -128,16 +129,17 @@ def test_options_from_the_environment_and_the_command_line_wins(sock_path):
     proc = _serve_until_ready(sock_path, env=env)
     try:
         assert _ping(sock_path, "/from-env") == "pong"
+        assert _ping(sock_path, "/elsewhere") is None  # the app's 404, a loggable request
     finally:
         err = _stop(proc)
-    assert b"fcgi_asgi.access" not in err  # FCGI_ASGI_ACCESS_LOG=false took effect
+    assert b'"GET /elsewhere' not in err  # FCGI_ASGI_ACCESS_LOG=false took effect
     proc = _serve_until_ready(sock_path, "--ping-path", "/from-cli", "--access-log", env=env)
     try:
         assert _ping(sock_path, "/from-cli") == "pong"
         assert _ping(sock_path, "/from-env") is None
     finally:
         err = _stop(proc)
-    assert b"fcgi_asgi.access" in err
+    assert b'"GET /from-env HTTP/1.1" 404' in err  # the access line of the app's 404
 
 
 def test_uvicorn_names_and_web_concurrency(sock_path):
