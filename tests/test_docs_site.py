@@ -60,6 +60,7 @@ def test_the_site_builds_strict(tmp_path):
     nginx = (tmp_path / "site" / "servers" / "nginx" / "index.html").read_text()
     # The config itself, not the include line.
     assert "fastcgi_pass" in nginx and "--8&lt;--" not in nginx
+    assert nginx.count('class="tabbed-block"') == len(list((ROOT / "examples" / "nginx").iterdir()))
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     assert 'id="fcgi_asgi.start_server"' in api
 
