@@ -63,6 +63,9 @@ def test_the_site_builds_strict(tmp_path):
     assert nginx.count('class="tabbed-block"') == len(list((ROOT / "examples" / "nginx").iterdir()))
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     assert 'id="fcgi_asgi.start_server"' in api
+    # The docstrings are reST: their roles and literal blocks are rewritten for the site.
+    assert ":class:" not in api and ":meth:" not in api
+    assert "serve_forever()" in api
 
 
 @pytest.mark.parametrize(
