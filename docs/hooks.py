@@ -11,8 +11,10 @@ import argparse
 from typing import Any
 
 from fcgi_asgi.cli import ENV_PREFIX, build_parser
+from fcgi_asgi.request_cmd import build_request_parser
 
 MARKER = "<!-- options -->"
+REQUEST_MARKER = "<!-- request-options -->"
 
 
 def _cell(text: str) -> str:
@@ -44,8 +46,12 @@ def _help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
     return _cell(formatter._expand_help(action)) if action.help else ""
 
 
-def options_markdown(parser: argparse.ArgumentParser | None = None) -> str:
-    """Markdown tables of every option of ``parser`` (default: the gateway's)."""
+def options_markdown(parser: argparse.ArgumentParser | None = None, env: bool = True) -> str:
+    """Markdown tables of every option of ``parser`` (default: the gateway's).
+
+    ``env``: add the column of ``FCGI_ASGI_*`` variables (the gateway reads them;
+    ``fcgi-asgi request`` does not).
+    """
     parser = parser or build_parser()
     out: list[str] = []
     for group in parser._action_groups:
@@ -56,13 +62,22 @@ def options_markdown(parser: argparse.ArgumentParser | None = None) -> str:
             continue
         title = group.title or "options"
         out += [f"### {title[0].upper()}{title[1:]}", ""]
-        out += ["| option | environment | meaning |", "|---|---|---|"]
-        out += [f"| {_names(a)} | {_env(a)} | {_help(parser, a)} |" for a in actions]
+        if env:
+            out += ["| option | environment | meaning |", "|---|---|---|"]
+            out += [f"| {_names(a)} | {_env(a)} | {_help(parser, a)} |" for a in actions]
+        else:
+            out += ["| option | meaning |", "|---|---|"]
+            out += [f"| {_names(a)} | {_help(parser, a)} |" for a in actions]
         out.append("")
     return "\n".join(out)
 
 
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
+    """Put the generated tables where the page has their markers."""
     if MARKER in markdown:
-        return markdown.replace(MARKER, options_markdown())
+        markdown = markdown.replace(MARKER, options_markdown())
+    if REQUEST_MARKER in markdown:
+        markdown = markdown.replace(
+            REQUEST_MARKER, options_markdown(build_request_parser(), env=False)
+        )
     return markdown

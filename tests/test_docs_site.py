@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from fcgi_asgi.cli import build_parser
+from fcgi_asgi.request_cmd import build_request_parser
 from tests.conftest import ROOT
 
 SERVERS = ("nginx", "lighttpd", "apache2", "caddy", "h2o", "haproxy")
@@ -86,17 +87,21 @@ def test_strict_fails_on_a_broken_reference(tmp_path, breakage):
     assert result.returncode != 0, result.stderr
 
 
-def test_every_option_is_on_the_options_page(monkeypatch):
+@pytest.mark.parametrize("which", ["gateway", "request"])
+def test_every_option_is_on_the_options_page(monkeypatch, which):
     monkeypatch.setenv("COLUMNS", "1000")
-    help_options = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", build_parser().format_help()))
-    page = _hooks().options_markdown()
+    hooks = _hooks()
+    parser = build_parser() if which == "gateway" else build_request_parser()
+    help_options = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", parser.format_help()))
+    page = hooks.on_page_markdown((ROOT / "docs" / "options.md").read_text())
     missing = [
         opt
         for opt in sorted(help_options - {"--help"})
         if not re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", page)
     ]
+    assert len(help_options) > 3
     assert not missing, missing
-    assert "<!-- options -->" in (ROOT / "docs" / "options.md").read_text()
+    assert "<!--" not in page  # every marker was replaced
 
 
 def test_every_web_server_config_is_on_the_site():
