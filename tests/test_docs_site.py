@@ -70,14 +70,14 @@ def test_the_site_builds_strict(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "breakage",
+    ("breakage", "named"),
     [
-        "[a page](no-such-page.md)",
-        "[an anchor](options.md#no-such-anchor)",
-        '--8<-- "examples/gone"',
+        ("[a page](no-such-page.md)", "no-such-page.md"),
+        ("[an anchor](options.md#no-such-anchor)", "no-such-anchor"),
+        ('--8<-- "examples/gone"', "examples/gone"),
     ],
 )
-def test_strict_fails_on_a_broken_reference(tmp_path, breakage):
+def test_strict_fails_on_a_broken_reference(tmp_path, breakage, named):
     src = tmp_path / "src"
     src.mkdir()
     _copy_site_sources(src)
@@ -85,6 +85,8 @@ def test_strict_fails_on_a_broken_reference(tmp_path, breakage):
     faq.write_text(faq.read_text() + f"\n{breakage}\n")
     result = _build(src, tmp_path / "site")
     assert result.returncode != 0, result.stderr
+    # Failed for this breakage, not for something the copy lacks.
+    assert named in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("which", ["gateway", "request"])
