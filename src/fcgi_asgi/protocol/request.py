@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Coroutine
 from http import HTTPStatus
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ClientDisconnected
 from ..metrics import METRICS_CONTENT_TYPE, render_metrics
 from ..pool import pool_status
-from ..scoreboard import REFUSED_CONCURRENT
+from ..scoreboard import DURATION_BUCKETS, REFUSED_CONCURRENT
 from ..status import render_status
 from .head import encode_head
 from .records import MAX_CONTENT, STDOUT, encode_end_request, encode_record, encode_stream
@@ -528,14 +529,24 @@ class Request:
 
     def done(self) -> None:
         """The app is done with this request: count it, log it, forget its task."""
-        self.drop_body()
+        if self.body_size:
+            self.drop_body()
         if self._timeout is not None:
             self._timeout.cancel()
-        duration = self.conn.loop.time() - self.started
-        ctx = self.conn.ctx
-        ctx.record_request(self.status, duration, self.bytes_received, self.bytes_sent)
-        if duration > self.conn.config.slow_request_threshold:
-            ctx.stats.slow_requests += 1
+        conn = self.conn
+        duration = conn.loop.time() - self.started
+        ctx = conn.ctx
+        # The metrics' counters, inline: a method call for them cost 0.1 us a
+        # request (benchmarks/instructions.py).
+        stats = ctx.stats
+        status = self.status
+        stats.status_classes[status // 100 if 100 <= status < 600 else 0] += 1
+        stats.duration_buckets[bisect_left(DURATION_BUCKETS, duration)] += 1
+        stats.duration_sum += duration
+        stats.request_bytes += self.bytes_received
+        stats.response_bytes += self.bytes_sent
+        if duration > conn.config.slow_request_threshold:
+            stats.slow_requests += 1
         access = ctx.access_log
         if access is not None and self.response_complete and self.scope:
             access.log(self.scope, self.status, self.bytes_sent, duration, self.request_id)
