@@ -106,7 +106,10 @@ class ASGIRequest(Request):
                 or self.response_complete
             ):
                 body = self._checked_body(body, "http.response.body")
-            await self.send_body(body, message.get("more_body", False))
+            more_body = message.get("more_body", False)
+            if not more_body and self.send_whole(body):
+                return  # a small response, whole: no send_body() coroutine
+            await self.send_body(body, more_body)
         elif mtype == "http.response.start":
             if self.response_started:
                 self._fail_app("http.response.start sent twice")

@@ -278,12 +278,45 @@ class Request:
             # encode_stream: a head may be larger than one record.
             self.conn.write(encode_stream(STDOUT, self.request_id, head))
 
+    def send_whole(self, body: bytes) -> bool:
+        """Send the whole response now if it is small, ``body`` its last piece.
+
+        Head and body as one STDOUT record, the empty STDOUT and END_REQUEST,
+        one bytes object in one write, without the pieces list and finish()
+        (raw hello cycle 4.75 -> 4.6 us); synchronous, so an interface can
+        skip the send_body() coroutine (85,970 -> 84,689 instructions a hello
+        request). False, with nothing done, when the response does not fit
+        or cannot end yet.
+        """
+        head = self._head
+        if self.head_only:
+            body = b""  # and not counted as sent in the access log
+        if (
+            head is None
+            or len(body) > _COALESCE_LIMIT
+            or not self.stdin_done
+            or self.end_held
+            or len(head) + len(body) > MAX_CONTENT
+        ):
+            return False
+        self._head = None
+        self.bytes_sent += len(body)
+        rid = self.request_id
+        self._stdout_sent = self.response_complete = True
+        self.conn.write([encode_record(STDOUT, rid, head + body) + end_records(rid)])
+        self.conn.request_ended(self)
+        if self._waiters:
+            self.wake()
+        return True
+
     async def send_body(self, body: bytes, more_body: bool) -> None:
         """Write a piece of the response body; the last one ends the request.
 
         Waits while the web server is not reading; raises
         :class:`ClientDisconnected` once it is gone.
         """
+        if not more_body and self.send_whole(body):
+            return
         if self.head_only:
             body = b""  # and not counted as sent in the access log
         self.bytes_sent += len(body)
@@ -292,25 +325,8 @@ class Request:
         if head is not None:
             self._head = None
             if len(body) <= _COALESCE_LIMIT:
-                chunk = head + body
-                if (
-                    not more_body
-                    and self.stdin_done
-                    and not self.end_held
-                    and len(chunk) <= MAX_CONTENT
-                ):
-                    # The whole of a small response (head + body record, empty
-                    # STDOUT, END_REQUEST) as one bytes object in one write,
-                    # without the pieces list and finish() (raw hello cycle
-                    # 4.75 -> 4.6 us).
-                    self._stdout_sent = self.response_complete = True
-                    self.conn.write([encode_record(STDOUT, rid, chunk) + end_records(rid)])
-                    self.conn.request_ended(self)
-                    if self._waiters:
-                        self.wake()
-                    return
                 # Framed as a stream: a large head may not fit in one record.
-                pieces = encode_stream(STDOUT, rid, chunk)
+                pieces = encode_stream(STDOUT, rid, head + body)
             else:
                 pieces = encode_stream(STDOUT, rid, head) + encode_stream(STDOUT, rid, body)
             self._stdout_sent = True
