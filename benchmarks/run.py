@@ -4,6 +4,10 @@
     python3 benchmarks/run.py            # every scenario, 3 interleaved rounds (6-10 min)
     python3 benchmarks/run.py --quick    # 1 round, short runs (about 3 min)
     python3 benchmarks/run.py --scenarios hello,big --rounds 5
+    python3 benchmarks/run.py --replot /tmp/fcgi-asgi-bench/results/DATE/results.json
+
+Besides the tables it draws benchmarks/results.png: every scenario as ratios
+to the peers, with the spread of rounds (--plot to put it elsewhere).
 
 It installs what it needs (nginx-light and wrk with apt-get when missing;
 uvicorn[standard], fcgisgi, starlette, matplotlib and this checkout into the
