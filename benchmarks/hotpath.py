@@ -34,8 +34,25 @@ import apps
 
 from fcgi_asgi.config import Config
 from fcgi_asgi.context import ServerContext
-from fcgi_asgi.protocol.connection import FastCGIConnection
-from fcgi_asgi.protocol.records import KEEP_CONN, PARAMS, STDIN, encode_begin_request, encode_pairs
+
+try:
+    from fcgi_asgi.protocol.connection import FastCGIConnection
+    from fcgi_asgi.protocol.records import (
+        KEEP_CONN,
+        PARAMS,
+        STDIN,
+        encode_begin_request,
+        encode_pairs,
+    )
+except ImportError:  # a checkout from before protocol/ (db2c336 and older), for before/after
+    from fcgi_asgi.connection import FastCGIConnection  # type: ignore[no-redef]
+    from fcgi_asgi.records import (  # type: ignore[no-redef]
+        KEEP_CONN,
+        PARAMS,
+        STDIN,
+        encode_begin_request,
+        encode_pairs,
+    )
 
 PARAMS_SENT = [
     (b"QUERY_STRING", b""),
@@ -174,6 +191,7 @@ def main() -> None:
     ap.add_argument("app", nargs="?", default="raw", choices=("raw", "starlette_app"))
     ap.add_argument("--requests", type=int, default=64000)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--runs", type=int, default=5, help="runs to take the median of (5)")
     ap.add_argument(
         "--access-log",
         choices=("off", "on", "json", "handler"),
@@ -196,7 +214,7 @@ def main() -> None:
                 uvloop.run(measure(app, args.requests, args.access_log))
             pstats.Stats(prof).sort_stats("tottime").print_stats(25)
             return
-        runs = [uvloop.run(measure(app, args.requests, args.access_log)) for _ in range(5)]
+        runs = [uvloop.run(measure(app, args.requests, args.access_log)) for _ in range(args.runs)]
         logging.shutdown()
         lines = 0
         if os.path.exists(log_path):
@@ -204,7 +222,7 @@ def main() -> None:
                 lines = sum(1 for _ in f)
     print(
         f"{args.app}, access log {args.access_log}: {statistics.median(runs) * 1e6:.2f} us "
-        f"per request (median of 5 runs; {lines} access-log lines written)"
+        f"per request (median of {args.runs} runs; {lines} access-log lines written)"
     )
 
 

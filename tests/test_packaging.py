@@ -49,4 +49,11 @@ def test_wheel_contents_and_metadata(tmp_path):
     ):
         assert wanted in classifiers
     assert any(c.startswith("Development Status :: ") for c in classifiers)
-    assert sorted(meta.get_all("Provides-Extra")) == ["docs", "fuzz", "httpx", "reload", "test", "yaml"]
+    assert sorted(meta.get_all("Provides-Extra")) == [
+        "docs",
+        "fuzz",
+        "httpx",
+        "reload",
+        "test",
+        "yaml",
+    ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from bisect import bisect_left
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,7 +15,6 @@ from .accesslog import AccessLog, AccessLogFormat
 from .allowlist import AllowList
 from .asgi.bridge import ASGIRequest
 from .scoreboard import (
-    DURATION_BUCKETS,
     REFUSED_MAX_CONNECTIONS,
     Scoreboard,
     SupervisorStats,
@@ -93,17 +91,6 @@ class ServerContext:
         self.pending_heads = []
         for cycle in cycles:
             cycle.flush_head()
-
-    def record_request(
-        self, status: int, duration: float, request_bytes: int, response_bytes: int
-    ) -> None:
-        """Count a finished request for the metrics: plain increments, no I/O."""
-        stats = self.stats
-        stats.status_classes[status // 100 if 100 <= status < 600 else 0] += 1
-        stats.duration_buckets[bisect_left(DURATION_BUCKETS, duration)] += 1
-        stats.duration_sum += duration
-        stats.request_bytes += request_bytes
-        stats.response_bytes += response_bytes
 
     def publish(self) -> None:
         """Refresh the live counters and write them to the scoreboard, if any."""
