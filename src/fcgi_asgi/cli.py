@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="threads a WSGI app runs in, per process (default: %(default)s)",
     )
+    app.add_argument(
+        "--roles",
+        metavar="LIST",
+        default="responder",
+        help="FastCGI roles the app serves, comma-separated: responder, authorizer, filter "
+        "(default: %(default)s; AUTHORIZER requests are refused with 403 unless listed)",
+    )
     run_ = p.add_argument_group("running")
     run_.add_argument(
         "--loop",
@@ -478,6 +485,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         lifespan=args.lifespan,
         interface=args.interface,
         threads=args.threads,
+        roles=args.roles,
         loop=args.loop,
         log_level=args.log_level or "info",
         access_log=args.access_log,

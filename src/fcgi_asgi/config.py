@@ -111,6 +111,9 @@ class Config:
     interface: Literal["auto", "asgi", "wsgi"] = "auto"
     #: Threads a WSGI app runs in (per worker process); requests beyond them wait.
     threads: int = DEFAULT_THREADS
+    #: FastCGI roles the app serves: ``responder``, ``authorizer``, ``filter``.
+    #: An AUTHORIZER request for an app without that role is refused (403).
+    roles: tuple[str, ...] = ("responder",)
     loop: LoopName = "auto"
     log_level: str = "info"
     access_log: bool = True
@@ -199,6 +202,7 @@ class Config:
             )
         if not isinstance(self.threads, int) or self.threads < 1:
             raise ConfigError(f"{opt('threads')} must be a positive integer")
+        self.roles = _check_roles(self.roles)
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ConfigError(f"{opt('loop')} must be auto, asyncio or uvloop, not {self.loop!r}")
         listeners = sum(x is not None for x in (self.socket, self.fd, self.port))
@@ -328,6 +332,21 @@ class Config:
     def load(self) -> ASGIApp:
         """Import (or return) the app, honouring ``app_dir`` and ``factory``."""
         return load_app(self.app, factory=self.factory, app_dir=self.app_dir)
+
+
+ROLES = ("responder", "authorizer", "filter")
+
+
+def _check_roles(roles: Any) -> tuple[str, ...]:
+    if isinstance(roles, str):
+        roles = [r.strip() for r in roles.split(",")]
+    if not isinstance(roles, list | tuple | frozenset | set):
+        raise ConfigError(f"{opt('roles')} must be a list of roles, not {roles!r}")
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown or not roles:
+        wrong = ", ".join(map(str, unknown)) or "none"
+        raise ConfigError(f"{opt('roles')} takes roles among {', '.join(ROLES)}, not {wrong}")
+    return tuple(r for r in ROLES if r in roles)
 
 
 _TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,)}

@@ -135,6 +135,10 @@ class Request:
         "timed_out",
     )
 
+    #: Whether the gateway's own paths (--ping-path...) answer here; never
+    #: for an AUTHORIZER, whose 200 would let the request through.
+    answers_internal = True
+
     def __init__(self, conn: FastCGIConnection, request_id: int, keep_conn: bool) -> None:
         self.conn = conn
         self.request_id = request_id

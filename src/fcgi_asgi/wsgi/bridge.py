@@ -54,6 +54,9 @@ class WSGIRequest(Request):
 
     __slots__ = ("_headers", "_status")
 
+    #: ``environ["FCGI_ROLE"]``, as libfcgi and Apache spell the role.
+    role_param = "RESPONDER"
+
     def __init__(self, conn: FastCGIConnection, request_id: int, keep_conn: bool) -> None:
         Request.__init__(self, conn, request_id, keep_conn)
         # Set by start_response in the app's thread, read on the loop when
@@ -68,7 +71,7 @@ class WSGIRequest(Request):
         decoded = decode_params(params)
         self.scope = scope = build_scope(decoded, conn.config.root_path)
         self.head_only = scope["method"] == "HEAD"
-        if ctx.internal_paths and scope["path"] in ctx.internal_paths:
+        if ctx.internal_paths and scope["path"] in ctx.internal_paths and self.answers_internal:
             self.answer_internal()
             return
         environ = build_environ(
@@ -78,7 +81,13 @@ class WSGIRequest(Request):
             ErrorStream(),
             multiprocess=conn.config.workers > 1,
         )
+        environ["FCGI_ROLE"] = role = self.role_param
+        if role != "RESPONDER":
+            self.add_role_environ(environ)
         self.spawn(self.run(cast(WSGIApp, ctx.app), environ))
+
+    def add_role_environ(self, environ: dict[str, Any]) -> None:
+        """Add what a role other than RESPONDER gives the app (protocol/roles.py)."""
 
     async def run(self, app: WSGIApp, environ: dict[str, Any]) -> None:
         """Run the app in a thread; make sure the request ends."""
