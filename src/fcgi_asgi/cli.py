@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="log one line per request (default: on)",
     )
     run_.add_argument(
+        "--stderr-to-web-server",
+        action="store_true",
+        help="also send each request's error log lines (an app's exception, wsgi.errors) "
+        "to the web server as FCGI_STDERR, for its error log",
+    )
+    run_.add_argument(
         "--timeout-graceful-shutdown",
         type=float,
         default=30.0,
@@ -489,6 +495,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         loop=args.loop,
         log_level=args.log_level or "info",
         access_log=args.access_log,
+        stderr_to_web_server=args.stderr_to_web_server,
         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         max_params_size=args.max_params_size,
         max_requests_per_connection=args.max_requests_per_connection,

@@ -117,6 +117,8 @@ class Config:
     loop: LoopName = "auto"
     log_level: str = "info"
     access_log: bool = True
+    #: Also send a request's error log lines to the web server as FCGI_STDERR.
+    stderr_to_web_server: bool = False
     backlog: int = DEFAULT_BACKLOG
     #: Largest PARAMS stream accepted for one request, in bytes.
     max_params_size: int = 1 << 20

@@ -78,7 +78,7 @@ class WSGIRequest(Request):
             decoded,
             scope,
             InputStream(self._fetch_body),
-            ErrorStream(),
+            ErrorStream(self._stderr_from_thread if conn.config.stderr_to_web_server else None),
             multiprocess=conn.config.workers > 1,
         )
         environ["FCGI_ROLE"] = role = self.role_param
@@ -166,6 +166,11 @@ class WSGIRequest(Request):
                 raise AppProtocolError(f"WSGI body must be bytes, not {type(data).__name__}")
             data = bytes(data)
         self._on_loop(self._send(data, True))
+
+    def _stderr_from_thread(self, text: str) -> None:
+        """A ``wsgi.errors`` line for FCGI_STDERR; queued on the loop before
+        anything the thread sends later, so it precedes END_REQUEST."""
+        self.conn.loop.call_soon_threadsafe(self.send_stderr, text)
 
     def _fetch_body(self) -> bytes:
         """The next piece of the request body, b"" at its end (for wsgi.input)."""
