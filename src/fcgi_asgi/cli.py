@@ -135,6 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
         "to the web server as FCGI_STDERR, for its error log",
     )
     run_.add_argument(
+        "--sendfile-header",
+        metavar="NAME",
+        help="answer a whole-file response (http.response.pathsend, wsgi.file_wrapper) with "
+        "this header for the web server to send the file: X-Accel-Redirect (nginx), "
+        "X-Sendfile (Apache mod_xsendfile, lighttpd), X-LIGHTTPD-send-file",
+    )
+    run_.add_argument(
+        "--sendfile-map",
+        action="append",
+        default=[],
+        metavar="FROM=TO",
+        help="rewrite the file path prefix FROM to TO in --sendfile-header (repeatable; "
+        "nginx needs an internal location's URI); files under no FROM are streamed",
+    )
+    run_.add_argument(
         "--timeout-graceful-shutdown",
         type=float,
         default=30.0,
@@ -496,6 +511,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         log_level=args.log_level or "info",
         access_log=args.access_log,
         stderr_to_web_server=args.stderr_to_web_server,
+        sendfile_header=args.sendfile_header,
+        sendfile_map=tuple(args.sendfile_map),
         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         max_params_size=args.max_params_size,
         max_requests_per_connection=args.max_requests_per_connection,

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from .protocol.offload import SENDFILE_HEADERS
+
 __all__ = [
     "ASGIApp",
     "AppLoadError",
@@ -119,6 +121,11 @@ class Config:
     access_log: bool = True
     #: Also send a request's error log lines to the web server as FCGI_STDERR.
     stderr_to_web_server: bool = False
+    #: A whole-file response becomes this header (X-Accel-Redirect, X-Sendfile,
+    #: X-LIGHTTPD-send-file); None streams files.
+    sendfile_header: str | None = None
+    #: ``FROM=TO`` path-prefix rewrites for the sendfile header's value.
+    sendfile_map: tuple[str, ...] = ()
     backlog: int = DEFAULT_BACKLOG
     #: Largest PARAMS stream accepted for one request, in bytes.
     max_params_size: int = 1 << 20
@@ -205,6 +212,7 @@ class Config:
         if not isinstance(self.threads, int) or self.threads < 1:
             raise ConfigError(f"{opt('threads')} must be a positive integer")
         self.roles = _check_roles(self.roles)
+        self._check_sendfile()
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ConfigError(f"{opt('loop')} must be auto, asyncio or uvloop, not {self.loop!r}")
         listeners = sum(x is not None for x in (self.socket, self.fd, self.port))
@@ -325,6 +333,26 @@ class Config:
     def max_connections_hint(self) -> int:
         """FCGI_MAX_CONNS as answered to GET_VALUES."""
         return self.max_connections or 65535
+
+    def _check_sendfile(self) -> None:
+        if self.sendfile_header is not None:
+            known = SENDFILE_HEADERS.get(self.sendfile_header.lower())
+            if known is None:
+                raise ConfigError(
+                    f"{opt('sendfile_header')} must be one of "
+                    f"{', '.join(SENDFILE_HEADERS.values())}, not {self.sendfile_header!r}"
+                )
+            self.sendfile_header = known
+        self.sendfile_map = tuple(self.sendfile_map)
+        for entry in self.sendfile_map:
+            src, eq, _ = entry.partition("=")
+            if not eq or not src.startswith("/"):
+                raise ConfigError(
+                    f"{opt('sendfile_map')} takes FROM=TO with FROM an absolute path "
+                    f"prefix, not {entry!r}"
+                )
+        if self.sendfile_map and self.sendfile_header is None:
+            raise ConfigError(f"{opt('sendfile_map')} needs {opt('sendfile_header')}")
 
     @property
     def listen_host(self) -> str:

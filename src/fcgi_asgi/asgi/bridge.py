@@ -142,6 +142,9 @@ class ASGIRequest(Request):
 
     async def _send_path(self, path: str) -> None:
         self._check_body_allowed("http.response.pathsend")
+        if self.offload(path):
+            await self._send_body(b"", False)
+            return
         # File reads run in the default executor: a slow disk must not stall
         # every other request on the loop.
         loop = self.conn.loop

@@ -26,6 +26,7 @@ from ..pool import pool_status
 from ..scoreboard import REFUSED_CONCURRENT
 from ..status import render_status
 from .head import encode_head
+from .offload import offload_head, offload_value
 from .records import (
     MAX_CONTENT,
     STDERR,
@@ -472,6 +473,20 @@ class Request:
         else:
             self.response_complete = True
             self.conn.request_failed(self)
+
+    def offload(self, path: str) -> bool:
+        """Answer with ``--sendfile-header`` for the file at ``path`` instead of
+        its bytes; False (stream it) when off, when the head already went
+        out, or when the path maps to nothing (protocol/offload.py)."""
+        config = self.conn.config
+        head = self._head
+        if config.sendfile_header is None or head is None:
+            return False
+        value = offload_value(path, config.sendfile_map)
+        if value is None:
+            return False
+        self._head = offload_head(head, config.sendfile_header, value)
+        return True
 
     def send_stderr(self, text: str) -> None:
         """Send ``text`` to the web server's error log as FCGI_STDERR

@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
+from wsgiref.util import FileWrapper
 
 from ..asgi.scope import build_scope
 from ..errors import AppProtocolError, ClientDisconnected
@@ -121,6 +122,8 @@ class WSGIRequest(Request):
         one-piece response for the loop to send (one thread hop fewer)."""
         result = app(environ, self._start_response)
         try:
+            if self.conn.config.sendfile_header is not None and self._offloaded(result):
+                return None
             if type(result) in (list, tuple) and len(result) <= 1:
                 return bytes(result[0]) if result else b""
             for chunk in result:
@@ -131,6 +134,17 @@ class WSGIRequest(Request):
             close = getattr(result, "close", None)
             if close is not None:
                 close()
+
+    def _offloaded(self, result: Any) -> bool:
+        """Whether a ``wsgi.file_wrapper`` response on a real file went out as
+        ``--sendfile-header`` (app's thread)."""
+        if type(result) is not FileWrapper:
+            return False
+        name = getattr(result.filelike, "name", None)
+        if not isinstance(name, str):
+            return False
+        done: bool = self._on_loop(self._send_file(name))
+        return done
 
     def _start_response(
         self,
@@ -189,6 +203,19 @@ class WSGIRequest(Request):
         if self.response_complete:
             return  # already cut short (an app still writing after a timeout)
         await self.send_body(data, more_body)
+
+    async def _send_file(self, path: str) -> bool:
+        if self.disconnected:
+            raise ClientDisconnected(GONE)
+        if self.response_started:
+            return False
+        if self._status is None:
+            raise AppProtocolError("the WSGI application did not call start_response()")
+        self.set_head(self._status, self._headers)
+        if not self.offload(path):
+            return False  # streamed after all; the head waits for the body
+        await self.send_body(b"", False)
+        return True
 
     async def _next_body(self) -> bytes:
         while True:
