@@ -52,7 +52,8 @@ async def test_authorizer_allows_and_refuses_without_stdin(serve, interface):
         bad = await client.request(role=AUTHORIZER, params=_params("/p", x_token="bad"))
         plain = await client.request("GET", "/p")
     assert ok.status == 200, ok.raw
-    assert ok.header("variable-auth_user") == "alice"
+    # Upper-cased on the wire: the web server keeps NAME's case.
+    assert b"\r\nVariable-AUTH_USER: alice\r\n" in ok.raw
     assert ok.body == b""
     assert bad.status == 403
     assert bad.header("x-denied-by") == "role-app"
