@@ -15,8 +15,8 @@ import pytest
 from fcgi_asgi.client import build_params
 from fcgi_asgi.protocol.records import (
     ABORT_REQUEST,
-    AUTHORIZER,
     END_REQUEST,
+    FILTER,
     GET_VALUES,
     GET_VALUES_RESULT,
     KEEP_CONN,
@@ -67,7 +67,7 @@ async def test_get_scope(server):
     assert scope["http_version"] == "1.1"
     assert scope["client"] == ["127.0.0.1", 50000]
     assert scope["server"] == ["127.0.0.1", 80]
-    assert scope["extensions"] == ["http.response.pathsend"]
+    assert scope["extensions"] == ["fastcgi", "http.response.pathsend"]
     assert r.app_status == 0 and r.protocol_status == REQUEST_COMPLETE
 
 
@@ -163,9 +163,12 @@ async def test_unknown_management_type(server):
         assert r.status == 200
 
 
-async def test_unknown_role(server):
+@pytest.mark.parametrize("role", [FILTER, 7])
+async def test_unknown_role(server, role):
+    # FILTER unless --roles lists it; AUTHORIZER is refused with a 403
+    # instead (test_roles.py).
     async with await connect(server) as client:
-        req = await client.begin(build_params("GET", "/scope"), role=AUTHORIZER)
+        req = await client.begin(build_params("GET", "/scope"), role=role)
         await req.end_body()
         r = await req.response()
         assert r.protocol_status == UNKNOWN_ROLE

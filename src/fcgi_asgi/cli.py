@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="threads a WSGI app runs in, per process (default: %(default)s)",
     )
+    app.add_argument(
+        "--roles",
+        metavar="LIST",
+        default="responder",
+        help="FastCGI roles the app serves, comma-separated: responder, authorizer, filter "
+        "(default: %(default)s; AUTHORIZER requests are refused with 403 unless listed)",
+    )
     run_ = p.add_argument_group("running")
     run_.add_argument(
         "--loop",
@@ -120,6 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="log one line per request (default: on)",
+    )
+    run_.add_argument(
+        "--stderr-to-web-server",
+        action="store_true",
+        help="also send each request's error log lines (an app's exception, wsgi.errors) "
+        "to the web server as FCGI_STDERR, for its error log",
+    )
+    run_.add_argument(
+        "--sendfile-header",
+        metavar="NAME",
+        help="answer a whole-file response (http.response.pathsend, wsgi.file_wrapper) with "
+        "this header for the web server to send the file: X-Accel-Redirect (nginx), "
+        "X-Sendfile (Apache mod_xsendfile, lighttpd), X-LIGHTTPD-send-file",
+    )
+    run_.add_argument(
+        "--sendfile-map",
+        action="append",
+        default=[],
+        metavar="FROM=TO",
+        help="rewrite the file path prefix FROM to TO in --sendfile-header (repeatable; "
+        "nginx needs an internal location's URI); files under no FROM are streamed",
     )
     run_.add_argument(
         "--timeout-graceful-shutdown",
@@ -478,9 +506,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
         lifespan=args.lifespan,
         interface=args.interface,
         threads=args.threads,
+        roles=args.roles,
         loop=args.loop,
         log_level=args.log_level or "info",
         access_log=args.access_log,
+        stderr_to_web_server=args.stderr_to_web_server,
+        sendfile_header=args.sendfile_header,
+        sendfile_map=tuple(args.sendfile_map),
         timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         max_params_size=args.max_params_size,
         max_requests_per_connection=args.max_requests_per_connection,

@@ -20,7 +20,10 @@ from types import TracebackType
 
 from .protocol.records import (
     ABORT_REQUEST,
+    AUTHORIZER,
+    DATA,
     END_REQUEST,
+    FILTER,
     GET_VALUES,
     GET_VALUES_RESULT,
     KEEP_CONN,
@@ -159,6 +162,14 @@ class ClientRequest:
     async def end_body(self) -> None:
         """Send the empty STDIN record that ends the body."""
         self.client.write([encode_record(STDIN, self.request_id)])
+        await self.client.drain()
+
+    async def send_data(self, data: bytes, end: bool = True) -> None:
+        """Send FILTER's DATA stream (after STDIN ended); ``end`` sends its empty record."""
+        pieces = encode_stream(DATA, self.request_id, data) if data else []
+        if end:
+            pieces.append(encode_record(DATA, self.request_id))
+        self.client.write(pieces)
         await self.client.drain()
 
     async def abort(self) -> None:
@@ -323,8 +334,14 @@ class FastCGIClient:
         body: bytes = b"",
         keep_conn: bool = True,
         params: Mapping[bytes, bytes] | None = None,
+        role: int = RESPONDER,
+        data: bytes = b"",
     ) -> Response:
-        """Send a whole request and return the whole response."""
+        """Send a whole request and return the whole response.
+
+        An AUTHORIZER request goes without STDIN (as Apache sends it); a
+        FILTER request sends ``data`` as its DATA stream after the body.
+        """
         if params is None:
             params = build_params(
                 method,
@@ -333,9 +350,12 @@ class FastCGIClient:
                 headers=headers,
                 content_length=len(body) if body or method in ("POST", "PUT") else None,
             )
-        req = await self.begin(params, keep_conn=keep_conn)
-        await req.send_body(body)
-        await req.end_body()
+        req = await self.begin(params, keep_conn=keep_conn, role=role)
+        if role != AUTHORIZER:
+            await req.send_body(body)
+            await req.end_body()
+        if role == FILTER:
+            await req.send_data(data)
         return await req.response()
 
     async def get_values(self, names: Iterable[bytes]) -> dict[bytes, bytes]:

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from .protocol.offload import SENDFILE_HEADERS
+
 __all__ = [
     "ASGIApp",
     "AppLoadError",
@@ -111,9 +113,19 @@ class Config:
     interface: Literal["auto", "asgi", "wsgi"] = "auto"
     #: Threads a WSGI app runs in (per worker process); requests beyond them wait.
     threads: int = DEFAULT_THREADS
+    #: FastCGI roles the app serves: ``responder``, ``authorizer``, ``filter``.
+    #: An AUTHORIZER request for an app without that role is refused (403).
+    roles: tuple[str, ...] = ("responder",)
     loop: LoopName = "auto"
     log_level: str = "info"
     access_log: bool = True
+    #: Also send a request's error log lines to the web server as FCGI_STDERR.
+    stderr_to_web_server: bool = False
+    #: A whole-file response becomes this header (X-Accel-Redirect, X-Sendfile,
+    #: X-LIGHTTPD-send-file); None streams files.
+    sendfile_header: str | None = None
+    #: ``FROM=TO`` path-prefix rewrites for the sendfile header's value.
+    sendfile_map: tuple[str, ...] = ()
     backlog: int = DEFAULT_BACKLOG
     #: Largest PARAMS stream accepted for one request, in bytes.
     max_params_size: int = 1 << 20
@@ -199,6 +211,8 @@ class Config:
             )
         if not isinstance(self.threads, int) or self.threads < 1:
             raise ConfigError(f"{opt('threads')} must be a positive integer")
+        self.roles = _check_roles(self.roles)
+        self._check_sendfile()
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ConfigError(f"{opt('loop')} must be auto, asyncio or uvloop, not {self.loop!r}")
         listeners = sum(x is not None for x in (self.socket, self.fd, self.port))
@@ -320,6 +334,26 @@ class Config:
         """FCGI_MAX_CONNS as answered to GET_VALUES."""
         return self.max_connections or 65535
 
+    def _check_sendfile(self) -> None:
+        if self.sendfile_header is not None:
+            known = SENDFILE_HEADERS.get(self.sendfile_header.lower())
+            if known is None:
+                raise ConfigError(
+                    f"{opt('sendfile_header')} must be one of "
+                    f"{', '.join(SENDFILE_HEADERS.values())}, not {self.sendfile_header!r}"
+                )
+            self.sendfile_header = known
+        self.sendfile_map = tuple(self.sendfile_map)
+        for entry in self.sendfile_map:
+            src, eq, _ = entry.partition("=")
+            if not eq or not src.startswith("/"):
+                raise ConfigError(
+                    f"{opt('sendfile_map')} takes FROM=TO with FROM an absolute path "
+                    f"prefix, not {entry!r}"
+                )
+        if self.sendfile_map and self.sendfile_header is None:
+            raise ConfigError(f"{opt('sendfile_map')} needs {opt('sendfile_header')}")
+
     @property
     def listen_host(self) -> str:
         """TCP host to bind; ``127.0.0.1`` when only a port was given."""
@@ -328,6 +362,21 @@ class Config:
     def load(self) -> ASGIApp:
         """Import (or return) the app, honouring ``app_dir`` and ``factory``."""
         return load_app(self.app, factory=self.factory, app_dir=self.app_dir)
+
+
+ROLES = ("responder", "authorizer", "filter")
+
+
+def _check_roles(roles: Any) -> tuple[str, ...]:
+    if isinstance(roles, str):
+        roles = [r.strip() for r in roles.split(",")]
+    if not isinstance(roles, list | tuple | frozenset | set):
+        raise ConfigError(f"{opt('roles')} must be a list of roles, not {roles!r}")
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown or not roles:
+        wrong = ", ".join(map(str, unknown)) or "none"
+        raise ConfigError(f"{opt('roles')} takes roles among {', '.join(ROLES)}, not {wrong}")
+    return tuple(r for r in ROLES if r in roles)
 
 
 _TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,)}

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from .accesslog import AccessLog, AccessLogFormat
 from .allowlist import AllowList
 from .asgi.bridge import ASGIRequest
+from .protocol.records import AUTHORIZER
+from .protocol.roles import RefusedAuthorizer
 from .scoreboard import (
     REFUSED_MAX_CONNECTIONS,
     Scoreboard,
@@ -63,6 +65,10 @@ class ServerContext:
     internal_paths: frozenset[str] = field(init=False)
     #: What each BEGIN_REQUEST makes: the wire side plus the app's interface.
     request_class: type[Request] = ASGIRequest
+    #: What a BEGIN_REQUEST for another role makes (``--roles``; protocol/roles.py).
+    role_classes: dict[int, type[Request]] = field(
+        default_factory=lambda: {AUTHORIZER: RefusedAuthorizer}
+    )
     #: The WSGI app's threads (``--threads``), made on the first WSGI request.
     executor: ThreadPoolExecutor | None = None
 

@@ -12,11 +12,14 @@ import inspect
 from typing import Any, Literal
 
 from .asgi.bridge import ASGIRequest
+from .asgi.roles import asgi_role_classes
 from .config import AppLoadError, opt
 from .protocol.request import Request
+from .protocol.roles import role_classes
 from .wsgi.bridge import WSGIRequest
+from .wsgi.roles import wsgi_role_classes
 
-__all__ = ["Interface", "detect_interface", "request_class"]
+__all__ = ["Interface", "detect_interface", "request_class", "role_request_classes"]
 
 Interface = Literal["auto", "asgi", "wsgi"]
 
@@ -85,3 +88,9 @@ def detect_interface(
 def request_class(interface: str) -> type[Request]:
     """The request class of an interface (``"asgi"`` or ``"wsgi"``)."""
     return WSGIRequest if interface == "wsgi" else ASGIRequest
+
+
+def role_request_classes(interface: str, roles: tuple[str, ...]) -> dict[int, type[Request]]:
+    """What a BEGIN_REQUEST for each role but RESPONDER makes, for ``--roles``."""
+    classes = wsgi_role_classes() if interface == "wsgi" else asgi_role_classes()
+    return role_classes(roles, classes)

@@ -19,7 +19,7 @@ from .asgi.lifespan import Lifespan
 from .config import AppType, ASGIApp, Config
 from .context import ServerContext
 from .draining import cut_remaining, drain, stop_accepting
-from .interface import detect_interface, request_class
+from .interface import detect_interface, request_class, role_request_classes
 from .listeners import Listener, effective_backlog, open_listener
 from .protocol.connection import FastCGIConnection
 from .scoreboard import Scoreboard
@@ -106,6 +106,7 @@ class FastCGIServer:
                 scoreboard=self.scoreboard,
                 slot=self.slot,
                 request_class=request_class(interface),
+                role_classes=role_request_classes(interface, config.roles),
             )
             ctx = self.ctx
 

@@ -25,13 +25,16 @@ logger = logging.getLogger("fcgi_asgi.error")
 
 _READ_CHUNK = 256 << 10
 _DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
-_EXTENSIONS: dict[str, Any] = {"http.response.pathsend": {}}
+_EXTENSIONS: dict[str, Any] = {"http.response.pathsend": {}, "fastcgi": {"role": "responder"}}
 
 
 class ASGIRequest(Request):
     """One FastCGI request bridged to one ASGI HTTP call."""
 
     __slots__ = ("_final_sent", "app_error")
+
+    #: The scope's ``extensions`` (shared by every request of the class).
+    extensions: dict[str, Any] = _EXTENSIONS
 
     def __init__(self, conn: FastCGIConnection, request_id: int, keep_conn: bool) -> None:
         Request.__init__(self, conn, request_id, keep_conn)
@@ -43,10 +46,10 @@ class ASGIRequest(Request):
         conn = self.conn
         ctx = conn.ctx
         self.scope = scope = scope_from_params(
-            params, conn.config.root_path, ctx.state, _EXTENSIONS
+            params, conn.config.root_path, ctx.state, self.extensions
         )
         self.head_only = scope["method"] == "HEAD"
-        if ctx.internal_paths and scope["path"] in ctx.internal_paths:
+        if ctx.internal_paths and scope["path"] in ctx.internal_paths and self.answers_internal:
             self.answer_internal()
             return
         self.spawn(self.run(ctx.app, scope))
@@ -149,6 +152,9 @@ class ASGIRequest(Request):
 
     async def _send_path(self, path: str) -> None:
         self._checked_body(b"", "http.response.pathsend")
+        if self.offload(path):
+            await self.send_body(b"", False)
+            return
         # File reads run in the default executor: a slow disk must not stall
         # every other request on the loop.
         loop = self.conn.loop

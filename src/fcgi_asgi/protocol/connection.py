@@ -45,6 +45,7 @@ from .records import (
     parse_begin_request,
 )
 from .request import Request, end_records
+from .roles import ROLE_NAMES, FilterRequest
 from .write_scheduler import WriteScheduler
 
 if TYPE_CHECKING:
@@ -253,7 +254,9 @@ class FastCGIConnection(asyncio.Protocol):
                         cycle.disconnect()
                         self._end_aborted(cycle)
                 elif rtype == DATA:
-                    continue  # FILTER data; only RESPONDER is served, so never asked for
+                    # FILTER's second stream; any other role takes no DATA.
+                    if isinstance(cycle, FilterRequest):
+                        cycle.feed_data(content)
                 else:
                     name = _RECORD_NAMES.get(rtype, f"type {rtype}")
                     raise ProtocolError(f"unexpected {name} record for request id {rid}")
@@ -302,13 +305,8 @@ class FastCGIConnection(asyncio.Protocol):
             raise ProtocolError(str(exc)) from None
         keep_conn = bool(flags & KEEP_CONN)
         self.requests_begun += 1
-        if role != RESPONDER:
-            logger.warning(
-                "request id %d from %s asks for role %d; only RESPONDER (1) is served",
-                rid,
-                self.peer,
-                role,
-            )
+        cls = self.ctx.request_class if role == RESPONDER else self._role_class(rid, role)
+        if cls is None:
             self._reject(rid, UNKNOWN_ROLE, keep_conn)
         elif self.requests and not self.config.multiplex:
             logger.warning(
@@ -333,12 +331,26 @@ class FastCGIConnection(asyncio.Protocol):
                 raise ProtocolError(
                     f"BEGIN_REQUEST for request id {rid} after a request without FCGI_KEEP_CONN"
                 )
-            self.requests[rid] = self.ctx.request_class(self, rid, keep_conn)
+            self.requests[rid] = cls(self, rid, keep_conn)
             if len(self.requests) == 2 and not self._multiplexed:
                 self._start_multiplexing()
             self._idle_since = None
             if self._params_since is None:
                 self._params_since = self.loop.time()
+
+    def _role_class(self, rid: int, role: int) -> type[Request] | None:
+        """The request class for a role other than RESPONDER (see protocol/roles.py)."""
+        cls = self.ctx.role_classes.get(role)
+        if cls is None:
+            logger.warning(
+                "request id %d from %s asks for role %d (%s), which the app does not serve "
+                "(see --roles)",
+                rid,
+                self.peer,
+                role,
+                ROLE_NAMES.get(role, "unknown"),
+            )
+        return cls
 
     def _start_multiplexing(self) -> None:
         """Keep little of the response bytes queued ahead on a shared connection.

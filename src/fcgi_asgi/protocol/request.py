@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import traceback
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Coroutine
@@ -26,7 +27,15 @@ from ..pool import pool_status
 from ..scoreboard import DURATION_BUCKETS, REFUSED_CONCURRENT
 from ..status import render_status
 from .head import encode_head
-from .records import MAX_CONTENT, STDOUT, encode_end_request, encode_record, encode_stream
+from .offload import offload_head, offload_value
+from .records import (
+    MAX_CONTENT,
+    STDERR,
+    STDOUT,
+    encode_end_request,
+    encode_record,
+    encode_stream,
+)
 
 if TYPE_CHECKING:
     from .connection import FastCGIConnection
@@ -73,6 +82,15 @@ def end_records(request_id: int) -> bytes:
         if len(_end_records) < 1024:
             _end_records[request_id] = tail
     return tail
+
+
+def _stderr_text(message: str, where: tuple[int, str, str], exc: BaseException | None) -> str:
+    """A failed request's log line (and traceback) as sent to FCGI_STDERR."""
+    rid, method, path = where
+    text = f"{message} (request id {rid}, {method} {path})\n"
+    if exc is not None:
+        text += "".join(traceback.format_exception(exc))
+    return text
 
 
 def resolve_all(waiters: list[asyncio.Future[None]]) -> None:
@@ -135,6 +153,10 @@ class Request:
         "task",
         "timed_out",
     )
+
+    #: Whether the gateway's own paths (--ping-path...) answer here; never
+    #: for an AUTHORIZER, whose 200 would let the request through.
+    answers_internal = True
 
     def __init__(self, conn: FastCGIConnection, request_id: int, keep_conn: bool) -> None:
         self.conn = conn
@@ -446,14 +468,14 @@ class Request:
         """The app failed: log it, answer an error page if nothing was sent
         yet, else cut the response so the web server sees it incomplete."""
         log = logger.error if exc is not None or not self.disconnected else logger.debug
-        log(
-            "%s (request id %d, %s %s)",
-            message,
+        where = (
             self.request_id,
             self.scope["method"] if self.scope else "?",
             self.scope["path"] if self.scope else "?",
-            exc_info=exc,
         )
+        log("%s (request id %d, %s %s)", message, *where, exc_info=exc)
+        if self.conn.config.stderr_to_web_server:
+            self.send_stderr(_stderr_text(message, where, exc))
         self.wake()  # the app's other waiters learn that the request is over
         if self.ended or self.end_pending:
             # end_pending: the whole response is out, END_REQUEST only waits
@@ -468,6 +490,27 @@ class Request:
         else:
             self.response_complete = True
             self.conn.request_failed(self)
+
+    def offload(self, path: str) -> bool:
+        """Answer with ``--sendfile-header`` for the file at ``path`` instead of
+        its bytes; False (stream it) when off, when the head already went
+        out, or when the path maps to nothing (protocol/offload.py)."""
+        config = self.conn.config
+        head = self._head
+        if config.sendfile_header is None or head is None:
+            return False
+        value = offload_value(path, config.sendfile_map)
+        if value is None:
+            return False
+        self._head = offload_head(head, config.sendfile_header, value)
+        return True
+
+    def send_stderr(self, text: str) -> None:
+        """Send ``text`` to the web server's error log as FCGI_STDERR
+        (``--stderr-to-web-server``); dropped once the request has ended."""
+        if self.ended or self.disconnected or not text:
+            return
+        self.conn.write(encode_stream(STDERR, self.request_id, text.encode("utf-8", "replace")))
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` (the app on this request) as the request's task.

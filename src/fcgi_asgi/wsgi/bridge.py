@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
+from wsgiref.util import FileWrapper
 
 from ..asgi.scope import scope_from_params
 from ..errors import AppProtocolError, ClientDisconnected
@@ -54,6 +55,9 @@ class WSGIRequest(Request):
 
     __slots__ = ("_headers", "_status")
 
+    #: ``environ["FCGI_ROLE"]``, as libfcgi and Apache spell the role.
+    role_param = "RESPONDER"
+
     def __init__(self, conn: FastCGIConnection, request_id: int, keep_conn: bool) -> None:
         Request.__init__(self, conn, request_id, keep_conn)
         # Set by start_response in the app's thread, read on the loop when
@@ -69,17 +73,23 @@ class WSGIRequest(Request):
         # The C scope where it applies (a few us less than build_scope).
         self.scope = scope = scope_from_params(params, conn.config.root_path)
         self.head_only = scope["method"] == "HEAD"
-        if ctx.internal_paths and scope["path"] in ctx.internal_paths:
+        if ctx.internal_paths and scope["path"] in ctx.internal_paths and self.answers_internal:
             self.answer_internal()
             return
         environ = build_environ(
             decoded,
             scope,
             InputStream(self._fetch_body),
-            ErrorStream(),
+            ErrorStream(self._stderr_from_thread if conn.config.stderr_to_web_server else None),
             multiprocess=conn.config.workers > 1,
         )
+        environ["FCGI_ROLE"] = role = self.role_param
+        if role != "RESPONDER":
+            self.add_role_environ(environ)
         self.spawn(self.run(cast(WSGIApp, ctx.app), environ))
+
+    def add_role_environ(self, environ: dict[str, Any]) -> None:
+        """Add what a role other than RESPONDER gives the app (protocol/roles.py)."""
 
     async def run(self, app: WSGIApp, environ: dict[str, Any]) -> None:
         """Run the app in a thread; make sure the request ends."""
@@ -113,6 +123,8 @@ class WSGIRequest(Request):
         one-piece response for the loop to send (one thread hop fewer)."""
         result = app(environ, self._start_response)
         try:
+            if self.conn.config.sendfile_header is not None and self._offloaded(result):
+                return None
             if type(result) in (list, tuple) and len(result) <= 1:
                 return bytes(result[0]) if result else b""
             for chunk in result:
@@ -123,6 +135,17 @@ class WSGIRequest(Request):
             close = getattr(result, "close", None)
             if close is not None:
                 close()
+
+    def _offloaded(self, result: Any) -> bool:
+        """Whether a ``wsgi.file_wrapper`` response on a real file went out as
+        ``--sendfile-header`` (app's thread)."""
+        if type(result) is not FileWrapper:
+            return False
+        name = getattr(result.filelike, "name", None)
+        if not isinstance(name, str):
+            return False
+        done: bool = self._on_loop(self._send_file(name))
+        return done
 
     def _start_response(
         self,
@@ -158,6 +181,11 @@ class WSGIRequest(Request):
                 raise AppProtocolError(f"WSGI body must be bytes, not {type(data).__name__}")
             data = bytes(data)
         self._on_loop(self._send(data, True))
+
+    def _stderr_from_thread(self, text: str) -> None:
+        """A ``wsgi.errors`` line for FCGI_STDERR; queued on the loop before
+        anything the thread sends later, so it precedes END_REQUEST."""
+        self.conn.loop.call_soon_threadsafe(self.send_stderr, text)
 
     def _fetch_body(self) -> bytes:
         """The next piece of the request body, b"" at its end (for wsgi.input).
@@ -202,6 +230,19 @@ class WSGIRequest(Request):
         n = min(n, self.body_size)
         self.body_size -= n
         self.conn.body_consumed(n)
+
+    async def _send_file(self, path: str) -> bool:
+        if self.disconnected:
+            raise ClientDisconnected(GONE)
+        if self.response_started:
+            return False
+        if self._status is None:
+            raise AppProtocolError("the WSGI application did not call start_response()")
+        self.set_head(self._status, self._headers)
+        if not self.offload(path):
+            return False  # streamed after all; the head waits for the body
+        await self.send_body(b"", False)
+        return True
 
     async def _next_body(self) -> bytes:
         while True:

@@ -165,14 +165,21 @@ class InputStream(io.RawIOBase):
 class ErrorStream:
     """``wsgi.errors``: lines written by the app go to the gateway's error log."""
 
-    def __init__(self) -> None:
+    def __init__(self, forward: Callable[[str], None] | None = None) -> None:
         self._pending = ""
+        # --stderr-to-web-server: each line also goes to the web server.
+        self._forward = forward
+
+    def _line(self, line: str) -> None:
+        error_logger.error("%s", line)
+        if self._forward is not None:
+            self._forward(line + "\n")
 
     def write(self, text: str) -> int:
         lines = (self._pending + text).split("\n")
         self._pending = lines.pop()
         for line in lines:
-            error_logger.error("%s", line)
+            self._line(line)
         return len(text)
 
     def writelines(self, lines: Iterable[str]) -> None:
@@ -181,5 +188,5 @@ class ErrorStream:
 
     def flush(self) -> None:
         if self._pending:
-            error_logger.error("%s", self._pending)
+            self._line(self._pending)
             self._pending = ""
