@@ -8,7 +8,11 @@ its default and its help text, so the page cannot fall behind the parser.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.structure.files import File, Files
 
 from fcgi_asgi.cli import ENV_PREFIX, build_parser
 from fcgi_asgi.request_cmd import build_request_parser
@@ -81,3 +85,16 @@ def on_page_markdown(markdown: str, **kwargs: Any) -> str:
             REQUEST_MARKER, options_markdown(build_request_parser(), env=False)
         )
     return markdown
+
+
+# The benchmark picture lives beside the benchmark pages it illustrates
+# (benchmarks/, included here by snippets); the site serves the same file at
+# the two places those pages' links point to.
+_PICTURE = Path(__file__).resolve().parent.parent / "benchmarks" / "results.png"
+
+
+def on_files(files: Files, config: MkDocsConfig, **kwargs: Any) -> Files:
+    """Add ``benchmarks/results.png`` as ``results.png`` and ``benchmarks/results.png``."""
+    for uri in ("results.png", "benchmarks/results.png"):
+        files.append(File.generated(config, uri, abs_src_path=str(_PICTURE)))
+    return files
