@@ -3,8 +3,9 @@
 Each framework runs in a real ``fcgi-asgi --interface wsgi --root-path /app``
 process, mounted at ``/app/`` of each server's tuned (``site``) and stock
 example config (Caddy and h2o: the tuned one only, to keep the suite short;
-tests/test_webservers.py covers their stock configs). The apps are wrapped in ``wsgiref.validate.validator``
-(``tests/wsgi_apps.py``), so a PEP 3333 violation fails the request.
+tests/test_webservers.py covers their stock configs). The apps are wrapped
+in ``wsgiref.validate.validator`` (``tests/wsgi_apps.py``), so a PEP 3333
+violation fails the request.
 """
 
 from __future__ import annotations
