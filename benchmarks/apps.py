@@ -1,8 +1,9 @@
 """The ASGI apps every Python backend serves in the benchmark.
 
 ``raw`` is a bare ASGI 3 callable; ``starlette_app`` does the same with
-Starlette routing and responses. Both answer the same routes with the same
-body bytes, so ``run.py`` can check every backend against one expectation:
+Starlette routing and responses; ``wsgi`` is the same routes as a plain WSGI
+callable (for fcgi-asgi, flup and uWSGI). They answer the same routes with the
+same body bytes, so ``run.py`` can check every backend against one expectation:
 
     GET  /        200, b"Hello, world!"
     GET  /big     200, 1 MiB of b"x"
@@ -132,6 +133,30 @@ def _make_starlette() -> Any:
             Route("/stream", stream),
         ]
     )
+
+
+_WSGI_HELLO = [("Content-Type", "text/plain"), ("Content-Length", "13")]
+_WSGI_BIG = [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(BIG)))]
+
+
+def wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """``/``, ``/big`` and ``/echo`` as a plain WSGI app (no /stream)."""
+    path = environ.get("PATH_INFO") or "/"
+    if path == "/big":
+        start_response("200 OK", _WSGI_BIG)
+        return [BIG]
+    if path == "/echo":
+        stream = environ["wsgi.input"]
+        size = 0
+        while chunk := stream.read(65536):
+            size += len(chunk)
+        body = str(size).encode()
+        start_response(
+            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+    start_response("200 OK", _WSGI_HELLO)
+    return [HELLO]
 
 
 try:

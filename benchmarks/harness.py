@@ -54,6 +54,15 @@ class Scenario:
     front: str = "nginx"
 
 
+WSGI_BACKENDS = ("fcgi-asgi-wsgi", "flup-wsgi", "uwsgi-wsgi")
+_BASE = (
+    Scenario("hello", "GET / -> 13 bytes", "GET", "/", b"Hello, world!", ()),
+    Scenario("big", "GET /big -> 1 MiB", "GET", "/big", b"x" * (1 << 20), ()),
+    Scenario(
+        "post", "POST /echo 64 KiB -> its length", "POST", "/echo", str(POST_SIZE).encode(), ()
+    ),
+)
+
 SCENARIOS = {
     s.name: s
     for s in (
@@ -132,6 +141,17 @@ SCENARIOS = {
             b"Hello, world!",
             ("fcgi-asgi-raw", "fcgi-asgi-raw-w2"),
         ),
+        *(
+            Scenario(
+                f"wsgi-{base.name}",
+                f"{base.what}, a WSGI app: fcgi-asgi against flup and uWSGI",
+                base.method,
+                base.path,
+                base.expect,
+                WSGI_BACKENDS,
+            )
+            for base in _BASE
+        ),
     )
 }
 
@@ -141,6 +161,9 @@ class Backend:
     name: str
     proto: str  # "fastcgi" (nginx fastcgi_pass) or "http" (nginx proxy_pass)
     argv: tuple[str, ...]  # "{sock}" is replaced by the socket path
+    #: False for a server that closes its FastCGI connection after each
+    #: request (uWSGI): nginx then opens one per request for it.
+    keepalive: bool = True
 
     def command(self, sock: str) -> list[str]:
         return [a.replace("{sock}", sock) for a in self.argv]
@@ -167,6 +190,36 @@ def backends(extra_args: list[str]) -> dict[str, Backend]:
         Backend("uvicorn-raw-log", "http", (uv, "apps:raw", *uv_log)),
         Backend("uvicorn-starlette", "http", (uv, "apps:starlette_app", *uv_common)),
         Backend("fcgisgi-raw", "fastcgi", (*fs, "raw", "{sock}")),
+        Backend("fcgi-asgi-wsgi", "fastcgi", (fa, "apps:wsgi", "--interface", "wsgi", *fa_common)),
+        Backend(
+            "flup-wsgi",
+            "fastcgi",
+            (os.path.join(venv_bin, "python"), os.path.join(BENCH_DIR, "flup_serve.py"), "{sock}"),
+        ),
+        # One process, one thread, no request log: uWSGI's FastCGI closes the
+        # connection after each response (no FCGI_KEEP_CONN).
+        Backend(
+            "uwsgi-wsgi",
+            "fastcgi",
+            (
+                os.path.join(venv_bin, "uwsgi"),
+                "--fastcgi-socket",
+                "{sock}",
+                "--chmod-socket=666",
+                "--chdir",
+                BENCH_DIR,
+                "--module",
+                "apps:wsgi",
+                "--master",
+                "--processes",
+                "1",
+                "--threads",
+                "1",
+                "--disable-logging",
+                "--die-on-term",
+            ),
+            keepalive=False,
+        ),
     ]
     return {b.name: b for b in items}
 

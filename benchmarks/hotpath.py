@@ -1,12 +1,16 @@
 """CPU per request of the gateway's own code, without sockets or nginx.
 
-    .venv/bin/python benchmarks/hotpath.py [raw|starlette_app] [--requests N] [--profile]
+    .venv/bin/python benchmarks/hotpath.py [raw|starlette_app|wsgi] [--requests N] [--profile]
+        [--threads N]
         [--access-log off|on|json|handler]
 
 Feeds the bytes nginx sends for a GET (BEGIN_REQUEST with keep-conn, 25
 params, empty STDIN) to 32 FastCGIConnection objects over a stub transport,
 one request per connection per loop iteration as under wrk -c32, and prints
-the process CPU time per request (median of 5 runs). ``--profile`` prints
+the process CPU time per request (median of 5 runs). ``wsgi`` serves
+``apps.wsgi`` through the WSGI bridge and its thread pool: each round waits
+until all 32 responses are written, and the CPU counted is the whole
+process's, the app's threads included. ``--profile`` prints
 cProfile's top functions instead. ``--access-log on`` adds the default access
 log as the command line sets it up (its lines to a temporary file), ``json``
 the JSON lines, ``handler`` the default format through a plain
@@ -42,8 +46,10 @@ try:
         PARAMS,
         STDIN,
         encode_begin_request,
+        encode_end_request,
         encode_pairs,
     )
+    from fcgi_asgi.wsgi.bridge import WSGIRequest
 except ImportError:  # a checkout from before protocol/ (db2c336 and older), for before/after
     from fcgi_asgi.connection import FastCGIConnection  # type: ignore[no-redef]
     from fcgi_asgi.records import (  # type: ignore[no-redef]
@@ -100,12 +106,20 @@ REQUEST = (
 )
 
 
+# The end of a successful END_REQUEST record for request id 1.
+END_OK = encode_end_request(1)
+
+
 class StubTransport:
     """Accepts writes and counts the bytes; never pauses."""
 
     def __init__(self) -> None:
         self.written = 0
         self.last = b""
+        self.ends = 0
+        #: Set once ``ends`` reaches ``want`` (WSGI responses come from threads).
+        self.want = 0
+        self.enough: asyncio.Event | None = None
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
@@ -116,6 +130,10 @@ class StubTransport:
     def write(self, data: bytes) -> None:
         self.written += len(data)
         self.last = data
+        if self.enough is not None and data.endswith(END_OK):
+            self.ends += 1
+            if self.ends >= self.want:
+                self.enough.set()
 
     def writelines(self, pieces: list[bytes]) -> None:
         for piece in pieces:
@@ -157,41 +175,54 @@ def setup_access_log(mode: str, path: str) -> None:
         access.handlers[0].setStream(open(path, "a"))  # type: ignore[attr-defined]  # noqa: SIM115
 
 
-async def measure(app: Any, requests: int, access: str) -> float:
+async def measure(app: Any, requests: int, access: str, threads: int = 16) -> float:
     config = Config(
         app=app,
         socket="/tmp/unused.sock",
         access_log=access != "off",
+        threads=threads,
         access_log_format="json" if access == "json" else None,
     )
     ctx = ServerContext(app=app, config=config, state={})
+    wsgi = app is apps.wsgi
+    if wsgi:
+        ctx.request_class = WSGIRequest
     transport = StubTransport()
     conns = [FastCGIConnection(ctx) for _ in range(32)]
     for conn in conns:
         conn.connection_made(transport)  # type: ignore[arg-type]
     rounds = max(1, requests // len(conns))
-    for _ in range(50):  # warm up: imports, name tables
+
+    async def one_round() -> None:
+        if wsgi:
+            transport.enough = asyncio.Event()
+            transport.want = transport.ends + len(conns)
         for conn in conns:
             conn.data_received(REQUEST)
-        await asyncio.sleep(0)
+        if wsgi:
+            await asyncio.wait_for(transport.enough.wait(), 10)
+        else:
+            await asyncio.sleep(0)
+
+    for _ in range(50):  # warm up: imports, name tables
+        await one_round()
     await asyncio.sleep(0)
     if b"Hello, world!" not in transport.last:
         raise SystemExit(f"unexpected response {transport.last[:80]!r}")
     started = time.process_time()
     for _ in range(rounds):
-        for conn in conns:
-            conn.data_received(REQUEST)
-        await asyncio.sleep(0)
+        await one_round()
     await asyncio.sleep(0)
     return (time.process_time() - started) / (rounds * len(conns))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("app", nargs="?", default="raw", choices=("raw", "starlette_app"))
+    ap.add_argument("app", nargs="?", default="raw", choices=("raw", "starlette_app", "wsgi"))
     ap.add_argument("--requests", type=int, default=64000)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--runs", type=int, default=5, help="runs to take the median of (5)")
+    ap.add_argument("--threads", type=int, default=16, help="--threads, for wsgi (default 16)")
     ap.add_argument(
         "--access-log",
         choices=("off", "on", "json", "handler"),
@@ -211,10 +242,13 @@ def main() -> None:
             import pstats
 
             with cProfile.Profile() as prof:
-                uvloop.run(measure(app, args.requests, args.access_log))
+                uvloop.run(measure(app, args.requests, args.access_log, args.threads))
             pstats.Stats(prof).sort_stats("tottime").print_stats(25)
             return
-        runs = [uvloop.run(measure(app, args.requests, args.access_log)) for _ in range(args.runs)]
+        runs = [
+            uvloop.run(measure(app, args.requests, args.access_log, args.threads))
+            for _ in range(args.runs)
+        ]
         logging.shutdown()
         lines = 0
         if os.path.exists(log_path):

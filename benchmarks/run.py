@@ -33,7 +33,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h
 
-PEER_PACKAGES = ["uvicorn[standard]", "fcgisgi", "starlette", "matplotlib"]
+# uwsgi builds from source with gcc (a minute or two on the first install).
+PEER_PACKAGES = ["uvicorn[standard]", "fcgisgi", "starlette", "matplotlib", "flup", "uwsgi"]
 IN_VENV = "FCGI_ASGI_BENCH_IN_VENV"
 
 # (label, scenario, backend, reference backend, minimum ratio of medians)
@@ -48,6 +49,11 @@ TARGETS = [
     ("HAProxy, a connection per request", "haproxy-noka", "fcgi-asgi-raw", "uvicorn-raw", 1.0),
     ("defaults, access log on both", "defaults", "fcgi-asgi-raw-log", "uvicorn-raw-log", 1.10),
     ("access log cost", "defaults", "fcgi-asgi-raw-log", "fcgi-asgi-raw", 0.95),
+    *(
+        (f"WSGI {what} vs {peer}", f"wsgi-{scen}", "fcgi-asgi-wsgi", f"{peer}-wsgi", goal)
+        for scen, what in (("hello", "hello"), ("big", "1 MiB response"), ("post", "POST 64 KiB"))
+        for peer, goal in (("flup", 3.0), ("uwsgi", 1.0))
+    ),
 ]
 #: The hello raw backend CPU per request, at most this share of uvicorn-raw's.
 CPU_SHARE_TARGET = 0.6
@@ -84,7 +90,8 @@ def bootstrap(args: argparse.Namespace) -> None:
         print(f"creating {h.VENV}", flush=True)
         subprocess.run([sys.executable, "-m", "venv", h.VENV], check=True, timeout=300)
     probe = (
-        "import fcgi_asgi, uvicorn, fcgisgi, starlette, matplotlib, uvloop, httptools;"
+        "import fcgi_asgi, uvicorn, fcgisgi, starlette, matplotlib, uvloop, httptools, flup;"
+        "import os, sys; assert os.path.exists(os.path.join(sys.prefix, 'bin', 'uwsgi'));"
         "print(fcgi_asgi.__file__)"
     )
     found = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60)
@@ -108,7 +115,8 @@ def versions() -> str:
     code = (
         "import importlib.metadata as m, sys;"
         "print('python', sys.version.split()[0], *(p + '=' + m.version(p) for p in "
-        "('fcgi-asgi', 'uvicorn', 'uvloop', 'httptools', 'starlette', 'fcgisgi')))"
+        "('fcgi-asgi', 'uvicorn', 'uvloop', 'httptools', 'starlette', 'fcgisgi', 'flup', "
+        "'uWSGI')))"
     )
     py = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     ngx = subprocess.run([h.NGINX, "-v"], capture_output=True, text=True)
@@ -151,7 +159,8 @@ def measure(
             ngx, errlog = h.start_haproxy(backend, sock, args.port, scenario.keepalive)
             front_errors = h.haproxy_errors
         else:
-            ngx, errlog = h.start_nginx(backend, sock, args.port, scenario.keepalive)
+            keepalive = scenario.keepalive and backend.keepalive
+            ngx, errlog = h.start_nginx(backend, sock, args.port, keepalive)
             front_errors = h.nginx_errors
         if err := h.check_response(args.port, scenario):
             res["note"] = f"check before the run failed: {err}"
@@ -188,10 +197,13 @@ def measure(
         if res["requests"]:
             # wrk counts every byte it read: each response must have carried the
             # whole body plus a head of a few hundred bytes (wrk rounds the total
-            # to 3 significant digits, hence the 1% margin).
+            # to 3 significant digits, hence the 1% margin), plus the parts of
+            # the responses still in flight when wrk stopped (one a connection:
+            # much for a slow backend's 1 MiB responses).
             per = res["bytes"] / res["requests"]
             want = len(scenario.expect)
-            if not want * 0.99 <= per <= want * 1.01 + 1024:
+            in_flight = args.connections * (want + 1024) / res["requests"]
+            if not want * 0.99 <= per <= want * 1.01 + 1024 + in_flight:
                 problems.append(f"{per:.0f} bytes per response, expected about {want} + head")
         if not be.running():
             problems.append("backend died")
@@ -336,6 +348,8 @@ def reference(scenario: str, name: str) -> str:
     """The backend that ``name``'s ratios in ``scenario`` are taken against."""
     if scenario == "workers":
         return "fcgi-asgi-raw"
+    if scenario.startswith("wsgi-"):
+        return "uwsgi-wsgi"
     if name.endswith("-log"):
         return "uvicorn-raw-log"
     return "uvicorn-starlette" if name.endswith("starlette") else "uvicorn-raw"
@@ -390,7 +404,8 @@ def report(
             f"{fmt(row.get('other_pct'), '6.0f')} {fmt(row.get('p99_ms'), '6.2f')}"
         )
     log("(x uvicorn: ratio of medians to uvicorn-raw, or to uvicorn-starlette for Starlette rows,")
-    log(" to uvicorn-raw-log for -log rows (access log on), or to 1 worker in 'workers';")
+    log(" to uvicorn-raw-log for -log rows (access log on), to 1 worker in 'workers',")
+    log(" or to uwsgi-wsgi in wsgi-* scenarios;")
     log(" paired: median of same-round ratios)")
 
     if streams:
@@ -566,8 +581,9 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument(
         "--scenarios",
-        default="hello,big,post,noka,defaults,workers,stream",
-        help="comma list of hello,big,post,noka,defaults,workers,stream (default: all)",
+        default="hello,big,post,noka,defaults,workers,stream,wsgi-hello,wsgi-big,wsgi-post",
+        help="comma list of hello,big,post,noka,defaults,workers,stream,haproxy,haproxy-noka,"
+        "wsgi-hello,wsgi-big,wsgi-post (default: all but haproxy*)",
     )
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--duration", type=int, default=5, help="seconds of wrk per run (default 5)")

@@ -84,3 +84,10 @@ async def eager_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
     await app(scope, receive, send)
+
+
+def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """``/pid`` as a WSGI app, for the process-model tests with WSGI."""
+    body = str(os.getpid()).encode() if environ["PATH_INFO"] == "/pid" else b"hello"
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]

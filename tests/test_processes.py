@@ -440,9 +440,13 @@ async def test_sighup_while_new_workers_start_stops_them_at_once(launch, tmp_pat
 # -- workers -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-async def test_sighup_under_load_loses_nothing(launch, loop):
-    gw = await launch("--workers", "2", "--loop", loop, workers=2)
+@pytest.mark.parametrize(
+    ("loop", "app"),
+    [("asyncio", APP), ("uvloop", APP), ("uvloop", "tests.proc_apps:wsgi_app")],
+    ids=["asyncio", "uvloop", "wsgi"],
+)
+async def test_sighup_under_load_loses_nothing(launch, loop, app):
+    gw = await launch("--workers", "2", "--loop", loop, app=app, workers=2)
     failures: list[str] = []
     pids: Counter[int] = Counter()
     stop = asyncio.Event()

@@ -266,3 +266,61 @@ async def test_200mib_stream_to_a_stalled_reader_keeps_memory_flat(serve):
     assert proto.digest.hexdigest() == expected.hexdigest()
     assert max_rss - rss_before < 16 << 20, (max_rss - rss_before) >> 20
     assert wsgi_apps.EVENTS[token]["closed"]
+
+
+async def _until_running(token: str) -> None:
+    for _ in range(200):  # bounded: until the app's thread runs
+        if wsgi_apps.EVENTS.get(token, {}).get("running"):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no app thread ran for {token}")
+
+
+async def test_max_concurrent_requests_answers_503_with_retry_after(serve, caplog):
+    server = await serve(wsgi_apps.plain_app, interface="wsgi", max_concurrent_requests=1)
+    token = "wsgi-limit"
+    async with await connect(server) as first, await connect(server) as second:
+        busy = asyncio.ensure_future(first.request("GET", "/sleep", query=token))
+        await _until_running(token)
+        with caplog.at_level(logging.WARNING, logger="fcgi_asgi.error"):
+            refused = await second.request("GET", "/sleep", query=token)
+        held = await busy
+        # The slot is free again once the running request has ended.
+        after = await second.request("GET", "/hello")
+    assert (refused.status, refused.header("retry-after")) == (503, "1")
+    assert any("answered 503" in m for m in caplog.messages)
+    assert (held.status, held.body) == (200, b"GET")
+    assert wsgi_apps.EVENTS[token]["most"] == 1  # the refused one never ran
+    assert (after.status, after.body) == (200, b"Hello, world!")
+
+
+async def test_request_timeout_answers_504_while_the_thread_runs_on(serve, caplog):
+    server = await serve(wsgi_apps.plain_app, interface="wsgi", request_timeout=0.1)
+    token = "wsgi-timeout"
+    async with await connect(server) as client:
+        with caplog.at_level(logging.ERROR, logger="fcgi_asgi.error"):
+            r = await client.request("GET", "/sleep", query=token)
+        assert r.status == 504
+        assert any("timed out" in m for m in caplog.messages)
+        for _ in range(100):  # bounded: until the app's late return was handled
+            if wsgi_apps.EVENTS[token]["running"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
+        # The connection and the pool go on; the late return wrote nothing.
+        again = await client.request("GET", "/hello")
+    assert (again.status, again.body) == (200, b"Hello, world!")
+    assert server.ctx.tasks == set()
+
+
+async def test_a_body_piece_that_is_not_bytes_is_an_error(serve, caplog):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [5]  # bytes(5) would be five zero bytes
+
+    server = await serve(app)
+    with caplog.at_level(logging.ERROR, logger="fcgi_asgi.error"):
+        async with await connect(server) as client:
+            r = await client.request("GET", "/")
+    assert r.status == 500
+    assert any("WSGI body must be bytes, not int" in m for m in caplog.messages)

@@ -1,9 +1,11 @@
-"""Flask and Django (WSGI) behind nginx, lighttpd and Apache httpd.
+"""Flask and Django (WSGI) behind nginx, lighttpd, Apache httpd, Caddy and h2o.
 
 Each framework runs in a real ``fcgi-asgi --interface wsgi --root-path /app``
 process, mounted at ``/app/`` of each server's tuned (``site``) and stock
-example config. The apps are wrapped in ``wsgiref.validate.validator``
-(``tests/wsgi_apps.py``), so a PEP 3333 violation fails the request.
+example config (Caddy and h2o: the tuned one only, to keep the suite short;
+tests/test_webservers.py covers their stock configs). The apps are wrapped
+in ``wsgiref.validate.validator`` (``tests/wsgi_apps.py``), so a PEP 3333
+violation fails the request.
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ def gateway(request: Any, workdir: Path) -> Iterator[tuple[str, Gateway]]:
     assert gw.popen is not None and gw.popen.returncode == 0, gw.log_tail()
 
 
-@pytest.fixture(scope="module", params=[(s, v) for s in SERVERS for v in ("site", "stock")])
+SITES = [(s, v) for s in SERVERS for v in ("site", "stock")] + [("caddy", "site"), ("h2o", "site")]
+
+
+@pytest.fixture(scope="module", params=SITES, ids=[f"{s}-{v}" for s, v in SITES])
 def site(request: Any, workdir: Path, gateway: tuple[str, Gateway]) -> Iterator[WebServer]:
     server, variant = request.param
     _, gw = gateway

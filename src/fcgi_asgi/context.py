@@ -7,7 +7,6 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
     from .config import ASGIApp, Config
     from .protocol.connection import FastCGIConnection
     from .protocol.request import Request
+    from .wsgi.threads import WSGIThreads
 
 __all__ = ["ServerContext"]
 
@@ -47,7 +47,8 @@ class ServerContext:
     scoreboard: Scoreboard | None = None
     slot: int = 0
     connections: set[FastCGIConnection] = field(default_factory=set)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    #: The apps running: tasks (ASGI), futures of thread runs (WSGI).
+    tasks: set[asyncio.Future[None]] = field(default_factory=set)
     stats: WorkerStats = field(default_factory=WorkerStats)
     #: Requests whose response head waits for its first body message.
     pending_heads: list[Request] = field(default_factory=list)
@@ -70,7 +71,7 @@ class ServerContext:
         default_factory=lambda: {AUTHORIZER: RefusedAuthorizer}
     )
     #: The WSGI app's threads (``--threads``), made on the first WSGI request.
-    executor: ThreadPoolExecutor | None = None
+    executor: WSGIThreads | None = None
 
     def __post_init__(self) -> None:
         config = self.config

@@ -198,7 +198,7 @@ class Request:
         self._waiters: list[asyncio.Future[None]] = []
         #: Set while send_body() waits for its turn to write (conn.scheduler).
         self.drain_waiter: asyncio.Future[None] | None = None
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Future[None] | None = None
 
     # -- fed by the connection ------------------------------------------------
 
@@ -518,6 +518,18 @@ class Request:
         The request takes its task out of ``ctx.tasks`` when it ends, which
         costs less than a done callback (one loop callback fewer per request).
         """
+        if not self.admit():
+            coro.close()
+            return
+        self.task = task = self.conn.loop.create_task(coro)
+        if task.done():
+            # An eager task factory (Python 3.12+, set by the app) ran the whole
+            # request inside create_task(): nothing is left to track.
+            return
+        self.track(task)
+
+    def admit(self) -> bool:
+        """True when the app may run; else a 503 is answered (--max-concurrent-requests)."""
         conn = self.conn
         ctx = conn.ctx
         limit = conn.config.max_concurrent_requests
@@ -525,7 +537,6 @@ class Request:
             # A 503 rather than END_REQUEST(OVERLOADED), which web servers turn
             # into a 502, a 500 or an empty 200 (see the README). Checked once
             # PARAMS are in, so the gateway's own pages answer even when full.
-            coro.close()
             logger.warning(
                 "request id %d from %s answered 503: %d requests already run in this process",
                 self.request_id,
@@ -534,12 +545,15 @@ class Request:
             )
             ctx.stats.refused[REFUSED_CONCURRENT] += 1
             self.answer_unavailable()
-            return
-        self.task = task = conn.loop.create_task(coro)
-        if task.done():
-            # An eager task factory (Python 3.12+, set by the app) ran the whole
-            # request inside create_task(): nothing is left to track.
-            return
+            return False
+        return True
+
+    def track(self, task: asyncio.Future[None]) -> None:
+        """Count ``task`` (the app's run: a task, or a future for a thread) as
+        running, and cancel it after --request-timeout."""
+        self.task = task
+        conn = self.conn
+        ctx = conn.ctx
         tasks = ctx.tasks
         tasks.add(task)
         if len(tasks) > ctx.stats.max_active_requests:
@@ -576,7 +590,7 @@ class Request:
         scope = self.scope
         return f"{scope['method']} {scope['path']}" if scope else "params not complete"
 
-    def set_timeout(self, task: asyncio.Task[None], seconds: float) -> None:
+    def set_timeout(self, task: asyncio.Future[None], seconds: float) -> None:
         """Cancel ``task`` (this request's app) after ``seconds``."""
 
         def expire() -> None:

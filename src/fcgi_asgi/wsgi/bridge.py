@@ -15,7 +15,6 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 from wsgiref.util import FileWrapper
@@ -25,6 +24,7 @@ from ..errors import AppProtocolError, ClientDisconnected
 from ..protocol.records import decode_params
 from ..protocol.request import GONE, Request
 from .environ import ErrorStream, InputStream, build_environ
+from .threads import WSGIThreads
 
 if TYPE_CHECKING:
     from ..context import ServerContext
@@ -40,14 +40,45 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 _STATUS = re.compile(r"([1-9][0-9][0-9]) [^\r\n\x00]*")
 
 
-def thread_pool(ctx: ServerContext) -> ThreadPoolExecutor:
+def thread_pool(ctx: ServerContext, loop: asyncio.AbstractEventLoop) -> WSGIThreads:
     """The server's WSGI threads (``--threads``), made on first use."""
     pool = ctx.executor
     if pool is None:
-        pool = ctx.executor = ThreadPoolExecutor(
-            max_workers=ctx.config.threads, thread_name_prefix="fcgi-asgi-wsgi"
-        )
+        pool = ctx.executor = WSGIThreads(loop, ctx.config.threads)
     return pool
+
+
+def _as_bytes(data: Any) -> bytes:
+    """A piece of the response body as bytes; a clear error for anything else
+    (bytes(5) would be five zero bytes)."""
+    if type(data) is bytes:
+        return data
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise AppProtocolError(f"WSGI body must be bytes, not {type(data).__name__}")
+    return bytes(data)
+
+
+class _AppRun(asyncio.Future[None]):
+    """A WSGI request's app running in its thread, as ``ctx.tasks`` holds it.
+
+    Not a task: the thread's result comes back through
+    :meth:`WSGIThreads.post`, with no coroutine to step on the loop.
+    Cancelling it (``--request-timeout``, the end of a graceful shutdown)
+    ends the request at once; the thread runs on until the app returns.
+    """
+
+    def __init__(self, request: WSGIRequest) -> None:
+        super().__init__(loop=request.conn.loop)
+        self.request = request
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        request = self.request
+        request.app_cancelled("WSGI", "still runs in its thread until it returns")
+        request.disconnect()  # the app's next read or write raises ClientDisconnected
+        request.done()
+        return True
 
 
 class WSGIRequest(Request):
@@ -76,6 +107,8 @@ class WSGIRequest(Request):
         if ctx.internal_paths and scope["path"] in ctx.internal_paths and self.answers_internal:
             self.answer_internal()
             return
+        if not self.admit():
+            return
         environ = build_environ(
             decoded,
             scope,
@@ -86,37 +119,56 @@ class WSGIRequest(Request):
         environ["FCGI_ROLE"] = role = self.role_param
         if role != "RESPONDER":
             self.add_role_environ(environ)
-        self.spawn(self.run(cast(WSGIApp, ctx.app), environ))
+        self.track(_AppRun(self))
+        thread_pool(ctx, conn.loop).run(self._call_app, (ctx.app, environ), self._app_returned)
 
     def add_role_environ(self, environ: dict[str, Any]) -> None:
         """Add what a role other than RESPONDER gives the app (protocol/roles.py)."""
 
-    async def run(self, app: WSGIApp, environ: dict[str, Any]) -> None:
-        """Run the app in a thread; make sure the request ends."""
-        loop = self.conn.loop
+    def _app_returned(self, outcome: bytes | BaseException | None) -> None:
+        """On the loop: the app returned (the body of a one-piece response,
+        b"" once it streamed, None once offloaded to the web server) or
+        raised; end the request."""
+        run = self.task
+        if run is None or run.done():
+            return  # cancelled meanwhile: the request has ended already
         try:
-            last = await loop.run_in_executor(
-                thread_pool(self.conn.ctx), self._call_app, app, environ
-            )
-            if last is not None:
-                await self._send(last, False)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if outcome is not None:
+                self._send_last(outcome)
         except Exception as exc:
             self.app_raised(exc, "WSGI")
-        except asyncio.CancelledError:
-            # A thread cannot be stopped: the app's next read or write raises
-            # ClientDisconnected, and its thread stays busy until it returns.
-            timed_out = self.app_cancelled("WSGI", "still runs in its thread until it returns")
-            self.disconnect()
-            if not timed_out:
-                raise
         finally:
             self.done()
+            run.set_result(None)
+
+    def _send_last(self, data: bytes) -> None:
+        """Send the last piece of the response, on the loop, without a task.
+
+        The last piece of a WSGI response never waits (send_body() writes it
+        and ends the request; what the web server has not read yet stays in
+        the transport, as with an ASGI app's last body), so its coroutine
+        finishes in its first step.
+        """
+        coro = self._send(data, False)
+        try:
+            coro.send(None)
+        except StopIteration:
+            return
+        coro.close()
+        raise RuntimeError("the last piece of a WSGI response had to wait")
 
     # -- in the app's thread ----------------------------------------------------
 
+    def _threads(self) -> WSGIThreads:
+        pool = self.conn.ctx.executor
+        assert pool is not None  # made before the app's thread started
+        return pool
+
     def _on_loop(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run ``coro`` on the event loop and wait for its result (app's thread)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.conn.loop).result()
+        return self._threads().call(coro)
 
     def _call_app(self, app: WSGIApp, environ: dict[str, Any]) -> bytes | None:
         """Call the app and stream its response; return the body of a
@@ -126,7 +178,7 @@ class WSGIRequest(Request):
             if self.conn.config.sendfile_header is not None and self._offloaded(result):
                 return None
             if type(result) in (list, tuple) and len(result) <= 1:
-                return bytes(result[0]) if result else b""
+                return _as_bytes(result[0]) if result else b""
             for chunk in result:
                 if chunk:
                     self._write(chunk)
@@ -176,11 +228,7 @@ class WSGIRequest(Request):
 
     def _write(self, data: bytes) -> None:
         """The ``write()`` callable, and each piece of the response iterable."""
-        if type(data) is not bytes:
-            if not isinstance(data, bytes | bytearray | memoryview):
-                raise AppProtocolError(f"WSGI body must be bytes, not {type(data).__name__}")
-            data = bytes(data)
-        self._on_loop(self._send(data, True))
+        self._on_loop(self._send(_as_bytes(data), True))
 
     def _stderr_from_thread(self, text: str) -> None:
         """A ``wsgi.errors`` line for FCGI_STDERR; queued on the loop before
@@ -203,7 +251,7 @@ class WSGIRequest(Request):
             except IndexError:  # taken by the loop meanwhile (a disconnect)
                 data = b""
             if data:
-                self.conn.loop.call_soon_threadsafe(self._consumed, len(data))
+                self._threads().post(self._consumed, len(data))
                 return data
         if self.disconnected:
             raise ClientDisconnected(GONE)

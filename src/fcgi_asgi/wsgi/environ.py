@@ -43,6 +43,31 @@ def _wsgi_str(text: str) -> str:
     return text if text.isascii() else text.encode("utf-8").decode("latin-1")
 
 
+# Param names as environ keys ("" for those left out), learnt as they come:
+# the same few dozen names arrive with every request. Bounded against a
+# peer that sends a new name each time.
+_names: dict[bytes, str] = {}
+_NAMES_MAX = 1024
+
+# The keys every environ has with the same values.
+_CONSTANT = {
+    "wsgi.version": (1, 0),
+    "wsgi.multithread": True,
+    "wsgi.run_once": False,
+    "wsgi.file_wrapper": FileWrapper,
+    "wsgi.input_terminated": True,
+}
+
+
+def _key(name: bytes) -> str:
+    key = name.decode("latin-1")
+    if key in _REPLACED:
+        key = ""
+    if len(_names) < _NAMES_MAX:
+        _names[name] = key
+    return key
+
+
 def build_environ(
     params: dict[bytes, bytes],
     scope: dict[str, Any],
@@ -51,11 +76,14 @@ def build_environ(
     multiprocess: bool,
 ) -> dict[str, Any]:
     """The environ for decoded CGI ``params`` and the ``scope`` built from them."""
-    environ: dict[str, Any] = {
-        key: value.decode("latin-1")
-        for name, value in params.items()
-        if (key := name.decode("latin-1")) not in _REPLACED
-    }
+    environ: dict[str, Any] = {}
+    names = _names
+    for name, value in params.items():
+        key = names.get(name)
+        if key is None:
+            key = _key(name)
+        if key:
+            environ[key] = value.decode("latin-1")
     root_path: str = scope["root_path"]
     path: str = scope["path"]
     environ["REQUEST_METHOD"] = scope["method"]
@@ -69,22 +97,20 @@ def build_environ(
             environ["CONTENT_TYPE"] = value.decode("latin-1")
         elif name == b"content-length":
             environ["CONTENT_LENGTH"] = value.decode("latin-1")
-    server = scope["server"]
-    if "SERVER_NAME" not in environ:
-        environ["SERVER_NAME"] = server[0] if server else "localhost"
-    if "SERVER_PORT" not in environ:
-        port = server[1] if server and server[1] else None
-        environ["SERVER_PORT"] = str(port or (443 if scope["scheme"] == "https" else 80))
-    environ.setdefault("SERVER_PROTOCOL", "HTTP/" + scope["http_version"])
-    environ["wsgi.version"] = (1, 0)
+    if "SERVER_NAME" not in environ or "SERVER_PORT" not in environ:
+        server = scope["server"]
+        if "SERVER_NAME" not in environ:
+            environ["SERVER_NAME"] = server[0] if server else "localhost"
+        if "SERVER_PORT" not in environ:
+            port = server[1] if server and server[1] else None
+            environ["SERVER_PORT"] = str(port or (443 if scope["scheme"] == "https" else 80))
+    if "SERVER_PROTOCOL" not in environ:
+        environ["SERVER_PROTOCOL"] = "HTTP/" + scope["http_version"]
+    environ.update(_CONSTANT)
     environ["wsgi.url_scheme"] = scope["scheme"]
     environ["wsgi.input"] = wsgi_input
     environ["wsgi.errors"] = errors
-    environ["wsgi.multithread"] = True
     environ["wsgi.multiprocess"] = multiprocess
-    environ["wsgi.run_once"] = False
-    environ["wsgi.file_wrapper"] = FileWrapper
-    environ["wsgi.input_terminated"] = True
     return environ
 
 

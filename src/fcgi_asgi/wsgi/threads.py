@@ -1,0 +1,155 @@
+"""The WSGI app's threads and the way their results get back to the loop.
+
+:class:`WSGIThreads` is the server's pool (``--threads``). It is not a
+``concurrent.futures.ThreadPoolExecutor``: a job is a function and what to
+call on the loop with its result, with no ``Future`` (a Condition and two
+locks) per request; the executor's ``submit`` was about a third of the
+loop's work on a WSGI hello request (py-spy, ``benchmarks/hotpath.py wsgi``).
+
+Results come back through :meth:`WSGIThreads.post`: under load many
+requests finish while the loop is busy, and one ``call_soon_threadsafe``
+(one wakeup of the loop) then delivers all of them, not one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from queue import SimpleQueue
+from typing import Any, TypeVar
+
+__all__ = ["WSGIThreads"]
+
+logger = logging.getLogger("fcgi_asgi.error")
+T = TypeVar("T")
+
+_Job = tuple[Callable[..., Any], tuple[Any, ...], Callable[[Any], None]]
+
+
+class WSGIThreads:
+    """Up to ``max_workers`` threads, started as jobs need them, for one event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_workers: int) -> None:
+        self.loop = loop
+        self.max_workers = max_workers
+        self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        # Jobs submitted and not delivered back yet; only the loop changes it.
+        self._busy = 0
+        self._closed = False
+        self._inbox: deque[tuple[Callable[[Any], None], Any]] = deque()
+        self._scheduled = False
+        # Daemon threads, joined at exit: the process waits for apps still
+        # running (as with an executor), and idle threads never hold it up.
+        atexit.register(self._join)
+
+    def run(
+        self, work: Callable[..., Any], args: tuple[Any, ...], then: Callable[[Any], None]
+    ) -> None:
+        """Call ``work(*args)`` in a thread, then ``then(result)`` on the loop
+        (``then(exception)`` if it raised). On the loop only."""
+        if self._closed:
+            raise RuntimeError("the WSGI threads are shut down")
+        self._jobs.put((work, args, then))
+        self._busy += 1
+        if self._busy > len(self._threads) and len(self._threads) < self.max_workers:
+            thread = threading.Thread(
+                target=self._worker, name=f"fcgi-asgi-wsgi_{len(self._threads)}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def _worker(self) -> None:
+        jobs = self._jobs
+        while (job := jobs.get()) is not None:
+            work, args, then = job
+            result: Any
+            try:
+                result = work(*args)
+            except BaseException as exc:  # a thread has no caller to raise to
+                result = exc
+            job = None  # let the request go before the next wait
+            try:
+                self.post(self._finished, (then, result))
+            except RuntimeError:  # the loop is closed: nobody to tell
+                return
+
+    def _finished(self, outcome: tuple[Callable[[Any], None], Any]) -> None:
+        self._busy -= 1
+        then, result = outcome
+        then(result)
+
+    def shutdown(self, wait: bool = False, cancel_futures: bool = False) -> None:
+        """Take no more jobs; drop the queued ones with ``cancel_futures``
+        (their requests have ended); let idle threads go."""
+        self._closed = True
+        if cancel_futures:
+            while not self._jobs.empty():
+                self._jobs.get_nowait()
+        for _ in self._threads:
+            self._jobs.put(None)
+        if wait:
+            self._join()
+
+    def _join(self) -> None:
+        if not self._closed:
+            self.shutdown()
+        for thread in self._threads:
+            thread.join()
+        atexit.unregister(self._join)
+
+    def post(self, callback: Callable[[Any], None], arg: Any) -> None:
+        """Run ``callback(arg)`` on the loop soon (from any thread).
+
+        deque.append/popleft and the flag's reads and writes are atomic. The
+        loop clears the flag before it empties the inbox, so an item
+        appended while the flag still reads True is taken by that run; at
+        worst a run finds nothing left. Raises RuntimeError once the loop
+        is closed.
+        """
+        self._inbox.append((callback, arg))
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and wait for its result (from an app's thread).
+
+        Stepped by hand rather than made a task: most calls finish in their
+        first step (a body chunk written, body already there), and a task
+        would cost a loop iteration more each.
+        """
+        waiter: Future[T] = Future()
+        self.post(self._step, (coro, waiter))
+        return waiter.result()
+
+    def _step(self, job: tuple[Coroutine[Any, Any, Any], Future[Any]]) -> None:
+        coro, waiter = job
+        try:
+            awaited = coro.send(None)
+        except StopIteration as stop:
+            waiter.set_result(stop.value)
+            return
+        except BaseException as exc:  # the app's thread gets it
+            waiter.set_exception(exc)
+            return
+        if awaited is None:  # asyncio.sleep(0): a turn for the others
+            self.loop.call_soon(self._step, job)
+        else:  # a future: go on when it is done, as a task would
+            awaited._asyncio_future_blocking = False
+            awaited.add_done_callback(lambda _: self._step(job))
+
+    def _deliver(self) -> None:
+        self._scheduled = False
+        inbox = self._inbox
+        while inbox:
+            callback, arg = inbox.popleft()
+            try:
+                callback(arg)
+            except Exception:  # a bug: the other results must still get through
+                logger.exception("error handing a WSGI result to the loop")
