@@ -368,6 +368,25 @@ async def test_exception_after_start_truncates(server, caplog):
     assert "boom after start" in caplog.text
 
 
+async def test_exception_after_start_waits_for_the_end_of_stdin(server):
+    """Apache sends the empty STDIN after the PARAMS: the app may fail before
+    it comes, and a connection closed by then makes Apache's write fail (it
+    answers 503 instead of the truncated 200). The cut waits for STDIN's end."""
+    async with await connect(server) as client:
+        req = await client.begin(build_params("GET", "/raise-after"))
+        received = b""
+        while b"partial" not in received:
+            chunk = await asyncio.wait_for(req.read_stdout(), 5)
+            assert chunk, "the connection closed before the end of STDIN"
+            received += chunk
+        await asyncio.sleep(0.2)  # the app has failed by now
+        assert not client.closed.is_set(), "closed before the end of STDIN"
+        await req.end_body()  # a closed connection would fail this write (EPIPE)
+        with pytest.raises(ConnectionError):
+            while await asyncio.wait_for(req.read_stdout(), 5):
+                pass
+
+
 async def test_exception_after_start_spares_multiplexed_neighbours(server):
     async with await connect(server) as client:
         slow = asyncio.ensure_future(client.request("GET", "/sleep", query="0.3"))

@@ -486,7 +486,8 @@ class FastCGIConnection(asyncio.Protocol):
         """The app failed after part of the response was written.
 
         Alone on its connection, the request is cut by closing the connection
-        without END_REQUEST, so the web server sees a truncated response and
+        without END_REQUEST (once its STDIN has ended, or after
+        ``stdin_linger``), so the web server sees a truncated response and
         does not pass it off as complete. With other requests multiplexed
         beside it, it ends with END_REQUEST(appStatus=1) so they live on.
         """
@@ -504,7 +505,13 @@ class FastCGIConnection(asyncio.Protocol):
         else:
             cycle.ended = True
             self.requests.pop(cycle.request_id, None)
-            self._close()
+            if cycle.stdin_done:
+                self._close()
+            else:
+                # Apache writes the empty STDIN after the app may have failed;
+                # closing first makes that write fail and Apache answers 503
+                # instead of passing the truncated response on.
+                self._linger(cycle.request_id)
 
     def _end_aborted(self, cycle: Request) -> None:
         if cycle.ended:
