@@ -9,14 +9,17 @@ from __future__ import annotations
 import ast
 import asyncio
 import hashlib
+import io
 import logging
 import os
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fcgi_asgi import FastCGIServer
 from fcgi_asgi.client import build_params
-from fcgi_asgi.config import AppLoadError, Config
+from fcgi_asgi.config import AppLoadError, Config, ConfigError
 from fcgi_asgi.interface import detect_interface
 from fcgi_asgi.protocol.records import (
     PARAMS,
@@ -25,6 +28,7 @@ from fcgi_asgi.protocol.records import (
     encode_pairs,
     encode_record,
 )
+from fcgi_asgi.wsgi.environ import InputStream
 from tests import apps, wsgi_apps
 from tests.conftest import connect
 from tests.test_backpressure import StalledReader
@@ -32,9 +36,10 @@ from tests.test_backpressure import StalledReader
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-async def server(serve):
-    return await serve(wsgi_apps.plain_app, interface="wsgi")
+@pytest.fixture(params=[16, 0], ids=["threads", "on-loop"])
+async def server(serve, request):
+    """The WSGI app in the thread pool, and on the loop (``--threads 0``)."""
+    return await serve(wsgi_apps.plain_app, interface="wsgi", threads=request.param)
 
 
 async def test_hello(server):
@@ -228,12 +233,14 @@ def _rss() -> int:
     raise AssertionError("no VmRSS")
 
 
-async def test_200mib_stream_to_a_stalled_reader_keeps_memory_flat(serve):
+@pytest.mark.parametrize("threads", [16, 0], ids=["threads", "on-loop"])
+async def test_200mib_stream_to_a_stalled_reader_keeps_memory_flat(serve, threads):
     """The app's thread waits while the web server reads nothing; then all of it
-    arrives intact, and the process never held more than a few buffers."""
+    arrives intact, and the process never held more than a few buffers. With
+    ``--threads 0`` the loop starts the stream and a thread takes it over."""
     size = 200 << 20
-    token = "stalled-reader"
-    server = await serve(wsgi_apps.plain_app, interface="wsgi")
+    token = f"stalled-reader-{threads}"
+    server = await serve(wsgi_apps.plain_app, interface="wsgi", threads=threads)
     loop = asyncio.get_running_loop()
     transport, proto = await loop.create_unix_connection(StalledReader, server.config.socket)
     transport.pause_reading()
@@ -324,3 +331,65 @@ async def test_a_body_piece_that_is_not_bytes_is_an_error(serve, caplog):
             r = await client.request("GET", "/")
     assert r.status == 500
     assert any("WSGI body must be bytes, not int" in m for m in caplog.messages)
+
+
+# -- --threads 0: the app on the loop ------------------------------------------------
+
+
+async def test_threads_0_runs_the_app_on_the_loop_once_the_body_is_in(serve):
+    """A small body: the app runs on the loop's own thread, with the whole body.
+    A body larger than the read buffer goes to a thread that reads it as it
+    comes (the loop cannot wait for it inside the app)."""
+    server = await serve(wsgi_apps.plain_app, interface="wsgi", threads=0)
+    loop_thread = __import__("threading").current_thread().name
+    async with await connect(server) as client:
+        r = await client.request("POST", "/thread", body=b"x" * 5000)
+        big = await client.request("POST", "/thread", body=b"y" * (3 << 20))
+    assert r.body.decode() == f"{loop_thread} 5000"
+    name, size = big.body.decode().split()
+    assert name.startswith("fcgi-asgi-wsgi") and int(size) == 3 << 20
+
+
+async def test_threads_0_request_aborted_before_its_body_ended_never_runs(serve):
+    """An app on the loop waits for the end of STDIN; a request aborted before
+    it is not run, and nothing of it is left counted as running."""
+    server = await serve(wsgi_apps.plain_app, interface="wsgi", threads=0)
+    async with await connect(server) as client:
+        req = await client.begin(build_params("POST", "/thread", content_length=100))
+        await req.send_body(b"z" * 50)
+        await asyncio.sleep(0.1)
+        assert len(server.ctx.tasks) == 1
+        await req.abort()
+        for _ in range(100):  # bounded
+            if not server.ctx.tasks:
+                break
+            await asyncio.sleep(0.01)
+        assert not server.ctx.tasks
+        r = await client.request("POST", "/thread", body=b"ok")
+    assert r.body.endswith(b" 2")
+
+
+def test_threads_must_not_be_negative() -> None:
+    with pytest.raises(ConfigError, match=r"threads.*or 0 to run"):
+        Config(app=wsgi_apps.plain_app, socket="/tmp/x.sock", threads=-1)
+
+
+@given(
+    chunks=st.lists(st.binary(min_size=1, max_size=300), max_size=8),
+    ops=st.lists(st.tuples(st.sampled_from(["read", "readline", "all"]), st.integers(-1, 400))),
+)
+def test_wsgi_input_reads_like_a_file(chunks, ops) -> None:
+    """wsgi.input over STDIN pieces of any size reads as a file over their
+    concatenation would: read(n) gives n bytes until the end, readline() stops
+    after a newline, read() takes the rest."""
+    pieces = iter(chunks)
+    stream = InputStream(lambda: next(pieces, b""))
+    reference = io.BytesIO(b"".join(chunks))
+    for op, n in ops:
+        if op == "read":
+            assert stream.read(n) == reference.read(n)
+        elif op == "readline":
+            assert stream.readline(n) == reference.readline(n)
+        else:
+            assert stream.read() == reference.read()
+    assert stream.read() == reference.read()

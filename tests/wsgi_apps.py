@@ -41,6 +41,14 @@ def _plain(environ: dict[str, Any], start_response: Any) -> Any:
     if path == "/hello":
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
         return [b"Hello, world!"]
+    if path == "/thread":
+        # Which thread runs the app, and what it got of the body.
+        size = 0
+        while chunk := environ["wsgi.input"].read(65536):
+            size += len(chunk)
+        name = threading.current_thread().name
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"{name} {size}".encode()]
     if path == "/environ":
         keys = ("SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "REQUEST_URI", "REQUEST_METHOD")
         keys += ("CONTENT_TYPE", "CONTENT_LENGTH", "SERVER_NAME", "SERVER_PORT", "HTTP_X_TEST")

@@ -150,8 +150,10 @@ read_length(const unsigned char *buf, Py_ssize_t end, Py_ssize_t *pos)
            ((Py_ssize_t)buf[p + 2] << 8) | (Py_ssize_t)buf[p + 3];
 }
 
+/* A dict of bytes (decode_params) or of latin-1 str (decode_params_latin1:
+ * what a WSGI environ holds, without a bytes object per name and value). */
 static PyObject *
-decode_params(PyObject *module, PyObject *arg)
+decode_params_as(PyObject *arg, int as_str)
 {
     input in;
     if (input_open(arg, &in) < 0) {
@@ -176,9 +178,15 @@ decode_params(PyObject *module, PyObject *arg)
                          (long long)pos + nlen + vlen - end);
             goto fail;
         }
-        PyObject *name = PyBytes_FromStringAndSize((const char *)buf + pos, nlen);
-        PyObject *value = name ? PyBytes_FromStringAndSize((const char *)buf + pos + nlen, vlen)
-                               : NULL;
+        const char *at = (const char *)buf + pos;
+        PyObject *name, *value;
+        if (as_str) {
+            name = PyUnicode_DecodeLatin1(at, nlen, NULL);
+            value = name ? PyUnicode_DecodeLatin1(at + nlen, vlen, NULL) : NULL;
+        } else {
+            name = PyBytes_FromStringAndSize(at, nlen);
+            value = name ? PyBytes_FromStringAndSize(at + nlen, vlen) : NULL;
+        }
         int failed = value == NULL || PyDict_SetItem(params, name, value) < 0;
         Py_XDECREF(name);
         Py_XDECREF(value);
@@ -194,6 +202,18 @@ fail:
     Py_XDECREF(params);
     input_close(&in);
     return NULL;
+}
+
+static PyObject *
+decode_params(PyObject *module, PyObject *arg)
+{
+    return decode_params_as(arg, 0);
+}
+
+static PyObject *
+decode_params_latin1(PyObject *module, PyObject *arg)
+{
+    return decode_params_as(arg, 1);
 }
 
 /* ---- parse_records: whole records out of a buffer ------------------------- */
@@ -1053,6 +1073,8 @@ static PyMethodDef methods[] = {
      "The ASGI scope straight from PARAMS data in the common case, else None."},
     {"decode_params", decode_params, METH_O,
      "Decode a complete PARAMS stream into a dict; ValueError on malformed data."},
+    {"decode_params_latin1", decode_params_latin1, METH_O,
+     "decode_params with names and values as latin-1 str (a WSGI environ's)."},
     {NULL, NULL, 0, NULL},
 };
 

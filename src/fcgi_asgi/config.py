@@ -209,8 +209,11 @@ class Config:
             raise ConfigError(
                 f"{opt('interface')} must be auto, asgi or wsgi, not {self.interface!r}"
             )
-        if not isinstance(self.threads, int) or self.threads < 1:
-            raise ConfigError(f"{opt('threads')} must be a positive integer")
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise ConfigError(
+                f"{opt('threads')} must be a positive integer, or 0 to run a WSGI app "
+                "on the event loop"
+            )
         self.roles = _check_roles(self.roles)
         self._check_sendfile()
         if self.loop not in ("auto", "asyncio", "uvloop"):

@@ -428,6 +428,11 @@ class FastCGIConnection(asyncio.Protocol):
             transport.write(b"".join(pieces))  # one small write beats writelines' bookkeeping
 
     @property
+    def reading_paused_for_body(self) -> bool:
+        """Whether reading stopped because too much request body is unread."""
+        return self._paused_for_body
+
+    @property
     def writable(self) -> bool:
         """False once nothing written can reach the peer any more."""
         transport = self.transport

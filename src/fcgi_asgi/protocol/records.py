@@ -44,6 +44,7 @@ __all__ = [
     "UnsupportedVersion",
     "decode_pairs",
     "decode_params",
+    "decode_params_latin1",
     "encode_begin_request",
     "encode_end_request",
     "encode_pairs",
@@ -301,12 +302,20 @@ def decode_params_py(data: bytes | bytearray | memoryview) -> dict[bytes, bytes]
     return params
 
 
+def decode_params_latin1_py(data: bytes | bytearray | memoryview) -> dict[str, str]:
+    """:func:`decode_params` with names and values as latin-1 strings (the
+    native strings of a WSGI environ, PEP 3333)."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in decode_params_py(data).items()}
+
+
 try:
     from .._speedups import decode_params as _decode_params_c
+    from .._speedups import decode_params_latin1 as _decode_params_latin1_c
     from .._speedups import parse_records as _c_parse_records
 except ImportError:  # not built: no compiler, or FCGI_ASGI_NO_EXTENSIONS=1
     _c_decoder = None
     _c_parse_records = None  # type: ignore[assignment]
+    _decode_params_latin1_c = None  # type: ignore[assignment]
 else:
     _c_decoder = _decode_params_c
 
@@ -321,6 +330,19 @@ def _decode_params_with_c(data: bytes | bytearray | memoryview) -> dict[bytes, b
 #: The C version when it was built (about 1.4 us for nginx's 25 params against
 #: 5.7 us), else :func:`decode_params_py`. Same results and errors.
 decode_params = decode_params_py if _c_decoder is None else _decode_params_with_c
+
+
+def _decode_params_latin1_with_c(data: bytes | bytearray | memoryview) -> dict[str, str]:
+    try:
+        return _decode_params_latin1_c(data)
+    except ValueError as exc:
+        raise MalformedPairs(str(exc)) from None
+
+
+#: The C version when built, else :func:`decode_params_latin1_py`.
+decode_params_latin1 = (
+    decode_params_latin1_py if _c_decoder is None else _decode_params_latin1_with_c
+)
 
 
 class RecordReader:

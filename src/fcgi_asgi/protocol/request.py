@@ -331,10 +331,11 @@ class Request:
             self.wake()
         return True
 
-    async def send_body(self, body: bytes, more_body: bool) -> None:
+    async def send_body(self, body: bytes, more_body: bool, wait: bool = True) -> None:
         """Write a piece of the response body; the last one ends the request.
 
-        Waits while the web server is not reading; raises
+        Waits while the web server is not reading (``wait=False``: writes at
+        once, for a caller that cannot wait); raises
         :class:`ClientDisconnected` once it is gone.
         """
         if not more_body and self.send_whole(body):
@@ -372,7 +373,7 @@ class Request:
                 # gone now.
                 self.disconnect()
                 raise ClientDisconnected(GONE)
-            if conn.write_paused or conn.scheduler:
+            if (conn.write_paused or conn.scheduler) and wait:
                 # The web server is not reading, or other streams of this
                 # connection wait for it: take turns (write_scheduler.py).
                 await conn.scheduler.wait_turn(self, pieces)
@@ -386,7 +387,7 @@ class Request:
             # we would never suspend: let other tasks and I/O callbacks run
             # (a lost connection is only noticed that way) every few hundred KiB.
             self._unyielded += len(body)
-            if self._unyielded > _YIELD_EVERY:
+            if self._unyielded > _YIELD_EVERY and wait:
                 self._unyielded = 0
                 await asyncio.sleep(0)
                 if self.disconnected:

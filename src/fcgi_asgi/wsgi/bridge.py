@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, cast
 from wsgiref.util import FileWrapper
 
 from ..asgi.scope import scope_from_params
+from ..config import DEFAULT_THREADS
 from ..errors import AppProtocolError, ClientDisconnected
-from ..protocol.records import decode_params
+from ..protocol.records import decode_params_latin1
 from ..protocol.request import GONE, Request
 from .environ import ErrorStream, InputStream, build_environ
 from .threads import WSGIThreads
@@ -41,11 +42,17 @@ _STATUS = re.compile(r"([1-9][0-9][0-9]) [^\r\n\x00]*")
 
 
 def thread_pool(ctx: ServerContext, loop: asyncio.AbstractEventLoop) -> WSGIThreads:
-    """The server's WSGI threads (``--threads``), made on first use."""
+    """The server's WSGI threads (``--threads``), made on first use; with
+    ``--threads 0``, the threads that take over from the loop (see
+    :meth:`WSGIRequest.end_body`)."""
     pool = ctx.executor
     if pool is None:
-        pool = ctx.executor = WSGIThreads(loop, ctx.config.threads)
+        pool = ctx.executor = WSGIThreads(loop, ctx.config.threads or DEFAULT_THREADS)
     return pool
+
+
+#: What the app's run on the loop returns once a thread has taken over.
+_HANDED_OFF = object()
 
 
 def _as_bytes(data: Any) -> bytes:
@@ -84,10 +91,13 @@ class _AppRun(asyncio.Future[None]):
 class WSGIRequest(Request):
     """One FastCGI request bridged to one WSGI call."""
 
-    __slots__ = ("_headers", "_status")
+    __slots__ = ("_environ", "_headers", "_on_loop_now", "_status")
 
     #: ``environ["FCGI_ROLE"]``, as libfcgi and Apache spell the role.
     role_param = "RESPONDER"
+    #: Whether ``--threads 0`` may run this request's app on the loop (a
+    #: FILTER's DATA reads would have to wait there).
+    inline_ok = True
 
     def __init__(self, conn: FastCGIConnection, request_id: int, keep_conn: bool) -> None:
         Request.__init__(self, conn, request_id, keep_conn)
@@ -95,12 +105,16 @@ class WSGIRequest(Request):
         # the first body goes out (the thread waits for that).
         self._status: int | None = None
         self._headers: list[tuple[bytes, bytes]] = []
+        # --threads 0: the environ waiting for the end of STDIN, and whether
+        # the app is running on the loop right now.
+        self._environ: dict[str, Any] | None = None
+        self._on_loop_now = False
 
     def start(self, params: bytes | bytearray) -> None:
         """Build the environ and run the app in the thread pool."""
         conn = self.conn
         ctx = conn.ctx
-        decoded = decode_params(params)
+        decoded = decode_params_latin1(params)
         # The C scope where it applies (a few us less than build_scope).
         self.scope = scope = scope_from_params(params, conn.config.root_path)
         self.head_only = scope["method"] == "HEAD"
@@ -120,7 +134,108 @@ class WSGIRequest(Request):
         if role != "RESPONDER":
             self.add_role_environ(environ)
         self.track(_AppRun(self))
+        if conn.config.threads == 0 and self.inline_ok:
+            self._environ = environ
+            if self.stdin_done:
+                self._run_inline()
+            return  # the app runs at the end of STDIN (end_body)
         thread_pool(ctx, conn.loop).run(self._call_app, (ctx.app, environ), self._app_returned)
+
+    # -- --threads 0: the app on the loop -------------------------------------------
+
+    def end_body(self) -> None:
+        """The body is complete: with ``--threads 0``, call the app now."""
+        Request.end_body(self)
+        if self._environ is not None:
+            self._run_inline()
+
+    def feed_body(self, data: bytes) -> None:
+        """Queue a STDIN chunk; with ``--threads 0``, a body that made the
+        connection stop reading goes to a thread, which reads it as it comes."""
+        Request.feed_body(self, data)
+        environ = self._environ
+        if environ is not None and self.conn.reading_paused_for_body:
+            self._environ = None
+            pool = thread_pool(self.conn.ctx, self.conn.loop)
+            pool.run(self._call_app, (self.conn.ctx.app, environ), self._app_returned)
+
+    def disconnect(self) -> None:
+        """The web server went away: an app not called yet is not called."""
+        Request.disconnect(self)
+        if self._environ is not None:
+            self._environ = None
+            run = self.task
+            if run is not None and not run.done():
+                self.done()
+                run.set_result(None)
+
+    def _run_inline(self) -> None:
+        """Call the app on the loop (``--threads 0``), its body all here."""
+        environ, self._environ = self._environ, None
+        run = self.task
+        if environ is None or run is None or run.done():
+            return  # cancelled (--request-timeout) while its body came
+        self._on_loop_now = True
+        outcome: Any
+        try:
+            outcome = self._call_app_on_loop(cast(WSGIApp, self.conn.ctx.app), environ)
+        except Exception as exc:
+            outcome = exc
+        finally:
+            self._on_loop_now = False
+        if outcome is not _HANDED_OFF:
+            self._app_returned(outcome)
+
+    def _call_app_on_loop(self, app: WSGIApp, environ: dict[str, Any]) -> Any:
+        """Call the app and write its response while the web server keeps up;
+        once it does not, a thread iterates the rest (and waits for it)."""
+        result = app(environ, self._start_response)
+        handed_off = False
+        try:
+            if self.conn.config.sendfile_header is not None and self._offloaded(result):
+                return None
+            if type(result) in (list, tuple) and len(result) <= 1:
+                return _as_bytes(result[0]) if result else b""
+            chunks = iter(result)
+            conn = self.conn
+            for chunk in chunks:
+                if not chunk:
+                    continue
+                if conn.write_paused or conn.scheduler:
+                    handed_off = True
+                    pool = thread_pool(conn.ctx, conn.loop)
+                    pool.run(self._stream_rest, (chunk, chunks, result), self._app_returned)
+                    return _HANDED_OFF
+                self._write(chunk)
+            return b""
+        finally:
+            if not handed_off:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+
+    def _stream_rest(self, first: Any, chunks: Any, result: Any) -> bytes:
+        """The rest of a response the loop began (app's thread, --threads 0)."""
+        try:
+            self._write(first)
+            for chunk in chunks:
+                if chunk:
+                    self._write(chunk)
+            return b""
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    def _now(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run ``coro`` on the loop, which we are on, in its one step
+        (--threads 0: what the app calls there never has to wait)."""
+        try:
+            coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+        coro.close()
+        raise RuntimeError("a WSGI call on the loop had to wait")
 
     def add_role_environ(self, environ: dict[str, Any]) -> None:
         """Add what a role other than RESPONDER gives the app (protocol/roles.py)."""
@@ -149,8 +264,12 @@ class WSGIRequest(Request):
         The last piece of a WSGI response never waits (send_body() writes it
         and ends the request; what the web server has not read yet stays in
         the transport, as with an ASGI app's last body), so its coroutine
-        finishes in its first step.
+        finishes in its first step; a small whole response skips it.
         """
+        if self._status is not None and not self.response_started and not self.disconnected:
+            self.set_head(self._status, self._headers)
+            if self.send_whole(data):
+                return
         coro = self._send(data, False)
         try:
             coro.send(None)
@@ -167,7 +286,10 @@ class WSGIRequest(Request):
         return pool
 
     def _on_loop(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run ``coro`` on the event loop and wait for its result (app's thread)."""
+        """Run ``coro`` on the event loop and wait for its result (app's
+        thread; called on the loop itself with ``--threads 0``)."""
+        if self._on_loop_now:
+            return self._now(coro)
         return self._threads().call(coro)
 
     def _call_app(self, app: WSGIApp, environ: dict[str, Any]) -> bytes | None:
@@ -228,7 +350,12 @@ class WSGIRequest(Request):
 
     def _write(self, data: bytes) -> None:
         """The ``write()`` callable, and each piece of the response iterable."""
-        self._on_loop(self._send(_as_bytes(data), True))
+        if self._on_loop_now:
+            # --threads 0: the loop cannot wait inside the app; pieces of the
+            # iterable only get here while the web server keeps up.
+            self._now(self._send(_as_bytes(data), True, False))
+        else:
+            self._on_loop(self._send(_as_bytes(data), True))
 
     def _stderr_from_thread(self, text: str) -> None:
         """A ``wsgi.errors`` line for FCGI_STDERR; queued on the loop before
@@ -251,7 +378,10 @@ class WSGIRequest(Request):
             except IndexError:  # taken by the loop meanwhile (a disconnect)
                 data = b""
             if data:
-                self._threads().post(self._consumed, len(data))
+                if self._on_loop_now:
+                    self._consumed(len(data))
+                else:
+                    self._threads().post(self._consumed, len(data))
                 return data
         if self.disconnected:
             raise ClientDisconnected(GONE)
@@ -262,7 +392,7 @@ class WSGIRequest(Request):
 
     # -- on the loop ------------------------------------------------------------
 
-    async def _send(self, data: bytes, more_body: bool) -> None:
+    async def _send(self, data: bytes, more_body: bool, wait: bool = True) -> None:
         if self.disconnected:
             raise ClientDisconnected(GONE)
         if not self.response_started:
@@ -271,7 +401,7 @@ class WSGIRequest(Request):
             self.set_head(self._status, self._headers)
         if self.response_complete:
             return  # already cut short (an app still writing after a timeout)
-        await self.send_body(data, more_body)
+        await self.send_body(data, more_body, wait)
 
     def _consumed(self, n: int) -> None:
         # At most what is still counted: drop_body() may have counted it already.

@@ -43,12 +43,6 @@ def _wsgi_str(text: str) -> str:
     return text if text.isascii() else text.encode("utf-8").decode("latin-1")
 
 
-# Param names as environ keys ("" for those left out), learnt as they come:
-# the same few dozen names arrive with every request. Bounded against a
-# peer that sends a new name each time.
-_names: dict[bytes, str] = {}
-_NAMES_MAX = 1024
-
 # The keys every environ has with the same values.
 _CONSTANT = {
     "wsgi.version": (1, 0),
@@ -59,31 +53,18 @@ _CONSTANT = {
 }
 
 
-def _key(name: bytes) -> str:
-    key = name.decode("latin-1")
-    if key in _REPLACED:
-        key = ""
-    if len(_names) < _NAMES_MAX:
-        _names[name] = key
-    return key
-
-
 def build_environ(
-    params: dict[bytes, bytes],
+    params: dict[str, str],
     scope: dict[str, Any],
     wsgi_input: Any,
     errors: Any,
     multiprocess: bool,
 ) -> dict[str, Any]:
-    """The environ for decoded CGI ``params`` and the ``scope`` built from them."""
-    environ: dict[str, Any] = {}
-    names = _names
-    for name, value in params.items():
-        key = names.get(name)
-        if key is None:
-            key = _key(name)
-        if key:
-            environ[key] = value.decode("latin-1")
+    """The environ for CGI ``params`` (``decode_params_latin1``, taken over
+    as the environ) and the ``scope`` built from them."""
+    environ: dict[str, Any] = params
+    for key in _REPLACED:
+        environ.pop(key, None)
     root_path: str = scope["root_path"]
     path: str = scope["path"]
     environ["REQUEST_METHOD"] = scope["method"]
@@ -141,16 +122,37 @@ class InputStream(io.RawIOBase):
         return True
 
     def read(self, size: int | None = -1) -> bytes:
-        """Up to ``size`` bytes (all the rest when -1 or None)."""
+        """Up to ``size`` bytes (all the rest when -1 or None); fewer only at
+        the end of the body. The pieces are joined once (a 64 KiB POST comes
+        in several STDIN records), and a piece that is the answer whole is
+        not copied at all."""
+        buffer = self._buffer
         if size is None or size < 0:
-            while self._fill():
-                pass
-            data, self._buffer = self._buffer, b""
-            return data
-        while len(self._buffer) < size and self._fill():
-            pass
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
+            parts = [buffer]
+            while not self._eof:
+                data = self._fetch()
+                if not data:
+                    self._eof = True
+                else:
+                    parts.append(data)
+            self._buffer = b""
+            return b"".join(parts)
+        if len(buffer) < size and not self._eof:
+            parts = [buffer]
+            have = len(buffer)
+            while have < size:
+                data = self._fetch()
+                if not data:
+                    self._eof = True
+                    break
+                parts.append(data)
+                have += len(data)
+            if have <= size:
+                self._buffer = b""
+                return parts[1] if len(parts) == 2 and not buffer else b"".join(parts)
+            buffer = b"".join(parts)
+        self._buffer = buffer[size:]
+        return buffer[:size]
 
     def readinto(self, b: Any) -> int:
         data = self.read(len(b))

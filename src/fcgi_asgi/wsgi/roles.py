@@ -34,6 +34,7 @@ class WSGIFilterRequest(FilterRequest, WSGIRequest):
     """A FILTER request for a WSGI app: the DATA stream as ``fcgi.data``."""
 
     role_param = "FILTER"
+    inline_ok = False  # its DATA reads wait for records: always in a thread
 
     def add_role_environ(self, environ: dict[str, Any]) -> None:
         """Add the DATA stream as ``environ["fcgi.data"]``."""
