@@ -33,6 +33,7 @@ with atheris.instrument_imports(include=["fcgi_asgi"]):
         Record,
         RecordReader,
         UnsupportedVersion,
+        decode_params_latin1_py,
         decode_params_py,
     )
 
@@ -97,6 +98,8 @@ def check_decode_params(fdp: atheris.FuzzedDataProvider) -> None:
     blob = pairs_blob(fdp)
     c = outcome(_speedups.decode_params, as_source(fdp, blob))
     assert c == outcome(decode_params_py, blob), (blob, c)
+    c = outcome(_speedups.decode_params_latin1, as_source(fdp, blob))
+    assert c == outcome(decode_params_latin1_py, blob), (blob, c)
 
 
 def check_parse_records(fdp: atheris.FuzzedDataProvider) -> None:

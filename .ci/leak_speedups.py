@@ -68,6 +68,8 @@ CASES: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
     (_speedups.decode_params, (BLOB,)),
     (_speedups.decode_params, (bytearray(BLOB),)),
     (_speedups.decode_params, (memoryview(BLOB)[:-3],)),  # cut short: ValueError
+    (_speedups.decode_params_latin1, (BLOB,)),
+    (_speedups.decode_params_latin1, (memoryview(BLOB)[:-3],)),
     (_speedups.decode_params, (memoryview(BLOB + BLOB)[::2],)),  # copied
     (_speedups.decode_params, ("str",)),  # TypeError
     (_speedups.parse_records, (RECORDS, Record)),

@@ -19,6 +19,7 @@ from fcgi_asgi.protocol.records import (
     ProtocolError,
     RecordReader,
     decode_pairs,
+    decode_params_latin1_py,
     decode_params_py,
     encode_pairs,
     encode_record,
@@ -75,6 +76,33 @@ def test_decode_params_rejects_what_decode_pairs_rejects(decode_params, pairs, d
         assert "cut short" in str(err.value) or "overruns" in str(err.value)
     else:
         assert decode_params(cut) == expected
+
+
+@pytest.mark.parametrize(
+    "decode", [decode_params_latin1_py, records.decode_params_latin1], ids=["python", "default"]
+)
+@given(pairs=_pairs, data=st.data())
+def test_decode_params_latin1_is_decode_params_as_str(decode, pairs, data) -> None:  # type: ignore[no-untyped-def]
+    """The WSGI environ's decoder: decode_params with latin-1 str names and
+    values, the same errors for data cut anywhere."""
+    blob = encode_pairs(pairs)
+    cut = blob[: data.draw(st.integers(0, len(blob)))]
+    try:
+        expected = {
+            k.decode("latin-1"): v.decode("latin-1") for k, v in dict(decode_pairs(cut)).items()
+        }
+    except MalformedPairs as exc:
+        with pytest.raises(MalformedPairs) as err:
+            decode(cut)
+        assert (
+            str(err.value) == str(exc)
+            or "cut short" in str(err.value)
+            or "overruns" in str(err.value)
+        )
+    else:
+        got = decode(memoryview(cut))
+        assert got == expected and list(got) == list(expected)
+        assert all(type(k) is str and type(v) is str for k, v in got.items())
 
 
 @given(st.lists(st.tuples(st.integers(1, 11), st.integers(0, 65535), st.binary(max_size=200))))
