@@ -54,7 +54,7 @@ class Scenario:
     front: str = "nginx"
 
 
-WSGI_BACKENDS = ("fcgi-asgi-wsgi", "flup-wsgi", "uwsgi-wsgi")
+WSGI_BACKENDS = ("fcgi-asgi-wsgi", "fcgi-asgi-wsgi-loop", "flup-wsgi", "uwsgi-wsgi")
 _BASE = (
     Scenario("hello", "GET / -> 13 bytes", "GET", "/", b"Hello, world!", ()),
     Scenario("big", "GET /big -> 1 MiB", "GET", "/big", b"x" * (1 << 20), ()),
@@ -191,6 +191,12 @@ def backends(extra_args: list[str]) -> dict[str, Backend]:
         Backend("uvicorn-starlette", "http", (uv, "apps:starlette_app", *uv_common)),
         Backend("fcgisgi-raw", "fastcgi", (*fs, "raw", "{sock}")),
         Backend("fcgi-asgi-wsgi", "fastcgi", (fa, "apps:wsgi", "--interface", "wsgi", *fa_common)),
+        # The app on the event loop, as uWSGI's one thread runs it.
+        Backend(
+            "fcgi-asgi-wsgi-loop",
+            "fastcgi",
+            (fa, "apps:wsgi", "--interface", "wsgi", "--threads", "0", *fa_common),
+        ),
         Backend(
             "flup-wsgi",
             "fastcgi",

@@ -54,6 +54,16 @@ TARGETS = [
         for scen, what in (("hello", "hello"), ("big", "1 MiB response"), ("post", "POST 64 KiB"))
         for peer, goal in (("flup", 3.0), ("uwsgi", 1.0))
     ),
+    *(
+        (
+            f"WSGI {what}, --threads 0, vs uwsgi",
+            f"wsgi-{scen}",
+            "fcgi-asgi-wsgi-loop",
+            "uwsgi-wsgi",
+            1.0,
+        )
+        for scen, what in (("hello", "hello"), ("big", "1 MiB response"), ("post", "POST 64 KiB"))
+    ),
 ]
 #: The hello raw backend CPU per request, at most this share of uvicorn-raw's.
 CPU_SHARE_TARGET = 0.6
