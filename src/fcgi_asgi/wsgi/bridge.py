@@ -371,6 +371,11 @@ class WSGIRequest(Request):
         resumes. stdin_done is read first: once it is set, every piece of
         the body is in the deque.
         """
+        if self._on_loop_now:
+            # --threads 0: the whole body is here; one piece, joined once.
+            if self.disconnected:
+                raise ClientDisconnected(GONE)
+            return self.take_body()
         done = self.stdin_done
         if self.body:
             try:
@@ -378,10 +383,7 @@ class WSGIRequest(Request):
             except IndexError:  # taken by the loop meanwhile (a disconnect)
                 data = b""
             if data:
-                if self._on_loop_now:
-                    self._consumed(len(data))
-                else:
-                    self._threads().post(self._consumed, len(data))
+                self._threads().post(self._consumed, len(data))
                 return data
         if self.disconnected:
             raise ClientDisconnected(GONE)
