@@ -203,6 +203,9 @@ class WSGIRequest(Request):
                     continue
                 if conn.write_paused or conn.scheduler:
                     handed_off = True
+                    # Cleared before the thread starts: from then on its
+                    # writes must wait their turn on the loop.
+                    self._on_loop_now = False
                     pool = thread_pool(conn.ctx, conn.loop)
                     pool.run(self._stream_rest, (chunk, chunks, result), self._app_returned)
                     return _HANDED_OFF
