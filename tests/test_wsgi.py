@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import gc
 import hashlib
 import io
 import logging
@@ -393,3 +394,20 @@ def test_wsgi_input_reads_like_a_file(chunks, ops) -> None:
         else:
             assert stream.read() == reference.read()
     assert stream.read() == reference.read()
+
+
+async def test_a_finished_request_is_freed_without_the_garbage_collector(server):
+    """The request and its run refer to each other while it runs; once it is
+    over nothing may keep a cycle, or every request's objects wait for the
+    garbage collector (5 us a hello request, benchmarks/hotpath.py)."""
+    gc.collect()
+    gc.disable()
+    try:
+        async with await connect(server) as client:
+            r = await client.request("GET", "/remember")
+            assert r.body == b"remembered"
+            for _ in range(3):  # the loop's own callbacks let go of it
+                await asyncio.sleep(0)
+            assert wsgi_apps.REMEMBERED[-1]() is None
+    finally:
+        gc.enable()

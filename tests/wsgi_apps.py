@@ -13,6 +13,7 @@ import hashlib
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 from wsgiref.validate import validator
@@ -25,6 +26,10 @@ EVENTS: dict[str, dict[str, Any]] = {}
 _LOCK = threading.Lock()
 _MAX_WAIT = 30.0  # every wait in an app is bounded
 CHUNK = 64 << 10
+
+
+#: Weak references to request objects (``/remember``).
+REMEMBERED: list[weakref.ref[Any]] = []
 
 
 def _event(token: str, **values: Any) -> None:
@@ -41,6 +46,15 @@ def _plain(environ: dict[str, Any], start_response: Any) -> Any:
     if path == "/hello":
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
         return [b"Hello, world!"]
+    if path == "/remember":
+        # A weak reference to the body deque of the gateway's request object
+        # (which has no __weakref__ slot), reached through wsgi.input under
+        # the validator's wrapper, for the reference-cycle test.
+        stream = environ["wsgi.input"]
+        fetch = getattr(stream, "input", stream)._fetch
+        REMEMBERED.append(weakref.ref(fetch.__self__.body))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"remembered"]
     if path == "/thread":
         # Which thread runs the app, and what it got of the body.
         size = 0

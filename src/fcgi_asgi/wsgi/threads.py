@@ -86,11 +86,14 @@ class WSGIThreads:
                 result = work(*args)
             except BaseException as exc:  # a thread has no caller to raise to
                 result = exc
-            job = None  # let the request go before the next wait
             try:
                 self.post(self._finished, (then, result))
             except RuntimeError:  # the loop is closed: nobody to tell
                 return
+            # Let the request go before the next wait: an idle thread would
+            # otherwise hold its last request (and environ) until a new job.
+            job = None
+            del work, args, then, result
 
     def _finished(self, outcome: tuple[Callable[[Any], None], Any]) -> None:
         self._busy -= 1
