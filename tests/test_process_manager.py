@@ -301,6 +301,46 @@ async def test_preload_warns_about_what_does_not_survive_fork(launch, tmp_path, 
     assert (await gw.get("/")).status == 200
 
 
+PRELOADED_WSGI_APP = """\
+import os, threading
+with open(os.environ["FCGI_TEST_EVENTS"], "a") as f:
+    f.write(f"import {os.getpid()}\\n")
+
+def app(environ, start_response):
+    body = f"{os.getpid()} {threading.current_thread().name}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+"""
+
+
+@pytest.mark.parametrize("threads", ["4", "0"])
+async def test_preload_serves_a_wsgi_app_from_the_workers(launch, tmp_path, threads):  # noqa: F811
+    """A WSGI app is preloaded like an ASGI one: imported once, by the
+    supervisor, then served by the forked workers, in their thread pools or
+    (--threads 0) on their event loops."""
+    (tmp_path / "preloaded_wsgi.py").write_text(PRELOADED_WSGI_APP)
+    gw = await launch(
+        "--workers",
+        "2",
+        "--preload",
+        "--threads",
+        threads,
+        "--app-dir",
+        str(tmp_path),
+        app="preloaded_wsgi:app",
+    )
+    await wait_until(lambda: len(gw.ready_workers()) == 2, "2 workers")
+    events = [e.split() for e in gw.events() if e]
+    assert [pid for what, pid in events if what == "import"] == [str(gw.pid)]
+    for _ in range(8):
+        r = await gw.get("/")
+        assert r.status == 200
+        pid, thread = r.body.decode().split()
+        # A forked worker answers, never the supervisor that imported the app.
+        assert int(pid) in gw.workers() and int(pid) != gw.pid
+        assert thread.startswith("fcgi-asgi-wsgi") if threads != "0" else thread == "MainThread"
+
+
 # -- --chroot -----------------------------------------------------------------------
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
