@@ -51,6 +51,13 @@ def thread_pool(ctx: ServerContext, loop: asyncio.AbstractEventLoop) -> WSGIThre
     return pool
 
 
+def _close(result: Any) -> None:
+    """Call the response iterable's ``close()``, if it has one (PEP 3333)."""
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
 #: What the app's run on the loop returns once a thread has taken over.
 _HANDED_OFF = object()
 
@@ -221,22 +228,22 @@ class WSGIRequest(Request):
             return b""
         finally:
             if not handed_off:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
+                _close(result)
 
     def _stream_rest(self, first: Any, chunks: Any, result: Any) -> bytes:
         """The rest of a response the loop began (app's thread, --threads 0)."""
         try:
             self._write(first)
-            for chunk in chunks:
-                if chunk:
-                    self._write(chunk)
+            self._write_all(chunks)
             return b""
         finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+            _close(result)
+
+    def _write_all(self, chunks: Any) -> None:
+        """Write each non-empty piece of the response iterable (app's thread)."""
+        for chunk in chunks:
+            if chunk:
+                self._write(chunk)
 
     def _now(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run ``coro`` on the loop, which we are on, in its one step
@@ -312,14 +319,10 @@ class WSGIRequest(Request):
                 return None
             if type(result) in (list, tuple) and len(result) <= 1:
                 return _as_bytes(result[0]) if result else b""
-            for chunk in result:
-                if chunk:
-                    self._write(chunk)
+            self._write_all(result)
             return b""
         finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+            _close(result)
 
     def _offloaded(self, result: Any) -> bool:
         """Whether a ``wsgi.file_wrapper`` response on a real file went out as
