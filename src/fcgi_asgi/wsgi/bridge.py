@@ -154,7 +154,12 @@ class WSGIRequest(Request):
             if self.stdin_done:
                 self._run_inline()
             return  # the app runs at the end of STDIN (end_body)
-        thread_pool(ctx, conn.loop).run(self._call_app, (ctx.app, environ), self._app_returned)
+        self._run_in_thread(environ)
+
+    def _run_in_thread(self, environ: dict[str, Any]) -> None:
+        """Call the app in the pool; the loop hears back in _app_returned."""
+        ctx = self.conn.ctx
+        thread_pool(ctx, self.conn.loop).run(self._call_app, (ctx.app, environ), self._app_returned)
 
     # -- --threads 0: the app on the loop -------------------------------------------
 
@@ -171,8 +176,7 @@ class WSGIRequest(Request):
         environ = self._environ
         if environ is not None and self.conn.reading_paused_for_body:
             self._environ = None
-            pool = thread_pool(self.conn.ctx, self.conn.loop)
-            pool.run(self._call_app, (self.conn.ctx.app, environ), self._app_returned)
+            self._run_in_thread(environ)
 
     def disconnect(self) -> None:
         """The web server went away: an app not called yet is not called."""
