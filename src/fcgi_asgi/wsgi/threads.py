@@ -21,7 +21,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
-from queue import SimpleQueue
 from typing import Any, TypeVar
 
 __all__ = ["WSGIThreads"]
@@ -33,19 +32,34 @@ _Job = tuple[Callable[..., Any], tuple[Any, ...], Callable[[Any], None]]
 
 
 class WSGIThreads:
-    """Up to ``max_workers`` threads, started as jobs need them, for one event loop."""
+    """Up to ``max_workers`` threads, started as jobs need them, for one event loop.
+
+    Waking a thread costs a futex call on the loop and a context switch, and
+    a woken thread can only wait for the GIL while the loop runs, so jobs
+    are not handed to a thread each. At most one idle thread is woken at a
+    time: the loop wakes one once per iteration that queued jobs, and a
+    thread that takes a job while more are queued wakes the next. A thread
+    that finishes its job takes the next without sleeping. A CPU-bound app
+    is then served by one or two threads (one wakeup per batch of jobs, not
+    per job), and an app that blocks (I/O releases the GIL) still gets a
+    thread per queued job within a few microseconds each.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_workers: int) -> None:
         self.loop = loop
         self.max_workers = max_workers
-        self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
+        self._jobs: deque[_Job] = deque()
         self._threads: list[threading.Thread] = []
+        # Guards the counts below and the idle threads' waits.
+        self._idle = threading.Condition(threading.Lock())
+        self._waiting = 0  # threads asleep in _idle.wait()
+        self._waking = 0  # threads woken (or started) that have not taken a job yet
         # Jobs submitted and not delivered back yet; only the loop changes it.
         self._busy = 0
         self._closed = False
         self._inbox: deque[tuple[Callable[[Any], None], Any]] = deque()
         self._scheduled = False
-        self._yield_scheduled = False
+        self._wake_scheduled = False
         # Daemon threads, joined at exit: the process waits for apps still
         # running (as with an executor), and idle threads never hold it up.
         atexit.register(self._join)
@@ -57,29 +71,65 @@ class WSGIThreads:
         (``then(exception)`` if it raised). On the loop only."""
         if self._closed:
             raise RuntimeError("the WSGI threads are shut down")
-        self._jobs.put((work, args, then))
+        self._jobs.append((work, args, then))
         self._busy += 1
-        if not self._yield_scheduled:
-            self._yield_scheduled = True
-            self.loop.call_soon(self._yield_gil)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self.loop.call_soon(self._wake)
         if self._busy > len(self._threads) and len(self._threads) < self.max_workers:
+            with self._idle:
+                self._waking += 1
             thread = threading.Thread(
                 target=self._worker, name=f"fcgi-asgi-wsgi_{len(self._threads)}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
 
-    def _yield_gil(self) -> None:
-        # Once per loop iteration that handed out jobs: let the woken app
-        # threads take the GIL now. A busy loop otherwise keeps it until the
-        # switch interval (5 ms) runs out, and the jobs wait that long:
-        # WSGI hello 13.4k -> 17.2k req/s behind nginx (benchmarks/run.py).
-        self._yield_scheduled = False
+    def _wake(self) -> None:
+        # Once per loop iteration that queued jobs: wake an idle thread
+        # unless one is on its way, and let the threads take the GIL now. A
+        # busy loop otherwise keeps it until the switch interval (5 ms) runs
+        # out, and the jobs wait that long: WSGI hello 13.4k -> 17.2k req/s
+        # behind nginx (benchmarks/run.py).
+        self._wake_scheduled = False
+        with self._idle:
+            if self._jobs and self._waiting and not self._waking:
+                self._notify()
         time.sleep(0)
 
+    def _take(self) -> _Job | None:
+        """The next job, waiting while there is none; None once shut down.
+
+        Called with ``self._idle`` held, by a thread counted in ``_waking``
+        (whoever woke or started it counted it; a thread back from a job
+        counts itself).
+        """
+        jobs, idle = self._jobs, self._idle
+        while not jobs:
+            self._waking -= 1
+            if self._closed:
+                return None
+            self._waiting += 1
+            idle.wait()  # whoever notifies moves it from _waiting to _waking
+        self._waking -= 1
+        job = jobs.popleft()
+        if jobs and self._waiting and not self._waking:
+            # More queued behind this one: wake the next thread, in case
+            # this job blocks.
+            self._notify()
+        return job
+
+    def _notify(self) -> None:
+        # With self._idle held, and a thread waiting.
+        self._waiting -= 1
+        self._waking += 1
+        self._idle.notify()
+
     def _worker(self) -> None:
-        jobs = self._jobs
-        while (job := jobs.get()) is not None:
+        idle = self._idle
+        with idle:
+            job = self._take()
+        while job is not None:
             work, args, then = job
             result: Any
             try:
@@ -94,6 +144,9 @@ class WSGIThreads:
             # otherwise hold its last request (and environ) until a new job.
             job = None
             del work, args, then, result
+            with idle:
+                self._waking += 1
+                job = self._take()
 
     def _finished(self, outcome: tuple[Callable[[Any], None], Any]) -> None:
         self._busy -= 1
@@ -103,12 +156,13 @@ class WSGIThreads:
     def shutdown(self, wait: bool = False, cancel_futures: bool = False) -> None:
         """Take no more jobs; drop the queued ones with ``cancel_futures``
         (their requests have ended); let idle threads go."""
-        self._closed = True
-        if cancel_futures:
-            while not self._jobs.empty():
-                self._jobs.get_nowait()
-        for _ in self._threads:
-            self._jobs.put(None)
+        with self._idle:
+            self._closed = True
+            if cancel_futures:
+                self._jobs.clear()
+            self._waking += self._waiting
+            self._waiting = 0
+            self._idle.notify_all()
         if wait:
             self._join()
 
