@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sys
 from typing import Any
 
 # Filled in by the apps so tests can see what the app saw.
@@ -171,6 +172,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": b"after the head"})
     elif path == "/raise-before":
         raise ValueError("boom before start")
+    elif path == "/sys-exit":
+        sys.exit(3)
     elif path == "/raise-after":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})

@@ -356,6 +356,15 @@ async def test_exception_before_start_gives_500(server, caplog):
     assert "Traceback" in caplog.text
 
 
+async def test_an_app_raising_system_exit_ends_its_request_not_the_server(server, caplog):
+    async with await connect(server) as client:
+        r = await client.request("GET", "/sys-exit")
+        assert r.status == 500 and r.protocol_status == REQUEST_COMPLETE
+        r = await client.request("GET", "/scope")
+        assert r.status == 200
+    assert "ASGI application raised SystemExit: 3; it ends this request" in caplog.text
+
+
 async def test_exception_after_start_truncates(server, caplog):
     async with await connect(server) as client:
         req = await client.begin(build_params("GET", "/raise-after"))

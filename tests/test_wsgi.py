@@ -115,6 +115,16 @@ async def test_app_exception_gives_500_and_a_logged_traceback(server, caplog):
     assert again.status == 200
 
 
+@pytest.mark.parametrize("path", ["/sys-exit", "/keyboard-interrupt"])
+async def test_an_app_raising_system_exit_ends_its_request_not_the_server(server, path, caplog):
+    async with await connect(server) as client:
+        r = await client.request("GET", path)
+        again = await client.request("GET", "/hello")
+    assert r.status == 500
+    assert "it ends this request, not the server" in caplog.text
+    assert again.status == 200 and again.body == b"Hello, world!"
+
+
 async def test_head_keeps_its_head_but_sends_no_body(server):
     async with await connect(server) as client:
         r = await client.request("HEAD", "/hello")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import sys
 import threading
 import time
 import weakref
@@ -106,8 +107,6 @@ def _plain(environ: dict[str, Any], start_response: Any) -> Any:
         try:
             raise ValueError("failed before the body")
         except ValueError:
-            import sys
-
             start_response("200 OK", [("Content-Type", "text/plain")])
             start_response(
                 "503 Service Unavailable",
@@ -117,6 +116,10 @@ def _plain(environ: dict[str, Any], start_response: Any) -> Any:
         return [b"replaced"]
     if path == "/boom":
         raise RuntimeError("the WSGI app failed on purpose")
+    if path == "/sys-exit":
+        sys.exit(3)
+    if path == "/keyboard-interrupt":
+        raise KeyboardInterrupt("raised by the WSGI app")
     if path == "/hop-by-hop":
         start_response(
             "200 OK",

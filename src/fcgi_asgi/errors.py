@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["AppProtocolError", "ClientDisconnected"]
+__all__ = ["APP_ERRORS", "AppProtocolError", "ClientDisconnected"]
+
+#: What an app may raise that ends its request and not the server: a
+#: ``sys.exit()`` or a ``KeyboardInterrupt`` raised by app code is its own
+#: bug (signals reach the server through the event loop's handlers, never
+#: as exceptions in app code), and taking every other request down with it
+#: would lose them.
+APP_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
 
 
 class ClientDisconnected(OSError):

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AppProtocolError, ClientDisconnected
+from ..errors import APP_ERRORS, AppProtocolError, ClientDisconnected
 from ..protocol.request import GONE, Request
 from .scope import scope_from_params
 
@@ -58,7 +58,7 @@ class ASGIRequest(Request):
         """Run the app for this request and make sure the request ends."""
         try:
             await app(scope, self.receive, self.send)
-        except Exception as exc:
+        except APP_ERRORS as exc:
             self.app_raised(exc, "ASGI")
         except asyncio.CancelledError:
             if not self.app_cancelled("ASGI"):

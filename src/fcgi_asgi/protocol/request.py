@@ -562,13 +562,19 @@ class Request:
         if conn.config.request_timeout is not None:
             self.set_timeout(task, conn.config.request_timeout)
 
-    def app_raised(self, exc: Exception, interface: str) -> None:
+    def app_raised(self, exc: BaseException, interface: str) -> None:
         """The app (an ``interface`` app: "ASGI", "WSGI") raised ``exc``."""
         if isinstance(exc, ClientDisconnected) and self.disconnected:
             # The app let our own disconnect error escape: nothing to report.
             logger.debug("request id %d ended by the client going away", self.request_id)
         elif isinstance(exc, ClientDisconnected):
             self.fail(f"Exception in {interface} application: {exc!r}", exc)
+        elif not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt
+            self.fail(
+                f"{interface} application raised {type(exc).__name__}: {exc}; "
+                "it ends this request, not the server",
+                exc,
+            )
         else:
             self.fail(f"Exception in {interface} application: {type(exc).__name__}: {exc}", exc)
 

@@ -21,7 +21,7 @@ from wsgiref.util import FileWrapper
 
 from ..asgi.scope import scope_from_params
 from ..config import DEFAULT_THREADS
-from ..errors import AppProtocolError, ClientDisconnected
+from ..errors import APP_ERRORS, AppProtocolError, ClientDisconnected
 from ..protocol.records import decode_params_latin1
 from ..protocol.request import GONE, Request
 from .environ import ErrorStream, InputStream, build_environ
@@ -198,7 +198,7 @@ class WSGIRequest(Request):
         outcome: Any
         try:
             outcome = self._call_app_on_loop(cast(WSGIApp, self.conn.ctx.app), environ)
-        except Exception as exc:
+        except APP_ERRORS as exc:
             outcome = exc
         finally:
             self._on_loop_now = False
@@ -274,7 +274,7 @@ class WSGIRequest(Request):
                 raise outcome
             if outcome is not None:
                 self._send_last(outcome)
-        except Exception as exc:
+        except APP_ERRORS as exc:
             self.app_raised(exc, "WSGI")
         finally:
             self.done()
