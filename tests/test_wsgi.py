@@ -344,6 +344,29 @@ async def test_a_body_piece_that_is_not_bytes_is_an_error(serve, caplog):
     assert any("WSGI body must be bytes, not int" in m for m in caplog.messages)
 
 
+async def test_a_malformed_status_is_an_error_also_after_good_ones(serve, caplog):
+    """Good status lines are remembered once checked; a bad one is still
+    refused, whether or not it starts like a good one."""
+    statuses = {"/ok": "200 OK", "/no-space": "200OK", "/two-digits": "99 Low", "/int": 200}
+    statuses["/crlf"] = "200 OK\r\nX-Injected: 1"
+
+    def app(environ, start_response):
+        start_response(statuses[environ["PATH_INFO"]], [("Content-Type", "text/plain")])
+        return [b"body"]
+
+    server = await serve(app)
+    with caplog.at_level(logging.ERROR, logger="fcgi_asgi.error"):
+        async with await connect(server) as client:
+            first = await client.request("GET", "/ok")
+            bad = {p: await client.request("GET", p) for p in statuses if p != "/ok"}
+            again = await client.request("GET", "/ok")
+    assert first.status == again.status == 200 and again.body == b"body"
+    assert {p: r.status for p, r in bad.items()} == dict.fromkeys(bad, 500)
+    assert all(b"X-Injected" not in r.raw for r in bad.values())
+    refused = [m for m in caplog.messages if "WSGI status must be like '200 OK'" in m]
+    assert len(refused) == 4
+
+
 # -- --threads 0: the app on the loop ------------------------------------------------
 
 
