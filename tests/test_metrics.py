@@ -4,9 +4,11 @@ prometheus_client's own text parser, in one process and summed over workers."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fcgi_asgi.client import FastCGIClient
 from fcgi_asgi.httpx import SyncFastCGITransport
+from fcgi_asgi.scoreboard import Scoreboard, WorkerStats
+from tests import wsgi_apps
 from tests.apps import app
 from tests.conftest import Serve, connect
 from tests.test_gateway import until
@@ -99,6 +103,70 @@ async def test_limits_refusals_and_in_flight(serve: Serve) -> None:
     assert value(samples, "connections_accepted_total") == 4
     # The two held requests ended when their connections closed: no response status.
     assert value(samples, "requests_total", status="2xx") == 2
+
+
+async def test_wsgi_threads_busy_and_waiting(serve: Serve) -> None:
+    """Four slow WSGI requests on two threads: the metrics and the status page
+    show both threads busy and two requests waiting, then none."""
+    server = await serve(
+        wsgi_apps.plain_app,
+        interface="wsgi",
+        threads=2,
+        metrics_path="/metrics",
+        status_path="/fcgi-status",
+    )
+    token = "metrics-threads"
+    clients = [await connect(server) for _ in range(5)]
+    try:
+        slow = [asyncio.ensure_future(c.request("GET", "/sleep", query=token)) for c in clients[:4]]
+        await until(lambda: wsgi_apps.EVENTS.get(token, {}).get("running") == 2, 200, 0.005)
+        samples = await scrape(clients[4])
+        status = await clients[4].request("GET", "/fcgi-status", query="json")
+        text = (await clients[4].request("GET", "/fcgi-status")).body.decode()
+        assert [r.status for r in await asyncio.gather(*slow)] == [200] * 4
+        after = await scrape(clients[4])
+    finally:
+        for c in clients:
+            await c.close()
+    assert value(samples, "wsgi_threads") == 2
+    assert value(samples, "wsgi_threads_busy") == 2
+    assert value(samples, "wsgi_requests_waiting") == 2
+    info = json.loads(status.body)
+    assert (info["wsgi threads"], info["busy threads"]) == (2, 2)
+    assert info["waiting for a thread"] == 2 and info["max busy threads"] == 2
+    assert "busy threads:         2\n" in text and "waiting for a thread: 2\n" in text
+    assert value(after, "wsgi_threads_busy") == value(after, "wsgi_requests_waiting") == 0
+    assert value(after, "wsgi_threads_busy_max") == 2
+
+
+async def test_an_asgi_app_has_no_wsgi_threads(serve: Serve) -> None:
+    server = await serve(app, metrics_path="/metrics", status_path="/fcgi-status")
+    async with await connect(server) as c:
+        samples = await scrape(c)
+        info = json.loads((await c.request("GET", "/fcgi-status", query="json")).body)
+    assert value(samples, "wsgi_threads") == value(samples, "wsgi_requests_waiting") == 0
+    assert "wsgi threads" not in info
+
+
+def test_the_scoreboard_carries_every_field_between_processes() -> None:
+    """A worker's slot read back by another process equals what it published,
+    the WSGI thread gauges included."""
+    stats = WorkerStats(pid=4242, started=1.5, requests_served=7, active_requests=2)
+    stats.status_classes[2] = 5
+    stats.duration_buckets[-1] = 3
+    stats.refused[1] = 1
+    stats.wsgi_threads, stats.wsgi_threads_busy = 16, 3
+    stats.wsgi_threads_max_busy, stats.wsgi_waiting = 9, 4
+    board = Scoreboard(2)
+    with warnings.catch_warnings():  # 3.12+ warns of fork with threads; the child only writes
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child = os.fork()
+    if child == 0:  # the worker: publish and leave at once
+        board.publish(1, stats)
+        os._exit(0)
+    _, status = os.waitpid(child, 0)
+    assert status == 0
+    assert board.read() == [stats]
 
 
 # -- several workers, through nginx -------------------------------------------------

@@ -104,6 +104,12 @@ class ServerContext:
         stats = self.stats
         stats.active_requests = len(self.tasks)
         stats.refused[REFUSED_MAX_CONNECTIONS] = self.refused_connections
+        pool = self.executor
+        if pool is not None:
+            stats.wsgi_threads = pool.started
+            stats.wsgi_threads_busy = pool.in_use
+            stats.wsgi_threads_max_busy = min(pool.most_busy, pool.max_workers)
+            stats.wsgi_waiting = pool.waiting
         stats.updated = time.time()
         if self.scoreboard is not None:
             self.scoreboard.publish(self.slot, stats)

@@ -70,6 +70,30 @@ def render_metrics(workers: list[WorkerStats], supervisor: SupervisorStats | Non
         [("", sum(w.active_requests for w in workers))],
     )
     page.metric(
+        "wsgi_threads",
+        "gauge",
+        "Threads started for a WSGI app (--threads).",
+        [("", sum(w.wsgi_threads for w in workers))],
+    )
+    page.metric(
+        "wsgi_threads_busy",
+        "gauge",
+        "WSGI app threads running a request now.",
+        [("", sum(w.wsgi_threads_busy for w in workers))],
+    )
+    page.metric(
+        "wsgi_threads_busy_max",
+        "gauge",
+        "The most WSGI app threads running requests at once, per worker since it started, summed.",
+        [("", sum(w.wsgi_threads_max_busy for w in workers))],
+    )
+    page.metric(
+        "wsgi_requests_waiting",
+        "gauge",
+        "Requests waiting for a free WSGI app thread now.",
+        [("", sum(w.wsgi_waiting for w in workers))],
+    )
+    page.metric(
         "slow_requests",
         "counter",
         "Requests that took longer than --slow-request-threshold.",

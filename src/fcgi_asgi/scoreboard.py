@@ -32,13 +32,15 @@ REFUSED_MAX_CONNECTIONS, REFUSED_ALLOW, REFUSED_CONCURRENT, REFUSED_PER_CONNECTI
 
 # pid, started (epoch s), accepted conns, requests served, active, max active,
 # slow, updated; then status classes, duration buckets (+Inf last), duration
-# sum, request body bytes, response body bytes, refusals.
+# sum, request body bytes, response body bytes, refusals; WSGI threads:
+# started, in use, most in use, requests waiting.
 _SLOT = struct.Struct(
     "<qdqqqqqd"
     + "q" * len(STATUS_CLASSES)
     + "q" * (len(DURATION_BUCKETS) + 1)
     + "dqq"
     + "q" * len(REFUSALS)
+    + "qqqq"
 )
 _HEADER = struct.Struct("<qq")  # reloads, worker restarts
 _HEADER_SIZE = 64  # room to grow without moving the slots
@@ -65,6 +67,12 @@ class WorkerStats:
     response_bytes: int = 0
     #: Refusals by reason (see :data:`REFUSALS`).
     refused: list[int] = field(default_factory=lambda: [0] * len(REFUSALS))
+    #: A WSGI app's threads (``--threads``): started, running an app now,
+    #: the most running at once, and requests waiting for one now.
+    wsgi_threads: int = 0
+    wsgi_threads_busy: int = 0
+    wsgi_threads_max_busy: int = 0
+    wsgi_waiting: int = 0
 
     def values(self) -> list[int | float]:
         """The flat field values in slot order."""

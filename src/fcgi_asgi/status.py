@@ -26,6 +26,18 @@ def wants_json(scope: dict[str, Any]) -> bool:
     )
 
 
+def _wsgi_threads(workers: list[WorkerStats]) -> dict[str, int]:
+    """A WSGI app's thread pool, summed over ``workers``; nothing before one started."""
+    if not any(w.wsgi_threads for w in workers):
+        return {}
+    return {
+        "wsgi threads": sum(w.wsgi_threads for w in workers),
+        "busy threads": sum(w.wsgi_threads_busy for w in workers),
+        "max busy threads": sum(w.wsgi_threads_max_busy for w in workers),
+        "waiting for a thread": sum(w.wsgi_waiting for w in workers),
+    }
+
+
 def render_status(
     workers: list[WorkerStats],
     listen: str,
@@ -47,6 +59,7 @@ def render_status(
         "max active requests": sum(w.max_active_requests for w in workers),
         "slow requests": sum(w.slow_requests for w in workers),
         **(pool or {}),
+        **_wsgi_threads(workers),
     }
     full = b"full" in scope["query_string"]
     if full:
@@ -59,6 +72,7 @@ def render_status(
                 "active requests": w.active_requests,
                 "max active requests": w.max_active_requests,
                 "slow requests": w.slow_requests,
+                **_wsgi_threads([w]),
             }
             for w in workers
         ]

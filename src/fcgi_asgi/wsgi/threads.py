@@ -56,6 +56,8 @@ class WSGIThreads:
         self._waking = 0  # threads woken (or started) that have not taken a job yet
         # Jobs submitted and not delivered back yet; only the loop changes it.
         self._busy = 0
+        #: The most jobs submitted and not delivered back at once.
+        self.most_busy = 0
         self._closed = False
         self._inbox: deque[tuple[Callable[[Any], None], Any]] = deque()
         self._scheduled = False
@@ -73,6 +75,8 @@ class WSGIThreads:
             raise RuntimeError("the WSGI threads are shut down")
         self._jobs.append((work, args, then))
         self._busy += 1
+        if self._busy > self.most_busy:
+            self.most_busy = self._busy
         if not self._wake_scheduled:
             self._wake_scheduled = True
             self.loop.call_soon(self._wake)
@@ -84,6 +88,21 @@ class WSGIThreads:
             )
             thread.start()
             self._threads.append(thread)
+
+    @property
+    def started(self) -> int:
+        """Threads started so far (they stay until shutdown)."""
+        return len(self._threads)
+
+    @property
+    def in_use(self) -> int:
+        """Threads running an app (or just done, their result on its way)."""
+        return min(self._busy, self.max_workers)
+
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting for a thread: the pool is full."""
+        return max(0, self._busy - self.max_workers)
 
     def _wake(self) -> None:
         # Once per loop iteration that queued jobs: wake an idle thread
