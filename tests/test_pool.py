@@ -9,6 +9,7 @@ from fcgi_asgi.pool import PoolDecision, PoolSettings, PoolWatch, WorkerLoad, de
 from fcgi_asgi.scoreboard import WorkerStats
 
 POOL = PoolSettings(minimum=2, maximum=6, min_spare=1, max_spare=6, idle_timeout=10)
+ONDEMAND = PoolSettings(minimum=0, maximum=4, min_spare=1, max_spare=4, idle_timeout=10)
 
 
 def busy(pid: int) -> WorkerLoad:
@@ -46,6 +47,15 @@ def idle(pid: int, seconds: float = 0, ready: bool = True) -> WorkerLoad:
         # ... and never below the minimum.
         (POOL, [idle(1, 60), idle(2, 50), idle(3, 40)], PoolDecision(stop=(1,))),
         (POOL, [idle(1, 60), idle(2, 50)], PoolDecision()),
+        # On demand (minimum 0): no worker, nothing to start until a connection
+        # waits (the supervisor sees it); with no request running, no spare is
+        # kept and every worker idle past the timeout goes...
+        (ONDEMAND, [], PoolDecision()),
+        (ONDEMAND, [idle(1, 11)], PoolDecision(stop=(1,))),
+        (ONDEMAND, [idle(1, 30), idle(2, 11), idle(3, 2)], PoolDecision(stop=(1, 2))),
+        # ... but under load spares are kept as usual, and all busy still grows.
+        (ONDEMAND, [busy(1), idle(2, 30)], PoolDecision()),
+        (ONDEMAND, [busy(1)], PoolDecision(start=1)),
         # More idle than max_spare: the surplus goes at once, timed out or not.
         (
             PoolSettings(1, 6, 1, 2, 10),
@@ -75,6 +85,9 @@ def test_watch_counts_idle_time_from_the_last_request_seen():
     ("options", "message"),
     [
         ({"workers_min": 2}, "workers_min= needs workers_max="),
+        ({"workers_min": 0}, "workers_min= needs workers_max="),
+        ({"workers": 0}, "workers= must be a positive integer"),
+        ({"workers_min": -1, "workers_max": 2}, "workers_max= must be at least workers_min="),
         ({"workers_min": 3, "workers_max": 2}, "workers_max= must be at least workers_min="),
         ({"workers_max": 2, "min_spare_workers": 0}, "min_spare_workers= must be a positive"),
         (
@@ -94,3 +107,7 @@ def test_workers_start_within_the_pool():
     assert Config(app="x:y", workers=1, workers_min=2, workers_max=4).workers == 2
     assert Config(app="x:y", workers=9, workers_min=2, workers_max=4).workers == 4
     assert Config(app="x:y", workers_max=4).workers_min == 1
+    # On demand: none at first when asked (the command line's default with
+    # --workers-min 0), or one that goes once idle.
+    assert Config(app="x:y", workers=0, workers_min=0, workers_max=4).workers == 0
+    assert Config(app="x:y", workers_min=0, workers_max=4).workers == 1

@@ -117,6 +117,28 @@ async def test_dynamic_pool_grows_under_a_burst_and_shrinks_when_idle(launch):  
     assert "pool shrinks to 0" not in gw.log()
 
 
+async def test_on_demand_pool_starts_a_worker_for_a_connection_and_stops_it_idle(
+    launch,  # noqa: F811
+):
+    # --workers-min 0, as php-fpm's pm = ondemand: no worker until a
+    # connection waits; the last one stops once idle, and the next connection
+    # starts one again.
+    gw = await launch(*pool_args(0, 2), "--status-path", "/fcgi-status", app=APP, wait=False)
+    await wait_until(lambda: "listening on" in gw.log(), "the supervisor to listen", 15)
+    await asyncio.sleep(1.5)  # a pool check or more: still no worker
+    assert gw.workers() == [], gw.log()
+    first = await gw.get("/pid")
+    assert first.status == 200, gw.log()
+    assert "pool grows to 1 worker(s): a connection waits" in gw.log()
+    info = json.loads((await gw.get("/fcgi-status", "json")).body)
+    assert (info["min processes"], info["total processes"]) == (0, 1), info
+    await wait_until(lambda: gw.workers() == [], "the last worker to stop", 30)
+    assert "pool shrinks to 0 worker(s)" in gw.log()
+    second = await gw.get("/pid")
+    assert second.status == 200 and second.body != first.body, gw.log()
+    assert gw.log().count("pool grows to 1 worker(s): a connection waits") == 2
+
+
 async def test_pool_shrink_moves_keep_conn_connections_on(launch):  # noqa: F811
     # An idle worker the pool stops hands its idle FCGI_KEEP_CONN connections
     # to the worker that stays, as a reload does: none is closed under nginx.

@@ -344,6 +344,27 @@ async def test_a_body_piece_that_is_not_bytes_is_an_error(serve, caplog):
     assert any("WSGI body must be bytes, not int" in m for m in caplog.messages)
 
 
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, b"False"),
+        ({"workers": 2}, b"True"),
+        # A dynamic pool that starts with one worker may grow.
+        ({"workers_min": 1, "workers_max": 3}, b"True"),
+        ({"workers_min": 1, "workers_max": 1}, b"False"),
+    ],
+)
+async def test_wsgi_multiprocess_says_whether_other_processes_may_serve(serve, options, expected):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(environ["wsgi.multiprocess"]).encode()]
+
+    server = await serve(app, **options)
+    async with await connect(server) as client:
+        r = await client.request("GET", "/")
+    assert r.body == expected
+
+
 async def test_a_malformed_status_is_an_error_also_after_good_ones(serve, caplog):
     """Good status lines are remembered once checked; a bad one is still
     refused, whether or not it starts like a good one."""

@@ -190,9 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     procs.add_argument(
         "--workers-min",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
-        help="with --workers-max: the fewest workers of a dynamic pool (default: 1)",
+        help="with --workers-max: the fewest workers of a dynamic pool (default: 1); 0 "
+        "starts a worker only when a connection comes and stops the last one once idle, "
+        "as php-fpm's pm = ondemand",
     )
     procs.add_argument(
         "--workers-max",
@@ -529,7 +531,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ping_path=args.ping_path,
         metrics_path=args.metrics_path,
         slow_request_threshold=args.slow_request_threshold,
-        workers=args.workers if args.workers is not None else (args.workers_min or 1),
+        workers=args.workers
+        if args.workers is not None
+        else (args.workers_min if args.workers_min is not None else 1),
         workers_min=args.workers_min,
         workers_max=args.workers_max,
         min_spare_workers=args.min_spare_workers,

@@ -175,9 +175,11 @@ class Config:
     max_requests: int = 0
     #: A random 0..J added to max_requests per worker, so workers do not recycle together.
     max_requests_jitter: int = 0
-    #: A dynamic pool between workers_min and workers_max workers (0: a fixed
-    #: pool of ``workers``); ``workers`` is then the number started with.
-    workers_min: int = 0
+    #: A dynamic pool between workers_min and workers_max workers (workers_max
+    #: 0: a fixed pool of ``workers``); ``workers`` is then the number started
+    #: with. workers_min defaults to 1; 0 starts a worker only once a
+    #: connection waits (php-fpm's ``pm = ondemand``).
+    workers_min: int | None = None
     workers_max: int = 0
     #: A dynamic pool keeps at least this many idle workers (up to workers_max)...
     min_spare_workers: int = 1
@@ -286,7 +288,7 @@ class Config:
 
         # Here, not only in each worker: a bad entry is one error before binding.
         AllowList(self.allow)  # raises ConfigError for an entry that is no network
-        if not isinstance(self.workers, int) or self.workers < 1:
+        if not isinstance(self.workers, int) or self.workers < 0:
             raise ConfigError(f"{opt('workers')} must be a positive integer")
         for name in ("max_requests", "max_requests_jitter", "max_worker_memory"):
             value = getattr(self, name)
@@ -313,13 +315,17 @@ class Config:
 
     def _check_pool(self) -> None:
         if not self.workers_max:
-            if self.workers_min:
+            if self.workers_min is not None:
                 raise ConfigError(f"{opt('workers_min')} needs {opt('workers_max')}")
+            if self.workers < 1:
+                raise ConfigError(f"{opt('workers')} must be a positive integer")
             return
-        self.workers_min = self.workers_min or 1
-        if not 1 <= self.workers_min <= self.workers_max:
+        if self.workers_min is None:
+            self.workers_min = 1
+        if not 0 <= self.workers_min <= self.workers_max or self.workers_max < 1:
             raise ConfigError(
-                f"{opt('workers_max')} must be at least {opt('workers_min')}, and both at least 1"
+                f"{opt('workers_max')} must be at least {opt('workers_min')} and at least 1 "
+                f"({opt('workers_min')} 0 starts workers on demand)"
             )
         if self.min_spare_workers < 1:
             raise ConfigError(f"{opt('min_spare_workers')} must be a positive integer")

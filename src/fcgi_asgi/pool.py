@@ -12,7 +12,10 @@ time it was seen busy or serving). The supervisor asks once a second:
 - more than ``max_spare`` idle: stop the surplus (longest idle first);
 - a worker idle ``idle_timeout`` seconds or more is stopped too, as long as
   ``min_spare`` idle workers remain;
-- never fewer than ``minimum`` workers nor more than ``maximum``.
+- never fewer than ``minimum`` workers nor more than ``maximum``;
+- with ``minimum`` 0 (php-fpm's ``pm = ondemand``), a pool with no request
+  running keeps no spare: its workers stop once idle ``idle_timeout``, and
+  with none left the supervisor starts one when a connection waits.
 
 A worker that is starting counts as idle: it is about to be a spare, and
 counting it stops a burst from starting the whole maximum at once.
@@ -48,7 +51,7 @@ class PoolSettings:
         if not config.workers_max:
             return None
         return cls(
-            config.workers_min,
+            config.workers_min if config.workers_min is not None else 1,
             config.workers_max,
             config.min_spare_workers,
             config.max_spare_workers or config.workers_max,
@@ -83,6 +86,9 @@ def decide(settings: PoolSettings, workers: Sequence[WorkerLoad]) -> PoolDecisio
     idle = [w for w in workers if not w.busy]
     if count < settings.minimum:
         return PoolDecision(start=settings.minimum - count)
+    if not count:
+        # minimum 0 (on demand): the supervisor starts one when a connection waits.
+        return PoolDecision()
     if len(idle) < settings.min_spare:
         wanted = settings.min_spare - len(idle)
         if not idle:
@@ -93,8 +99,11 @@ def decide(settings: PoolSettings, workers: Sequence[WorkerLoad]) -> PoolDecisio
     stoppable = sorted((w for w in idle if w.ready), key=lambda w: -w.idle_for)
     surplus = len(idle) - settings.max_spare
     timed_out = sum(w.idle_for >= settings.idle_timeout for w in stoppable)
+    # Spares are for a load that grows; with none at all, an on-demand pool
+    # (minimum 0) lets every worker go once idle long enough.
+    spares = settings.min_spare if settings.minimum or len(idle) < count else 0
     stop = min(
-        max(surplus, min(timed_out, len(idle) - settings.min_spare)),
+        max(surplus, min(timed_out, len(idle) - spares)),
         count - settings.minimum,
         len(stoppable),
     )

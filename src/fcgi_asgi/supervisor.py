@@ -170,6 +170,10 @@ class Supervisor:
         self.pool = PoolSettings.from_config(config)
         self._pool_watch = PoolWatch()
         self._pool_checked = 0.0
+        # --workers-min 0: with no worker left, poll the listening socket and
+        # start one when a connection waits in its backlog.
+        self._on_demand = self.pool is not None and self.pool.minimum == 0
+        self._listener_watched = False
 
     # -- running ----------------------------------------------------------------
 
@@ -228,13 +232,47 @@ class Supervisor:
             self._announce()
             if self._relay:
                 self._relay.forward(self._serving_channels())
+            if self._on_demand:
+                self._watch_listener()
             for fd, _ in self._poll.poll(self._next_timeout() * 1000):
-                if fd == self._wake_r:
+                if self._listener_watched and fd == self._listener_fd():
+                    self._connection_waits()
+                elif fd == self._wake_r:
                     with contextlib.suppress(BlockingIOError):
                         while os.read(self._wake_r, 512):
                             pass
                 else:
                     self._read_channel(fd)
+
+    def _listener_fd(self) -> int:
+        assert self.listener is not None
+        return self.listener.sock.fileno()
+
+    def _watch_listener(self) -> None:
+        # Watched while the pool has no worker that accepts, and not stopping.
+        idle_pool = (
+            not self._stopping
+            and self.target == 0
+            and not any(not w.obsolete and not w.stopping for w in self.workers.values())
+        )
+        if idle_pool and self._relay:
+            # Connections handed over and nobody to take them: demand as well.
+            self._connection_waits()
+        elif idle_pool != self._listener_watched:
+            if idle_pool:
+                self._poll.register(self._listener_fd(), select.POLLIN)
+            else:
+                self._poll.unregister(self._listener_fd())
+            self._listener_watched = idle_pool
+
+    def _connection_waits(self) -> None:
+        """A connection waits and no worker accepts (--workers-min 0): start one."""
+        if self._listener_watched:
+            self._poll.unregister(self._listener_fd())
+            self._listener_watched = False
+        if self.target == 0 and not self._stopping:
+            self.target = 1
+            logger.info("pool grows to 1 worker(s): a connection waits")
 
     def _on_signal(self, signum: int, frame: object) -> None:
         # Runs between bytecodes of the main loop; the wakeup fd ends its poll().
@@ -469,7 +507,9 @@ class Supervisor:
                 pid,
                 idle[pid],
             )
-            self._stop(self.workers[pid], hand_over=True)  # others serve on
+            # Others serve on and take its idle connections; the last one of
+            # an on-demand pool closes them (the web server opens new ones).
+            self._stop(self.workers[pid], hand_over=self.target > 0)
 
     def _announce(self) -> None:
         # READY=1 once --workers ready workers of the current generation serve

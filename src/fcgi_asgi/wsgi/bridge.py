@@ -146,7 +146,7 @@ class WSGIRequest(Request):
             scope,
             InputStream(self._fetch_body),
             ErrorStream(self._stderr_from_thread if conn.config.stderr_to_web_server else None),
-            multiprocess=conn.config.workers > 1,
+            multiprocess=conn.config.workers > 1 or conn.config.workers_max > 1,
         )
         environ["FCGI_ROLE"] = role = self.role_param
         if role != "RESPONDER":
