@@ -8,10 +8,12 @@ answering an authorizer, and FILTER's DATA stream.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import os
+import sys
 
 import pytest
 
@@ -117,3 +119,45 @@ def test_roles_option_is_checked():
         ConfigError, match="takes roles among responder, authorizer, filter, not checker"
     ):
         Config(app="m:a", roles="responder,checker")
+
+
+async def test_the_request_command_sends_every_role(serve, tmp_path):
+    """``fcgi-asgi request --role``: an authorizer request without a body (its
+    answer's Variable- headers shown with -i, a refusal exits 1), and a
+    filter request with a file as its DATA stream and its length and mtime."""
+    server = await serve(role_apps.asgi_app, roles=BOTH.split(","))
+
+    async def cli(*args: str) -> tuple[int, bytes, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "fcgi_asgi",
+            "request",
+            "--socket",
+            server.config.socket,
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode is not None
+        return proc.returncode, out, err
+
+    code, out, _ = await cli("--role", "authorizer", "-H", "X-Token: good", "-i", "/private")
+    assert code == 0
+    assert out.startswith(b"200 ") and b"variable-auth_user: alice\n" in out.lower()
+    code, out, _ = await cli("--role", "authorizer", "-H", "X-Token: bad", "/private")
+    assert (code, out) == (1, role_apps.DENIED_BODY)
+    page = tmp_path / "page.html"
+    page.write_bytes(os.urandom(200_000))
+    os.utime(page, (1_700_000_000, 1_700_000_000))
+    code, out, _ = await cli("--role", "filter", "--filter-file", str(page), "/page.html")
+    assert code == 0
+    info = json.loads(out)
+    assert info["role"] == "filter" and info["data_read"] == 200_000
+    assert info["data"] == hashlib.sha256(page.read_bytes()).hexdigest()
+    assert (info["data_length"], info["data_last_mod"]) == (200_000, 1_700_000_000)
+    code, out, err = await cli("--role", "filter", "/page.html")
+    assert code == 2 and b"--role filter and --filter-file go together" in err
+    code, out, err = await cli("--role", "authorizer", "-d", "x", "/private")
+    assert code == 2 and b"an authorizer request carries no body" in err

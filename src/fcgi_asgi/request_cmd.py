@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
 from .client import FastCGIClient, Response, build_params
+from .protocol.records import AUTHORIZER, FILTER, RESPONDER
+
+_ROLES = {"responder": RESPONDER, "authorizer": AUTHORIZER, "filter": FILTER}
 
 __all__ = ["build_request_parser", "request_main"]
 
@@ -38,6 +42,20 @@ def build_request_parser() -> argparse.ArgumentParser:
         help="request header (repeatable)",
     )
     p.add_argument("-d", "--data", help="request body")
+    p.add_argument(
+        "--role",
+        choices=("responder", "authorizer", "filter"),
+        default="responder",
+        help="the FastCGI role (default: %(default)s): an authorizer request carries no body, "
+        "as Apache's mod_authnz_fcgi sends it; a filter request sends --filter-file as its "
+        "DATA stream",
+    )
+    p.add_argument(
+        "--filter-file",
+        metavar="FILE",
+        help="with --role filter: the file to filter, sent as DATA with FCGI_DATA_LENGTH and "
+        "FCGI_DATA_LAST_MOD as a web server sends them",
+    )
     p.add_argument("-i", "--include", action="store_true", help="print status and headers too")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds (default: %(default)s)")
     return p
@@ -54,6 +72,14 @@ def _port(value: str) -> int:
     return port
 
 
+def _filter_data(path: str) -> tuple[bytes, dict[str, str]]:
+    """A FILTER request's DATA stream and the params that describe it."""
+    with open(path, "rb") as f:
+        data = f.read()
+        mtime = os.fstat(f.fileno()).st_mtime
+    return data, {"FCGI_DATA_LENGTH": str(len(data)), "FCGI_DATA_LAST_MOD": str(int(mtime))}
+
+
 async def _send(args: argparse.Namespace) -> Response:
     path, _, query = args.path.partition("?")
     headers = []
@@ -63,21 +89,34 @@ async def _send(args: argparse.Namespace) -> Response:
             raise ValueError(f"header {h!r} is not 'Name: value'")
         headers.append((name.strip(), value.strip()))
     body = args.data.encode() if args.data is not None else b""
+    role = _ROLES[args.role]
+    extra: dict[str, str] = {}
+    data = b""
+    if (args.filter_file is not None) != (role == FILTER):
+        raise ValueError("--role filter and --filter-file go together")
+    if args.filter_file is not None:
+        data, extra = _filter_data(args.filter_file)
+    if role == AUTHORIZER and args.data is not None:
+        raise ValueError("an authorizer request carries no body (--data)")
     params = build_params(
         args.method.upper(),
         path or "/",
         query=query,
         headers=headers,
         content_length=len(body) if args.data is not None else None,
+        extra=extra,
     )
     if args.socket:
         client = await FastCGIClient.connect(path=args.socket)
     else:
         client = await FastCGIClient.connect(host=args.host, port=args.port)
     async with client:
-        req = await client.begin(params, keep_conn=False)
-        await req.send_body(body)
-        await req.end_body()
+        req = await client.begin(params, keep_conn=False, role=role)
+        if role != AUTHORIZER:  # Apache sends an authorizer no STDIN at all
+            await req.send_body(body)
+            await req.end_body()
+        if role == FILTER:
+            await req.send_data(data)
         return await req.response()
 
 
