@@ -21,6 +21,7 @@ from .context import ServerContext
 from .draining import cut_remaining, drain, stop_accepting
 from .interface import detect_interface, request_class, role_request_classes
 from .listeners import Listener, effective_backlog, open_listener
+from .memory import raise_malloc_thresholds
 from .protocol.connection import FastCGIConnection
 from .scoreboard import Scoreboard
 from .sdnotify import Notifier
@@ -339,6 +340,7 @@ def run(app: AppType, **options: Any) -> None:
         _check_embedding_options("run", options, frozenset())
         config = Config(app=app, **options)
     loaded = None if isinstance(app, str) else app
+    raise_malloc_thresholds()  # this process serves: see memory.py
     _run_bounded(_serve_until_signalled(FastCGIServer(config, loaded)), config.loop)
 
 

@@ -39,6 +39,7 @@ from .chroot import confine
 from .config import ASGIApp, Config, ConfigError
 from .handoff import CONNECTION, HAND_OVER, Handoff, receive
 from .listeners import Listener
+from .memory import raise_malloc_thresholds
 from .privileges import Identity
 from .scoreboard import Scoreboard
 from .server import FastCGIServer, _new_loop_factory
@@ -92,6 +93,7 @@ def run_worker(spec: WorkerSpec) -> int:
     signal.pthread_sigmask(
         signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD, *_IGNORED)
     )
+    raise_malloc_thresholds()
     try:
         loop_factory = _new_loop_factory(spec.config.loop)
         # Privileges go before the app is imported (no app code runs as root),
