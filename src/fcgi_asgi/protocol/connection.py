@@ -94,6 +94,7 @@ class FastCGIConnection(asyncio.Protocol):
         self._reader = RecordReader()
         self._gather_writes = False
         # Small writes wait for the end of the loop turn (see write()).
+        self._hold = True
         self._held: list[bytes] = []
         self._held_size = 0
         #: Streaming responses' chunks waiting for the peer to read, in turns.
@@ -312,6 +313,10 @@ class FastCGIConnection(asyncio.Protocol):
         except MalformedRecord as exc:
             raise ProtocolError(str(exc)) from None
         keep_conn = bool(flags & KEEP_CONN)
+        if not keep_conn:
+            # The connection closes after this request: its one write has
+            # nothing to wait for (nginx without keepalive: +2 us a request held).
+            self._hold = False
         self.requests_begun += 1
         cls = self.ctx.request_class if role == RESPONDER else self._role_class(rid, role)
         if cls is None:
@@ -445,7 +450,7 @@ class FastCGIConnection(asyncio.Protocol):
             data = b"".join(pieces)  # one small write beats writelines' bookkeeping
         size = self._held_size + len(data)
         # bytes only: a memoryview may show an app's buffer, which can change.
-        if size <= HOLD_LIMIT and type(data) is bytes:
+        if size <= HOLD_LIMIT and type(data) is bytes and self._hold:
             held = self._held
             if not held:
                 ctx = self.ctx

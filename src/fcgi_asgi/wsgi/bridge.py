@@ -51,6 +51,10 @@ def thread_pool(ctx: ServerContext, loop: asyncio.AbstractEventLoop) -> WSGIThre
     pool = ctx.executor
     if pool is None:
         pool = ctx.executor = WSGIThreads(loop, ctx.config.threads or DEFAULT_THREADS)
+        # The responses of a batch leave now, not a loop turn later: that
+        # turn may first hand the GIL to the app's threads (24.2k -> 20.5k
+        # req/s WSGI hello behind nginx when they waited).
+        pool.after_delivery = ctx.end_turn
     return pool
 
 

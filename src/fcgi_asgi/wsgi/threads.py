@@ -62,6 +62,8 @@ class WSGIThreads:
         self._inbox: deque[tuple[Callable[[Any], None], Any]] = deque()
         self._scheduled = False
         self._wake_scheduled = False
+        #: Called on the loop after each batch of results is handed over.
+        self.after_delivery: Callable[[], None] | None = None
         # Daemon threads, joined at exit: the process waits for apps still
         # running (as with an executor), and idle threads never hold it up.
         atexit.register(self._join)
@@ -242,3 +244,5 @@ class WSGIThreads:
                 callback(arg)
             except Exception:  # a bug: the other results must still get through
                 logger.exception("error handing a WSGI result to the loop")
+        if self.after_delivery is not None:
+            self.after_delivery()
