@@ -52,7 +52,7 @@ def thread_pool(ctx: ServerContext, loop: asyncio.AbstractEventLoop) -> WSGIThre
     if pool is None:
         pool = ctx.executor = WSGIThreads(loop, ctx.config.threads or DEFAULT_THREADS)
         # The responses of a batch leave now, not a loop turn later: that
-        # turn may first hand the GIL to the app's threads (24.2k -> 20.5k
+        # turn may first hand the GIL to the app's threads (26-27k -> 20.5k
         # req/s WSGI hello behind nginx when they waited).
         pool.after_delivery = ctx.end_turn
     return pool
