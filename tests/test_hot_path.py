@@ -247,6 +247,89 @@ def test_reader_c_and_python_agree(  # type: ignore[no-untyped-def]
         assert outcomes[0][0][: len(records)] == [tuple(r) for r in records]
 
 
+def _packet(records: list[tuple[int, int, int, bytes, int]]) -> bytes:
+    """Records from (version, type, request id, content, padding)."""
+    return b"".join(
+        bytes((v, t, r >> 8, r & 255, len(c) >> 8, len(c) & 255, p, 0)) + c + bytes(p)
+        for v, t, r, c, p in records
+    )
+
+
+_BEGIN = b"\x00\x01\x01\x00\x00\x00\x00\x00"  # RESPONDER, KEEP_CONN
+
+
+def _whole_get(rid: int = 1, params: bytes = b"\x01\x01ab", pad: int = 0) -> list[Any]:
+    return [
+        (1, 1, rid, _BEGIN, pad),
+        (1, 4, rid, params, pad),
+        (1, 4, rid, b"", pad),
+        (1, 5, rid, b"", pad),
+    ]
+
+
+def test_request_packet_takes_only_a_whole_bodiless_responder_request() -> None:
+    """Each way a read can differ from nginx's GET in one write goes the
+    record-by-record way (None), in C and in Python."""
+    impls = [records.request_packet_py]
+    if records.request_packet is not None:
+        impls.append(records.request_packet)
+    elif not os.environ.get("FCGI_ASGI_NO_EXTENSIONS"):
+        pytest.fail("the C request_packet is not built")
+    for impl in impls:
+        assert impl(_packet(_whole_get())) == (1, 1, b"\x01\x01ab")
+        assert impl(_packet(_whole_get(rid=65535, pad=7))) == (65535, 1, b"\x01\x01ab")
+        other = [(1, 1, 3, b"\x00\x01\x00\x00\x00\x00\x00\x00", 0), *_whole_get(3)[1:]]
+        assert impl(bytearray(_packet(other))) == (3, 0, b"\x01\x01ab")
+        whole = _whole_get()
+        for variant in (
+            whole[:3],  # STDIN not here yet
+            [*whole, (1, 5, 1, b"", 0)],  # a record after it
+            [(1, 1, 0, _BEGIN, 0)] + [(1, t, 0, c, p) for _, t, _, c, p in whole[1:]],  # id 0
+            [*whole[:1], (1, 4, 2, b"\x01\x01ab", 0), *whole[2:]],  # another id
+            [*whole[:1], (1, 4, 1, b"", 0), *whole[2:]],  # no params
+            whole[:2] + whole[1:],  # params in two records
+            [*whole[:3], (1, 5, 1, b"body", 0)],  # a body
+            [(1, 1, 1, b"\x00\x02\x01\x00\x00\x00\x00\x00", 0), *whole[1:]],  # AUTHORIZER
+            [(1, 1, 1, _BEGIN + b"\x00", 0), *whole[1:]],  # a 9-byte BEGIN_REQUEST body
+            [*whole[:3], (2, 5, 1, b"", 0)],  # version 2
+        ):
+            assert impl(_packet(variant)) is None, variant
+        assert impl(_packet(whole)[:-1]) is None  # cut short
+        assert impl(_packet(whole) + b"\x01") is None  # a partial record after it
+
+
+_packet_record = st.tuples(
+    st.sampled_from([1, 1, 1, 2]),
+    st.sampled_from([1, 4, 5]) | st.integers(0, 255),
+    st.sampled_from([1, 7]) | st.integers(0, 65535),
+    st.sampled_from([_BEGIN, b"", b"\x01\x01ab"]) | st.binary(max_size=40),
+    st.sampled_from([0, 0, 3]) | st.integers(0, 255),
+)
+
+
+_whole_packet = st.builds(
+    _whole_get, st.integers(0, 65535), st.binary(max_size=300), st.integers(0, 255)
+)
+# A whole request with one record swapped for another (type, id, version...).
+_one_off = st.tuples(_whole_packet, st.integers(0, 3), _packet_record).map(
+    lambda t: [*t[0][: t[1]], t[2], *t[0][t[1] + 1 :]]
+)
+
+
+@given(
+    st.lists(_packet_record, max_size=6) | _whole_packet | _one_off,
+    st.sampled_from([b""]) | st.binary(max_size=4),
+)
+def test_request_packet_c_matches_python(
+    packet: list[tuple[int, int, int, bytes, int]], tail: bytes
+) -> None:
+    if records.request_packet is None:
+        pytest.skip("the C speedups are not built (FCGI_ASGI_NO_EXTENSIONS)")
+    data = _packet(packet) + tail
+    assert records.request_packet(data) == records.request_packet_py(data)
+    assert records.request_packet(memoryview(data)) == records.request_packet_py(data)
+
+
 _header_name = st.sampled_from(
     [
         *(b"content-type", b"Status", b"x-a", b"bad name", b"", b"x\x00"),

@@ -323,6 +323,76 @@ fail:
     return NULL;
 }
 
+/* ---- request_packet: a whole bodiless request in one read ------------------ */
+
+/* The header of the record at buf[pos] when it is whole within end, of
+ * version 1, of type rtype and for request id rid (any non-zero id when rid is
+ * 0); its content length in *clen, and the offset of the next record, else -1. */
+static Py_ssize_t
+next_record(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t end, int rtype, long *rid,
+            Py_ssize_t *clen)
+{
+    if (end - pos < 8) {
+        return -1;
+    }
+    const unsigned char *h = buf + pos;
+    long id = ((long)h[2] << 8) | h[3];
+    if (h[0] != 1 || h[1] != rtype || id == 0 || (*rid != 0 && id != *rid)) {
+        return -1;
+    }
+    *rid = id;
+    *clen = ((Py_ssize_t)h[4] << 8) | h[5];
+    if (*clen + h[6] > end - pos - 8) {
+        return -1;
+    }
+    return pos + 8 + *clen + h[6];
+}
+
+/* request_packet(src) -> (request_id, flags, params) or None
+ * src is exactly one RESPONDER request without a body, as nginx sends a GET
+ * in one write: BEGIN_REQUEST, one non-empty PARAMS record, the empty PARAMS,
+ * the empty STDIN, all for one non-zero request id, nothing before or after.
+ * Anything else, malformed input included, is None: the caller then parses
+ * records one by one (records.request_packet_py is the Python version). */
+static PyObject *
+request_packet(PyObject *module, PyObject *arg)
+{
+    input in;
+    if (input_open(arg, &in) < 0) {
+        return NULL;
+    }
+    const unsigned char *buf = (const unsigned char *)in.p;
+    Py_ssize_t end = in.len, pos = 0, clen = 0, params_at, params_len;
+    long rid = 0;
+    PyObject *result = NULL;
+    /* BEGIN_REQUEST: role (2 bytes), flags, 5 reserved bytes. */
+    if ((pos = next_record(buf, pos, end, 1, &rid, &clen)) < 0 || clen != 8) {
+        goto none;
+    }
+    const unsigned char *begin = buf + 8;
+    if ((((int)begin[0] << 8) | begin[1]) != 1) {
+        goto none;
+    }
+    int flags = begin[2];
+    params_at = pos + 8;
+    if ((pos = next_record(buf, pos, end, 4, &rid, &params_len)) < 0 || params_len == 0) {
+        goto none;
+    }
+    if ((pos = next_record(buf, pos, end, 4, &rid, &clen)) < 0 || clen != 0) {
+        goto none;
+    }
+    if ((pos = next_record(buf, pos, end, 5, &rid, &clen)) < 0 || clen != 0 || pos != end) {
+        goto none;
+    }
+    result = Py_BuildValue("(liy#)", rid, flags, (const char *)buf + params_at, params_len);
+    input_close(&in);
+    return result;
+
+none:
+    input_close(&in);
+    Py_RETURN_NONE;
+}
+
 /* ---- encode_head: the CGI response head, happy path only ------------------ */
 
 static int
@@ -1067,6 +1137,8 @@ static PyMethodDef methods[] = {
      "The CGI head for a status line and plain (bytes, bytes) headers, or None."},
     {"parse_records", (PyCFunction)(void (*)(void))parse_records, METH_FASTCALL,
      "Whole records of a buffer and the bytes they took."},
+    {"request_packet", request_packet, METH_O,
+     "(request id, flags, params) of a whole bodiless RESPONDER request, else None."},
     {"request_headers", request_headers, METH_O,
      "The ASGI headers list for a dict of CGI params."},
     {"scope_from_params", (PyCFunction)(void (*)(void))scope_from_params, METH_FASTCALL,

@@ -36,6 +36,7 @@ from .records import (
     MalformedRecord,
     ParamsTooLarge,
     ProtocolError,
+    Record,
     RecordReader,
     decode_pairs,
     encode_end_request,
@@ -43,6 +44,7 @@ from .records import (
     encode_record,
     encode_unknown_type,
     parse_begin_request,
+    request_packet,
 )
 from .request import Request, end_records
 from .roles import ROLE_NAMES, FilterRequest
@@ -92,6 +94,8 @@ class FastCGIConnection(asyncio.Protocol):
         self.write_paused = False
         self.closing = False
         self._reader = RecordReader()
+        # Empty when no partial record waits: then a read may be a whole request.
+        self._unparsed = self._reader.pending
         self._gather_writes = False
         # Small writes wait for the end of the loop turn (see write()).
         self._hold = True
@@ -235,7 +239,17 @@ class FastCGIConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            records = self._reader.feed(data)
+            if (
+                request_packet is not None
+                and not self.requests
+                and not self._unparsed
+                and (packet := request_packet(data)) is not None
+            ):
+                # nginx's GET, the commonest read: one bodiless request, whole.
+                self._whole_request(*packet)
+                records: list[Record] = []
+            else:
+                records = self._reader.feed(data)
             for rtype, rid, content in records:
                 if rid == 0:
                     self._management(rtype, content)
@@ -305,13 +319,35 @@ class FastCGIConnection(asyncio.Protocol):
             logger.debug("unknown management record type %d from %s", rtype, self.peer)
             self.write([encode_unknown_type(rtype)])
 
+    def _whole_request(self, rid: int, flags: int, params: bytes) -> None:
+        """BEGIN_REQUEST, PARAMS and the end of an empty STDIN, read at once
+        (records.request_packet): what the records one by one would do, with
+        the body known to be empty before the app starts."""
+        cycle = self._open(rid, RESPONDER, flags)
+        if cycle is None:
+            if rid == self._linger_id:
+                self._close()  # refused, its STDIN is over: as the records would
+            return
+        if len(params) > self.config.max_params_size:
+            raise ParamsTooLarge(
+                f"PARAMS for request id {rid} exceed {self.config.max_params_size} bytes"
+            )
+        cycle.params = None
+        cycle.stdin_done = True
+        cycle.start(params)
+
     def _begin(self, rid: int, content: bytes) -> None:
-        if rid in self.requests:
-            raise ProtocolError(f"BEGIN_REQUEST for request id {rid}, which is already in use")
         try:
             role, flags = parse_begin_request(content)
         except MalformedRecord as exc:
             raise ProtocolError(str(exc)) from None
+        if self._open(rid, role, flags) is not None and self._params_since is None:
+            self._params_since = self.loop.time()
+
+    def _open(self, rid: int, role: int, flags: int) -> Request | None:
+        """Start request ``rid``, or refuse it with END_REQUEST; None when refused."""
+        if rid in self.requests:
+            raise ProtocolError(f"BEGIN_REQUEST for request id {rid}, which is already in use")
         keep_conn = bool(flags & KEEP_CONN)
         if not keep_conn:
             # The connection closes after this request: its one write has
@@ -321,7 +357,8 @@ class FastCGIConnection(asyncio.Protocol):
         cls = self.ctx.request_class if role == RESPONDER else self._role_class(rid, role)
         if cls is None:
             self._reject(rid, UNKNOWN_ROLE, keep_conn)
-        elif self.requests and not self.config.multiplex:
+            return None
+        if self.requests and not self.config.multiplex:
             logger.warning(
                 "request id %d from %s refused: --no-multiplex and request id %d runs "
                 "on this connection",
@@ -330,7 +367,8 @@ class FastCGIConnection(asyncio.Protocol):
                 next(iter(self.requests)),
             )
             self._reject(rid, CANT_MPX_CONN, keep_conn)
-        elif len(self.requests) >= self.config.max_requests_per_connection:
+            return None
+        if len(self.requests) >= self.config.max_requests_per_connection:
             logger.warning(
                 "request id %d from %s refused: %d requests already run on this connection",
                 rid,
@@ -339,17 +377,16 @@ class FastCGIConnection(asyncio.Protocol):
             )
             self.ctx.stats.refused[REFUSED_PER_CONNECTION] += 1
             self._reject(rid, OVERLOADED, keep_conn)
-        else:
-            if self._linger_id is not None:
-                raise ProtocolError(
-                    f"BEGIN_REQUEST for request id {rid} after a request without FCGI_KEEP_CONN"
-                )
-            self.requests[rid] = cls(self, rid, keep_conn)
-            if len(self.requests) == 2 and not self._multiplexed:
-                self._start_multiplexing()
-            self._idle_since = None
-            if self._params_since is None:
-                self._params_since = self.loop.time()
+            return None
+        if self._linger_id is not None:
+            raise ProtocolError(
+                f"BEGIN_REQUEST for request id {rid} after a request without FCGI_KEEP_CONN"
+            )
+        self.requests[rid] = cycle = cls(self, rid, keep_conn)
+        if len(self.requests) == 2 and not self._multiplexed:
+            self._start_multiplexing()
+        self._idle_since = None
+        return cycle
 
     def _role_class(self, rid: int, role: int) -> type[Request] | None:
         """The request class for a role other than RESPONDER (see protocol/roles.py)."""

@@ -53,6 +53,8 @@ __all__ = [
     "encode_unknown_type",
     "parse_begin_request",
     "parse_end_request",
+    "request_packet",
+    "request_packet_py",
 ]
 
 VERSION = 1
@@ -308,14 +310,47 @@ def decode_params_latin1_py(data: bytes | bytearray | memoryview) -> dict[str, s
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in decode_params_py(data).items()}
 
 
+def request_packet_py(data: bytes | bytearray | memoryview) -> tuple[int, int, bytes] | None:
+    """``(request_id, flags, params)`` when ``data`` is exactly one RESPONDER
+    request without a body, as nginx sends a GET in one write: BEGIN_REQUEST,
+    one non-empty PARAMS record, the empty PARAMS, the empty STDIN, for one
+    non-zero request id. Anything else, malformed data included, is None
+    (the records are then read one by one). The C version is
+    :data:`request_packet`; this one states the rule and is tested against it.
+    """
+    reader = RecordReader()
+    try:
+        records = reader._feed_py(bytes(data))
+    except UnsupportedVersion:
+        return None
+    if reader.buffered or len(records) != 4:
+        return None
+    begin, params, params_end, stdin_end = records
+    rid = begin.request_id
+    if (
+        rid == 0
+        or [r.type for r in records] != [BEGIN_REQUEST, PARAMS, PARAMS, STDIN]
+        or any(r.request_id != rid for r in records)
+        or len(begin.content) != _BEGIN_BODY.size
+        or not params.content
+        or params_end.content
+        or stdin_end.content
+    ):
+        return None
+    role, flags = _BEGIN_BODY.unpack(begin.content)
+    return (rid, flags, params.content) if role == RESPONDER else None
+
+
 try:
     from .._speedups import decode_params as _decode_params_c
     from .._speedups import decode_params_latin1 as _decode_params_latin1_c
     from .._speedups import parse_records as _c_parse_records
+    from .._speedups import request_packet as _c_request_packet
 except ImportError:  # not built: no compiler, or FCGI_ASGI_NO_EXTENSIONS=1
     _c_decoder = None
     _c_parse_records = None  # type: ignore[assignment]
     _decode_params_latin1_c = None  # type: ignore[assignment]
+    _c_request_packet = None  # type: ignore[assignment]
 else:
     _c_decoder = _decode_params_c
 
@@ -339,6 +374,11 @@ def _decode_params_latin1_with_c(data: bytes | bytearray | memoryview) -> dict[s
         raise MalformedPairs(str(exc)) from None
 
 
+#: The C :func:`request_packet_py` when built, else None: without it the
+#: connection reads records one by one (the Python version would cost more
+#: than it saves).
+request_packet = _c_request_packet
+
 #: The C version when built, else :func:`decode_params_latin1_py`.
 decode_params_latin1 = (
     decode_params_latin1_py if _c_decoder is None else _decode_params_latin1_with_c
@@ -358,6 +398,12 @@ class RecordReader:
 
     def __init__(self) -> None:
         self._buf = bytearray()
+
+    @property
+    def pending(self) -> bytearray:
+        """The bytes held back, as the one bytearray this reader keeps for
+        its whole life (a caller may keep it and test it for emptiness)."""
+        return self._buf
 
     @property
     def buffered(self) -> int:

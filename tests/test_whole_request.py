@@ -1,0 +1,153 @@
+"""A read that is one whole bodiless request (nginx's GET in one write) takes
+a shorter way through the connection (records.request_packet): it must
+answer as the records one by one would, keep every protocol check, and never
+take bytes that belong to a partial record for a request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+
+from fcgi_asgi import FastCGIServer
+from fcgi_asgi.client import ClientRequest, FastCGIClient, build_params
+from fcgi_asgi.protocol import records
+from fcgi_asgi.protocol.records import (
+    KEEP_CONN,
+    PARAMS,
+    RESPONDER,
+    STDIN,
+    UNKNOWN_ROLE,
+    encode_begin_request,
+    encode_pairs,
+    encode_record,
+)
+from tests import apps, wsgi_apps
+from tests.conftest import Serve, connect
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def whole_get(rid: int, path: str, keep_conn: bool = True, **headers: str) -> bytes:
+    """BEGIN_REQUEST, PARAMS, the empty PARAMS and the empty STDIN, as one write."""
+    params = encode_pairs(build_params("GET", path, headers=headers))
+    return (
+        encode_begin_request(rid, RESPONDER, KEEP_CONN if keep_conn else 0)
+        + encode_record(PARAMS, rid, params)
+        + encode_record(PARAMS, rid)
+        + encode_record(STDIN, rid)
+    )
+
+
+def expect(client: FastCGIClient, rid: int) -> ClientRequest:
+    """Register request ``rid`` with the client, to read its response."""
+    req = ClientRequest(client, rid)
+    client.requests[rid] = req
+    return req
+
+
+@pytest.fixture(autouse=True)
+def _fast_path_is_built() -> None:
+    if records.request_packet is None:
+        pytest.skip("the C speedups are not built (FCGI_ASGI_NO_EXTENSIONS): no fast path")
+
+
+async def test_whole_gets_are_answered_and_the_connection_goes_on(serve: Serve) -> None:
+    server = await serve(apps.app)
+    async with await connect(server) as client:
+        for rid in (1, 1, 7):
+            req = expect(client, rid)
+            await client.send_raw(whole_get(rid, "/scope", x_n=str(rid)))
+            r = await asyncio.wait_for(req.response(), 5)
+            assert r.status == 200 and r.protocol_status == 0
+            scope = json.loads(r.body)
+            assert scope["path"] == "/scope" and ["x-n", str(rid)] in scope["headers"]
+        # The same connection then takes a request sent record by record.
+        r = await asyncio.wait_for(client.request("POST", "/echo", body=b"abc"), 5)
+        assert r.body == b"abc"
+
+
+@pytest.mark.parametrize("interface", ["asgi", "wsgi-threads", "wsgi-on-loop"])
+async def test_the_app_sees_the_empty_body_end_at_once(serve: Serve, interface: str) -> None:
+    """The empty STDIN came in the same read: an app reading its body gets
+    its end, and does not wait for a record already taken."""
+    if interface == "asgi":
+        server = await serve(apps.app)
+        path, expected = "/echo", b""
+    else:
+        threads = 2 if interface == "wsgi-threads" else 0
+        server = await serve(wsgi_apps.plain_app, interface="wsgi", threads=threads)
+        path, expected = "/thread", None
+    async with await connect(server) as client:
+        req = expect(client, 3)
+        await client.send_raw(whole_get(3, path))
+        r = await asyncio.wait_for(req.response(), 5)
+        assert r.status == 200
+        if expected is not None:
+            assert r.body == expected
+        else:
+            assert r.body.endswith(b" 0")  # the thread's name, then 0 bytes read
+
+
+async def test_oversized_params_in_a_whole_request_close_the_connection(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await serve(apps.app, max_params_size=4096)
+    async with await connect(server) as client:
+        req = expect(client, 1)
+        await client.send_raw(whole_get(1, "/scope", x_big="y" * 10000))
+        await asyncio.wait_for(client.closed.wait(), 5)
+        with pytest.raises(ConnectionError):
+            await req.response()
+    assert "exceed 4096 bytes" in caplog.text
+
+
+async def test_a_whole_request_while_the_last_one_lingers_is_a_protocol_error(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request refused without FCGI_KEEP_CONN leaves the connection waiting
+    only for the end of its STDIN: a new request there is a protocol error."""
+    server = await serve(apps.app)
+    async with await connect(server) as client:
+        refused = expect(client, 1)
+        await client.send_raw(encode_begin_request(1, 7, 0))  # role 7: unknown
+        r = await asyncio.wait_for(refused.response(), 5)
+        assert r.protocol_status == UNKNOWN_ROLE
+        expect(client, 2)
+        with caplog.at_level(logging.ERROR, logger="fcgi_asgi.error"):
+            await client.send_raw(whole_get(2, "/scope"))
+            await asyncio.wait_for(client.closed.wait(), 5)
+    assert "after a request without FCGI_KEEP_CONN" in caplog.text
+
+
+async def test_bytes_completing_a_partial_record_are_never_a_request(serve: Serve) -> None:
+    """A record's header arrives alone; its content, in the next read, has the
+    shape of a whole request. It is that record's content (STDIN for an
+    unknown id, dropped), not request 1; the request after it is answered."""
+    server = await serve(apps.app)
+    async with await connect(server) as client:
+        smuggled = whole_get(1, "/scope")
+        header = encode_record(STDIN, 9, smuggled)[:8]
+        never = expect(client, 1)
+        await client.send_raw(header)
+        await asyncio.sleep(0.05)  # read on its own: held as a partial record
+        await client.send_raw(smuggled)
+        await asyncio.sleep(0.05)  # its own read too
+        later = expect(client, 2)
+        await client.send_raw(whole_get(2, "/scope"))
+        r = await asyncio.wait_for(later.response(), 5)
+        assert r.status == 200
+        assert never.queue.empty() and not never.ended
+
+
+async def test_two_whole_requests_in_one_write_are_both_answered(serve: Serve) -> None:
+    """Not one request: read record by record, multiplexed."""
+    server: FastCGIServer = await serve(apps.app)
+    async with await connect(server) as client:
+        reqs = [expect(client, rid) for rid in (1, 2)]
+        await client.send_raw(whole_get(1, "/scope") + whole_get(2, "/echo"))
+        one, two = [await asyncio.wait_for(req.response(), 5) for req in reqs]
+        assert json.loads(one.body)["path"] == "/scope"
+        assert two.status == 200 and two.body == b""
