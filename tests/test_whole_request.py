@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
+from typing import Any
 
 import pytest
 
@@ -151,3 +153,57 @@ async def test_two_whole_requests_in_one_write_are_both_answered(serve: Serve) -
         one, two = [await asyncio.wait_for(req.response(), 5) for req in reqs]
         assert json.loads(one.body)["path"] == "/scope"
         assert two.status == 200 and two.body == b""
+
+
+async def where_am_i(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers whether its first step runs inside the connection's read
+    callback, and under which task."""
+    if scope["type"] != "http":
+        return
+    frame, inside = sys._getframe(), False
+    while frame is not None:
+        inside = inside or frame.f_code.co_name == "data_received"
+        frame = frame.f_back  # type: ignore[assignment]
+    task = asyncio.current_task()
+    body = json.dumps({"inside": inside, "task": task is not None and not task.done()})
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body.encode()})
+
+
+async def test_a_whole_request_starts_its_app_at_once_where_python_can(serve: Serve) -> None:
+    """Python 3.12+: the app's first step runs inside the read (an eager
+    start), as its own current task; 3.11 has no eager start: a loop turn later."""
+    server = await serve(where_am_i)
+    async with await connect(server) as client:
+        req = expect(client, 1)
+        await client.send_raw(whole_get(1, "/"))
+        seen = json.loads((await asyncio.wait_for(req.response(), 5)).body)
+        assert seen == {"inside": sys.version_info >= (3, 12), "task": True}
+        # The body's end in a later read: the app starts a loop turn after PARAMS.
+        req = await client.begin(build_params("GET", "/"))
+        await asyncio.sleep(0.05)
+        await req.end_body()
+        seen = json.loads((await asyncio.wait_for(req.response(), 5)).body)
+        assert seen == {"inside": False, "task": True}
+
+
+async def test_a_task_factory_set_by_the_app_is_used(serve: Serve) -> None:
+    """An eager start bypasses the loop's task factory, so it is not taken when one is set."""
+    loop = asyncio.get_running_loop()
+    made: list[object] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        made.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    server = await serve(where_am_i)
+    loop.set_task_factory(factory)
+    try:
+        async with await connect(server) as client:
+            req = expect(client, 1)
+            await client.send_raw(whole_get(1, "/"))
+            seen = json.loads((await asyncio.wait_for(req.response(), 5)).body)
+    finally:
+        loop.set_task_factory(None)
+    assert seen == {"inside": False, "task": True}
+    assert any(getattr(coro, "__qualname__", "") == "ASGIRequest.run" for coro in made)
