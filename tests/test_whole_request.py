@@ -207,3 +207,21 @@ async def test_a_task_factory_set_by_the_app_is_used(serve: Serve) -> None:
         loop.set_task_factory(None)
     assert seen == {"inside": False, "task": True}
     assert any(getattr(coro, "__qualname__", "") == "ASGIRequest.run" for coro in made)
+
+
+@pytest.mark.parametrize("path", ["/raise-before", "/sys-exit"])
+async def test_an_app_failing_in_its_first_step_answers_500_and_the_server_goes_on(
+    serve: Serve, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On 3.12+ that first step runs inside the read: what the app raises
+    there (SystemExit too) must end the request, not the read or the server."""
+    server = await serve(apps.app)
+    async with await connect(server) as client:
+        req = expect(client, 1)
+        await client.send_raw(whole_get(1, path))
+        r = await asyncio.wait_for(req.response(), 5)
+        assert r.status == 500 and r.protocol_status == 0
+        req = expect(client, 2)
+        await client.send_raw(whole_get(2, "/scope"))
+        assert (await asyncio.wait_for(req.response(), 5)).status == 200
+    assert "application" in caplog.text
