@@ -35,7 +35,7 @@ with atheris.instrument_imports(include=["fcgi_asgi"]):
         UnsupportedVersion,
         decode_params_latin1_py,
         decode_params_py,
-        request_packet_py,
+        request_packets_py,
     )
 
 STATUSES = sorted(_STATUS_LINES)
@@ -122,35 +122,37 @@ def check_parse_records(fdp: atheris.FuzzedDataProvider) -> None:
     assert c == py, (blob, c, py)
 
 
-def check_request_packet(fdp: atheris.FuzzedDataProvider) -> None:
-    """Mostly the four records of a whole bodiless request, each field
-    sometimes off (type, id, version, role, lengths, padding, a tail)."""
+def check_request_packets(fdp: atheris.FuzzedDataProvider) -> None:
+    """Mostly whole bodiless requests back to back (1-3; their ids often
+    repeat), each field sometimes off (type, id, version, role, lengths,
+    padding, a tail)."""
     blob = bytearray()
-    rid = fdp.ConsumeIntInRange(0, 65535)
-    shape = (1, 4, 4, 5)[: 4 - fdp.ConsumeIntInRange(0, 7) // 4] + (5,) * (
-        fdp.ConsumeIntInRange(0, 7) // 7
-    )
-    for i, rtype in enumerate(shape):
-        if fdp.ConsumeIntInRange(0, 15) == 0:
-            rtype = fdp.ConsumeIntInRange(0, 255)
-        this_rid = rid if fdp.ConsumeIntInRange(0, 15) else fdp.ConsumeIntInRange(0, 65535)
-        if rtype == 1 and fdp.ConsumeIntInRange(0, 7):
-            role = 1 if fdp.ConsumeIntInRange(0, 7) else fdp.ConsumeIntInRange(0, 65535)
-            content = bytes((role >> 8, role & 255)) + fdp.ConsumeBytes(6).ljust(6, b"\0")
-        elif i >= 2 and fdp.ConsumeIntInRange(0, 7):  # the ends of PARAMS and STDIN
-            content = b""
-        else:
-            content = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 300))
-        plen = fdp.ConsumeIntInRange(0, 255) if fdp.ConsumeBool() else -len(content) % 8
-        version = 1 if fdp.ConsumeIntInRange(0, 15) else fdp.ConsumeIntInRange(0, 255)
-        clen = len(content)
-        blob += bytes((version, rtype, this_rid >> 8, this_rid & 255, clen >> 8, clen & 255))
-        blob += bytes((plen, 0)) + content + bytes(plen)
+    for _ in range(fdp.ConsumeIntInRange(1, 3)):
+        rid = fdp.ConsumeIntInRange(1, 3) if fdp.ConsumeBool() else fdp.ConsumeIntInRange(0, 65535)
+        shape = (1, 4, 4, 5)[: 4 - fdp.ConsumeIntInRange(0, 7) // 4] + (5,) * (
+            fdp.ConsumeIntInRange(0, 7) // 7
+        )
+        for i, rtype in enumerate(shape):
+            if fdp.ConsumeIntInRange(0, 15) == 0:
+                rtype = fdp.ConsumeIntInRange(0, 255)
+            this_rid = rid if fdp.ConsumeIntInRange(0, 15) else fdp.ConsumeIntInRange(0, 65535)
+            if rtype == 1 and fdp.ConsumeIntInRange(0, 7):
+                role = 1 if fdp.ConsumeIntInRange(0, 7) else fdp.ConsumeIntInRange(0, 65535)
+                content = bytes((role >> 8, role & 255)) + fdp.ConsumeBytes(6).ljust(6, b"\0")
+            elif i >= 2 and fdp.ConsumeIntInRange(0, 7):  # the ends of PARAMS and STDIN
+                content = b""
+            else:
+                content = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 300))
+            plen = fdp.ConsumeIntInRange(0, 255) if fdp.ConsumeBool() else -len(content) % 8
+            version = 1 if fdp.ConsumeIntInRange(0, 15) else fdp.ConsumeIntInRange(0, 255)
+            clen = len(content)
+            blob += bytes((version, rtype, this_rid >> 8, this_rid & 255, clen >> 8, clen & 255))
+            blob += bytes((plen, 0)) + content + bytes(plen)
     if fdp.ConsumeIntInRange(0, 3) == 0:
         blob += fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 12))
     blob = bytes(blob)
-    c = outcome(_speedups.request_packet, as_source(fdp, blob))
-    assert c == outcome(request_packet_py, blob), (blob, c)
+    c = outcome(_speedups.request_packets, as_source(fdp, blob))
+    assert c == outcome(request_packets_py, blob), (blob, c)
 
 
 def check_scope(fdp: atheris.FuzzedDataProvider) -> None:
@@ -195,7 +197,7 @@ def check_encode_head(fdp: atheris.FuzzedDataProvider) -> None:
 
 
 CHECKS = [check_decode_params, check_parse_records, check_scope, check_request_headers]
-CHECKS += [check_encode_head, check_request_packet]
+CHECKS += [check_encode_head, check_request_packets]
 
 
 def one_input(data: bytes) -> None:

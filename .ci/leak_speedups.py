@@ -60,13 +60,19 @@ PARAMS = [
 BLOB = encode_pairs(PARAMS)
 PARAMS_DICT = dict(PARAMS)
 RECORDS = b"".join(encode_record(6, i, b"r" * (i * 37)) for i in range(8)) + b"\x01\x06"
-# A whole bodiless request as nginx sends it, for request_packet.
-PACKET = (
-    encode_record(1, 1, b"\x00\x01\x01\x00\x00\x00\x00\x00")
-    + encode_record(4, 1, BLOB)
-    + encode_record(4, 1)
-    + encode_record(5, 1)
-)
+
+
+def whole_get(rid: int) -> bytes:
+    """A whole bodiless request as nginx sends it, for request_packets."""
+    return (
+        encode_record(1, rid, b"\x00\x01\x01\x00\x00\x00\x00\x00")
+        + encode_record(4, rid, BLOB)
+        + encode_record(4, rid)
+        + encode_record(5, rid)
+    )
+
+
+PACKET = whole_get(1)
 HEAD = [(b"content-type", b"text/plain"), (b"x-a", b"1"), [b"x-b", b"2"]]
 LINE = b"Status: 200 OK\r\n"
 
@@ -84,11 +90,12 @@ CASES: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
     (_speedups.parse_records, (b"\x02" + RECORDS, Record)),  # ValueError
     (_speedups.parse_records, (RECORDS, time.struct_time)),  # TypeError
     (_speedups.parse_records, (list(RECORDS[:40]), tuple)),  # copied
-    (_speedups.request_packet, (PACKET,)),
-    (_speedups.request_packet, (bytearray(PACKET),)),
-    (_speedups.request_packet, (PACKET[:-1],)),  # None
-    (_speedups.request_packet, (memoryview(PACKET + PACKET)[::2],)),  # copied: None
-    (_speedups.request_packet, (0,)),  # TypeError
+    (_speedups.request_packets, (PACKET,)),
+    (_speedups.request_packets, (bytearray(PACKET),)),
+    (_speedups.request_packets, (PACKET + whole_get(2),)),  # two requests
+    (_speedups.request_packets, (PACKET[:-1],)),  # None
+    (_speedups.request_packets, (memoryview(PACKET + PACKET)[::2],)),  # copied: None
+    (_speedups.request_packets, (0,)),  # TypeError
     (_speedups.scope_from_params, (BLOB, ASGI_VERSION, {"s": 1}, {"e": {}})),
     (_speedups.scope_from_params, (bytearray(BLOB), ASGI_VERSION, None, None)),
     (_speedups.scope_from_params, (BLOB[:-2], ASGI_VERSION, None, None)),  # None

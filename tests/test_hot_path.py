@@ -267,19 +267,29 @@ def _whole_get(rid: int = 1, params: bytes = b"\x01\x01ab", pad: int = 0) -> lis
     ]
 
 
-def test_request_packet_takes_only_a_whole_bodiless_responder_request() -> None:
-    """Each way a read can differ from nginx's GET in one write goes the
-    record-by-record way (None), in C and in Python."""
-    impls = [records.request_packet_py]
-    if records.request_packet is not None:
-        impls.append(records.request_packet)
+def test_request_packets_take_only_whole_bodiless_responder_requests() -> None:
+    """Each way a read can differ from nginx's GET in one write (or HAProxy's
+    GETs back to back) goes the record-by-record way (None), in C and in Python."""
+    impls = [records.request_packets_py]
+    if records.request_packets is not None:
+        impls.append(records.request_packets)
     elif not os.environ.get("FCGI_ASGI_NO_EXTENSIONS"):
-        pytest.fail("the C request_packet is not built")
+        pytest.fail("the C request_packets is not built")
+    limit = records.MAX_PACKET_REQUESTS
     for impl in impls:
-        assert impl(_packet(_whole_get())) == (1, 1, b"\x01\x01ab")
-        assert impl(_packet(_whole_get(rid=65535, pad=7))) == (65535, 1, b"\x01\x01ab")
+        assert impl(_packet(_whole_get())) == [(1, 1, b"\x01\x01ab")]
+        assert impl(_packet(_whole_get(rid=65535, pad=7))) == [(65535, 1, b"\x01\x01ab")]
         other = [(1, 1, 3, b"\x00\x01\x00\x00\x00\x00\x00\x00", 0), *_whole_get(3)[1:]]
-        assert impl(bytearray(_packet(other))) == (3, 0, b"\x01\x01ab")
+        assert impl(bytearray(_packet(other))) == [(3, 0, b"\x01\x01ab")]
+        three = _whole_get(5) + other + _whole_get(9, b"\x01\x01cd", 3)
+        assert impl(_packet(three)) == [
+            (5, 1, b"\x01\x01ab"),
+            (3, 0, b"\x01\x01ab"),
+            (9, 1, b"\x01\x01cd"),
+        ]
+        many = [r for rid in range(1, limit + 1) for r in _whole_get(rid)]
+        assert len(impl(_packet(many)) or []) == limit
+        assert impl(_packet(many + _whole_get(limit + 1))) is None  # more than the limit
         whole = _whole_get()
         for variant in (
             whole[:3],  # STDIN not here yet
@@ -292,6 +302,10 @@ def test_request_packet_takes_only_a_whole_bodiless_responder_request() -> None:
             [(1, 1, 1, b"\x00\x02\x01\x00\x00\x00\x00\x00", 0), *whole[1:]],  # AUTHORIZER
             [(1, 1, 1, _BEGIN + b"\x00", 0), *whole[1:]],  # a 9-byte BEGIN_REQUEST body
             [*whole[:3], (2, 5, 1, b"", 0)],  # version 2
+            whole + _whole_get(2)[:3],  # the second request not whole
+            whole + whole,  # one id twice
+            _whole_get(2)[:2] + whole + _whole_get(2)[2:],  # interleaved
+            [],  # nothing
         ):
             assert impl(_packet(variant)) is None, variant
         assert impl(_packet(whole)[:-1]) is None  # cut short
@@ -305,29 +319,33 @@ _packet_record = st.tuples(
     st.sampled_from([_BEGIN, b"", b"\x01\x01ab"]) | st.binary(max_size=40),
     st.sampled_from([0, 0, 3]) | st.integers(0, 255),
 )
-
-
 _whole_packet = st.builds(
-    _whole_get, st.integers(0, 65535), st.binary(max_size=300), st.integers(0, 255)
+    _whole_get,
+    st.sampled_from([1, 2, 3]) | st.integers(0, 65535),
+    st.binary(max_size=300),
+    st.integers(0, 255),
 )
-# A whole request with one record swapped for another (type, id, version...).
-_one_off = st.tuples(_whole_packet, st.integers(0, 3), _packet_record).map(
+_whole_packets = st.lists(_whole_packet, min_size=1, max_size=5).map(
+    lambda groups: [r for group in groups for r in group]
+)
+# Whole requests with one record swapped for another (type, id, version...).
+_one_off = st.tuples(_whole_packets, st.integers(0, 19), _packet_record).map(
     lambda t: [*t[0][: t[1]], t[2], *t[0][t[1] + 1 :]]
 )
 
 
 @given(
-    st.lists(_packet_record, max_size=6) | _whole_packet | _one_off,
+    st.lists(_packet_record, max_size=6) | _whole_packets | _one_off,
     st.sampled_from([b""]) | st.binary(max_size=4),
 )
-def test_request_packet_c_matches_python(
+def test_request_packets_c_matches_python(
     packet: list[tuple[int, int, int, bytes, int]], tail: bytes
 ) -> None:
-    if records.request_packet is None:
+    if records.request_packets is None:
         pytest.skip("the C speedups are not built (FCGI_ASGI_NO_EXTENSIONS)")
     data = _packet(packet) + tail
-    assert records.request_packet(data) == records.request_packet_py(data)
-    assert records.request_packet(memoryview(data)) == records.request_packet_py(data)
+    assert records.request_packets(data) == records.request_packets_py(data)
+    assert records.request_packets(memoryview(data)) == records.request_packets_py(data)
 
 
 _header_name = st.sampled_from(

@@ -1,7 +1,8 @@
-"""A read that is one whole bodiless request (nginx's GET in one write) takes
-a shorter way through the connection (records.request_packet): it must
-answer as the records one by one would, keep every protocol check, and never
-take bytes that belong to a partial record for a request."""
+"""A read made of whole bodiless requests (nginx's GET in one write,
+HAProxy's GETs back to back) takes a shorter way through the connection
+(records.request_packets): it must answer as the records one by one would,
+keep every protocol check, and never take bytes that belong to a partial
+record for a request."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from fcgi_asgi import FastCGIServer
 from fcgi_asgi.client import ClientRequest, FastCGIClient, build_params
 from fcgi_asgi.protocol import records
 from fcgi_asgi.protocol.records import (
+    CANT_MPX_CONN,
     KEEP_CONN,
     PARAMS,
     RESPONDER,
@@ -52,7 +54,7 @@ def expect(client: FastCGIClient, rid: int) -> ClientRequest:
 
 @pytest.fixture(autouse=True)
 def _fast_path_is_built() -> None:
-    if records.request_packet is None:
+    if records.request_packets is None:
         pytest.skip("the C speedups are not built (FCGI_ASGI_NO_EXTENSIONS): no fast path")
 
 
@@ -145,7 +147,7 @@ async def test_bytes_completing_a_partial_record_are_never_a_request(serve: Serv
 
 
 async def test_two_whole_requests_in_one_write_are_both_answered(serve: Serve) -> None:
-    """Not one request: read record by record, multiplexed."""
+    """HAProxy's shape on a multiplexed connection."""
     server: FastCGIServer = await serve(apps.app)
     async with await connect(server) as client:
         reqs = [expect(client, rid) for rid in (1, 2)]
@@ -225,3 +227,52 @@ async def test_an_app_failing_in_its_first_step_answers_500_and_the_server_goes_
         await client.send_raw(whole_get(2, "/scope"))
         assert (await asyncio.wait_for(req.response(), 5)).status == 200
     assert "application" in caplog.text
+
+
+async def test_a_whole_request_beside_a_running_one_is_multiplexed_or_refused(
+    serve: Serve,
+) -> None:
+    """While a request runs, a whole request is answered beside it, or refused
+    with CANT_MPX_CONN under --no-multiplex, as its records would be."""
+    for multiplex in (True, False):
+        server = await serve(apps.app, multiplex=multiplex)
+        async with await connect(server) as client:
+            slow = await client.begin(build_params("GET", "/sleep", query="0.3"))
+            await slow.end_body()
+            await asyncio.sleep(0.05)  # running
+            req = expect(client, 2)
+            await client.send_raw(whole_get(2, "/scope"))
+            r = await asyncio.wait_for(req.response(), 5)
+            if multiplex:
+                assert r.status == 200 and json.loads(r.body)["path"] == "/scope"
+            else:
+                assert r.protocol_status == CANT_MPX_CONN and r.raw == b""
+            assert (await asyncio.wait_for(slow.response(), 5)).body == b"slept"
+        await server.aclose()
+
+
+async def test_one_id_twice_in_one_read_is_a_protocol_error(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await serve(apps.app)
+    async with await connect(server) as client:
+        expect(client, 1)
+        await client.send_raw(whole_get(1, "/scope") * 2)
+        await asyncio.wait_for(client.closed.wait(), 5)
+    assert "already in use" in caplog.text
+
+
+async def test_params_of_a_whole_request_count_with_others_still_sending(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--max-params-size holds for the connection's pending params too."""
+    server = await serve(apps.app, max_params_size=4096)
+    async with await connect(server) as client:
+        half = encode_pairs(build_params("GET", "/scope", headers={"x-a": "y" * 3000}))
+        await client.send_raw(encode_begin_request(1, RESPONDER, KEEP_CONN))
+        await client.send_raw(encode_record(PARAMS, 1, half))  # its PARAMS not ended
+        await asyncio.sleep(0.05)
+        expect(client, 2)
+        await client.send_raw(whole_get(2, "/scope", x_b="z" * 1500))
+        await asyncio.wait_for(client.closed.wait(), 5)
+    assert "exceed 4096 bytes (with the connection's other pending requests)" in caplog.text

@@ -323,7 +323,7 @@ fail:
     return NULL;
 }
 
-/* ---- request_packet: a whole bodiless request in one read ------------------ */
+/* ---- request_packets: whole bodiless requests in one read ------------------ */
 
 /* The header of the record at buf[pos] when it is whole within end, of
  * version 1, of type rtype and for request id rid (any non-zero id when rid is
@@ -348,43 +348,79 @@ next_record(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t end, int rtype,
     return pos + 8 + *clen + h[6];
 }
 
-/* request_packet(src) -> (request_id, flags, params) or None
- * src is exactly one RESPONDER request without a body, as nginx sends a GET
- * in one write: BEGIN_REQUEST, one non-empty PARAMS record, the empty PARAMS,
- * the empty STDIN, all for one non-zero request id, nothing before or after.
- * Anything else, malformed input included, is None: the caller then parses
- * records one by one (records.request_packet_py is the Python version). */
+/* More whole requests in one read than this go record by record (keeps the
+ * check for a repeated request id cheap). */
+#define MAX_PACKET_REQUESTS 128
+
+/* request_packets(src) -> [(request_id, flags, params), ...] or None
+ * src is exactly one or more RESPONDER requests without a body, each as
+ * nginx sends a GET in one write (HAProxy sends several in one): BEGIN_REQUEST,
+ * one non-empty PARAMS record, the empty PARAMS, the empty STDIN, all four for
+ * one non-zero request id, no id twice, nothing before, between or after, at
+ * most MAX_PACKET_REQUESTS of them. Anything else, malformed input included,
+ * is None: the caller then reads records one by one
+ * (records.request_packets_py is the Python version). */
 static PyObject *
-request_packet(PyObject *module, PyObject *arg)
+request_packets(PyObject *module, PyObject *arg)
 {
     input in;
     if (input_open(arg, &in) < 0) {
         return NULL;
     }
     const unsigned char *buf = (const unsigned char *)in.p;
-    Py_ssize_t end = in.len, pos = 0, clen = 0, params_at, params_len;
-    long rid = 0;
+    Py_ssize_t end = in.len, pos = 0, clen = 0;
+    Py_ssize_t params_at[MAX_PACKET_REQUESTS], params_len[MAX_PACKET_REQUESTS];
+    long ids[MAX_PACKET_REQUESTS];
+    int flags[MAX_PACKET_REQUESTS];
+    int n = 0;
     PyObject *result = NULL;
-    /* BEGIN_REQUEST: role (2 bytes), flags, 5 reserved bytes. */
-    if ((pos = next_record(buf, pos, end, 1, &rid, &clen)) < 0 || clen != 8) {
+    while (pos < end) {
+        long rid = 0;
+        if (n == MAX_PACKET_REQUESTS) {
+            goto none;
+        }
+        /* BEGIN_REQUEST: role (2 bytes), flags, 5 reserved bytes. */
+        Py_ssize_t at = pos;
+        if ((pos = next_record(buf, pos, end, 1, &rid, &clen)) < 0 || clen != 8) {
+            goto none;
+        }
+        const unsigned char *begin = buf + at + 8;
+        if ((((int)begin[0] << 8) | begin[1]) != 1) {
+            goto none;
+        }
+        for (int i = 0; i < n; i++) {
+            if (ids[i] == rid) {
+                goto none;
+            }
+        }
+        ids[n] = rid;
+        flags[n] = begin[2];
+        params_at[n] = pos + 8;
+        if ((pos = next_record(buf, pos, end, 4, &rid, &params_len[n])) < 0 ||
+            params_len[n] == 0) {
+            goto none;
+        }
+        if ((pos = next_record(buf, pos, end, 4, &rid, &clen)) < 0 || clen != 0) {
+            goto none;
+        }
+        if ((pos = next_record(buf, pos, end, 5, &rid, &clen)) < 0 || clen != 0) {
+            goto none;
+        }
+        n++;
+    }
+    if (n == 0) {
         goto none;
     }
-    const unsigned char *begin = buf + 8;
-    if ((((int)begin[0] << 8) | begin[1]) != 1) {
-        goto none;
+    result = PyList_New(n);
+    for (int i = 0; result != NULL && i < n; i++) {
+        PyObject *item = Py_BuildValue("(liy#)", ids[i], flags[i],
+                                       (const char *)buf + params_at[i], params_len[i]);
+        if (item == NULL) {
+            Py_CLEAR(result);
+        } else {
+            PyList_SET_ITEM(result, i, item);
+        }
     }
-    int flags = begin[2];
-    params_at = pos + 8;
-    if ((pos = next_record(buf, pos, end, 4, &rid, &params_len)) < 0 || params_len == 0) {
-        goto none;
-    }
-    if ((pos = next_record(buf, pos, end, 4, &rid, &clen)) < 0 || clen != 0) {
-        goto none;
-    }
-    if ((pos = next_record(buf, pos, end, 5, &rid, &clen)) < 0 || clen != 0 || pos != end) {
-        goto none;
-    }
-    result = Py_BuildValue("(liy#)", rid, flags, (const char *)buf + params_at, params_len);
     input_close(&in);
     return result;
 
@@ -1137,8 +1173,8 @@ static PyMethodDef methods[] = {
      "The CGI head for a status line and plain (bytes, bytes) headers, or None."},
     {"parse_records", (PyCFunction)(void (*)(void))parse_records, METH_FASTCALL,
      "Whole records of a buffer and the bytes they took."},
-    {"request_packet", request_packet, METH_O,
-     "(request id, flags, params) of a whole bodiless RESPONDER request, else None."},
+    {"request_packets", request_packets, METH_O,
+     "[(request id, flags, params), ...] of whole bodiless RESPONDER requests, else None."},
     {"request_headers", request_headers, METH_O,
      "The ASGI headers list for a dict of CGI params."},
     {"scope_from_params", (PyCFunction)(void (*)(void))scope_from_params, METH_FASTCALL,

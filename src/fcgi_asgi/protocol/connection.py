@@ -44,7 +44,7 @@ from .records import (
     encode_record,
     encode_unknown_type,
     parse_begin_request,
-    request_packet,
+    request_packets,
 )
 from .request import Request, end_records
 from .roles import ROLE_NAMES, FilterRequest
@@ -240,13 +240,26 @@ class FastCGIConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             if (
-                request_packet is not None
-                and not self.requests
+                request_packets is not None
                 and not self._unparsed
-                and (packet := request_packet(data)) is not None
+                and (packets := request_packets(data)) is not None
             ):
-                # nginx's GET, the commonest read: one bodiless request, whole.
-                self._whole_request(*packet)
+                # The commonest reads: nginx's GET, or HAProxy's GETs on a
+                # multiplexed connection, each a whole bodiless request.
+                if len(packets) == 1:
+                    rid, flags, params = packets[0]
+                    if (cycle := self._open_whole(rid, flags, params)) is not None:
+                        cycle.start(params)
+                else:
+                    # All opened before any app runs (its first step may run
+                    # now, Python 3.12+): the connection knows it is shared.
+                    opened = [
+                        (cycle, params)
+                        for rid, flags, params in packets
+                        if (cycle := self._open_whole(rid, flags, params)) is not None
+                    ]
+                    for cycle, params in opened:
+                        cycle.start(params)
                 records: list[Record] = []
             else:
                 records = self._reader.feed(data)
@@ -319,22 +332,30 @@ class FastCGIConnection(asyncio.Protocol):
             logger.debug("unknown management record type %d from %s", rtype, self.peer)
             self.write([encode_unknown_type(rtype)])
 
-    def _whole_request(self, rid: int, flags: int, params: bytes) -> None:
+    def _open_whole(self, rid: int, flags: int, params: bytes) -> Request | None:
         """BEGIN_REQUEST, PARAMS and the end of an empty STDIN, read at once
-        (records.request_packet): what the records one by one would do, with
-        the body known to be empty before the app starts."""
+        (records.request_packets): the request, ready to start with
+        ``params`` and its body known to be empty, as the records one by one
+        would open it; None when refused."""
         cycle = self._open(rid, RESPONDER, flags)
         if cycle is None:
             if rid == self._linger_id:
                 self._close()  # refused, its STDIN is over: as the records would
-            return
-        if len(params) > self.config.max_params_size:
+            return None
+        # Counted with the params other requests here are still sending, as
+        # the records one by one would.
+        if self._params_buffered + len(params) > self.config.max_params_size:
             raise ParamsTooLarge(
                 f"PARAMS for request id {rid} exceed {self.config.max_params_size} bytes"
+                + (
+                    " (with the connection's other pending requests)"
+                    if self._params_buffered
+                    else ""
+                )
             )
         cycle.params = None
         cycle.stdin_done = True
-        cycle.start(params)
+        return cycle
 
     def _begin(self, rid: int, content: bytes) -> None:
         try:

@@ -25,6 +25,7 @@ __all__ = [
     "HEADER_LEN",
     "KEEP_CONN",
     "MAX_CONTENT",
+    "MAX_PACKET_REQUESTS",
     "OVERLOADED",
     "PARAMS",
     "REQUEST_COMPLETE",
@@ -53,8 +54,8 @@ __all__ = [
     "encode_unknown_type",
     "parse_begin_request",
     "parse_end_request",
-    "request_packet",
-    "request_packet_py",
+    "request_packets",
+    "request_packets_py",
 ]
 
 VERSION = 1
@@ -310,47 +311,64 @@ def decode_params_latin1_py(data: bytes | bytearray | memoryview) -> dict[str, s
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in decode_params_py(data).items()}
 
 
-def request_packet_py(data: bytes | bytearray | memoryview) -> tuple[int, int, bytes] | None:
-    """``(request_id, flags, params)`` when ``data`` is exactly one RESPONDER
-    request without a body, as nginx sends a GET in one write: BEGIN_REQUEST,
-    one non-empty PARAMS record, the empty PARAMS, the empty STDIN, for one
-    non-zero request id. Anything else, malformed data included, is None
-    (the records are then read one by one). The C version is
-    :data:`request_packet`; this one states the rule and is tested against it.
+#: More whole requests in one read than this go record by record.
+MAX_PACKET_REQUESTS = 128
+
+
+def request_packets_py(
+    data: bytes | bytearray | memoryview,
+) -> list[tuple[int, int, bytes]] | None:
+    """``[(request_id, flags, params), ...]`` when ``data`` is exactly one or
+    more RESPONDER requests without a body, each as nginx sends a GET in one
+    write (HAProxy sends several in one): BEGIN_REQUEST, one non-empty PARAMS
+    record, the empty PARAMS, the empty STDIN, all four for one non-zero
+    request id, no id twice, at most :data:`MAX_PACKET_REQUESTS`. Anything
+    else, malformed data included, is None (the records are then read one by
+    one). The C version is :data:`request_packets`; this one states the rule
+    and is tested against it.
     """
     reader = RecordReader()
     try:
         records = reader._feed_py(bytes(data))
     except UnsupportedVersion:
         return None
-    if reader.buffered or len(records) != 4:
+    if reader.buffered or not records or len(records) % 4:
         return None
-    begin, params, params_end, stdin_end = records
-    rid = begin.request_id
-    if (
-        rid == 0
-        or [r.type for r in records] != [BEGIN_REQUEST, PARAMS, PARAMS, STDIN]
-        or any(r.request_id != rid for r in records)
-        or len(begin.content) != _BEGIN_BODY.size
-        or not params.content
-        or params_end.content
-        or stdin_end.content
-    ):
+    if len(records) > 4 * MAX_PACKET_REQUESTS:
         return None
-    role, flags = _BEGIN_BODY.unpack(begin.content)
-    return (rid, flags, params.content) if role == RESPONDER else None
+    found: list[tuple[int, int, bytes]] = []
+    for i in range(0, len(records), 4):
+        begin, params, params_end, stdin_end = records[i : i + 4]
+        rid = begin.request_id
+        if (
+            rid == 0
+            or any(r.request_id != rid for r in records[i : i + 4])
+            or [begin.type, params.type, params_end.type, stdin_end.type]
+            != [BEGIN_REQUEST, PARAMS, PARAMS, STDIN]
+            or len(begin.content) != _BEGIN_BODY.size
+            or not params.content
+            or params_end.content
+            or stdin_end.content
+            or any(rid == seen for seen, _, _ in found)
+        ):
+            return None
+        role, flags = _BEGIN_BODY.unpack(begin.content)
+        if role != RESPONDER:
+            return None
+        found.append((rid, flags, params.content))
+    return found
 
 
 try:
     from .._speedups import decode_params as _decode_params_c
     from .._speedups import decode_params_latin1 as _decode_params_latin1_c
     from .._speedups import parse_records as _c_parse_records
-    from .._speedups import request_packet as _c_request_packet
+    from .._speedups import request_packets as _c_request_packets
 except ImportError:  # not built: no compiler, or FCGI_ASGI_NO_EXTENSIONS=1
     _c_decoder = None
     _c_parse_records = None  # type: ignore[assignment]
     _decode_params_latin1_c = None  # type: ignore[assignment]
-    _c_request_packet = None  # type: ignore[assignment]
+    _c_request_packets = None  # type: ignore[assignment]
 else:
     _c_decoder = _decode_params_c
 
@@ -374,10 +392,10 @@ def _decode_params_latin1_with_c(data: bytes | bytearray | memoryview) -> dict[s
         raise MalformedPairs(str(exc)) from None
 
 
-#: The C :func:`request_packet_py` when built, else None: without it the
+#: The C :func:`request_packets_py` when built, else None: without it the
 #: connection reads records one by one (the Python version would cost more
 #: than it saves).
-request_packet = _c_request_packet
+request_packets = _c_request_packets
 
 #: The C version when built, else :func:`decode_params_latin1_py`.
 decode_params_latin1 = (
