@@ -46,9 +46,11 @@ def test_request_sized_buffers_stop_faulting_once_the_thresholds_are_raised(rais
     ).stdout
     before, after = map(int, out.split())
     # At glibc's defaults each round's 960 KiB are given back to the kernel
-    # and faulted in again (about 150 pages a round); raised, they stay.
-    assert before > 100 * 100, out
+    # and faulted in again: about 147 pages a round on 3.11 and 73 on 3.13
+    # (how many depends on the interpreter's own use of the heap). Raised,
+    # they stay.
+    assert before > 20 * 100, out
     if raised:
         assert after < 10 * 100, out
     else:
-        assert after > 100 * 100, out  # the case the thresholds are for
+        assert after > before // 2, out  # the case the thresholds are for
