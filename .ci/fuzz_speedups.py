@@ -36,6 +36,7 @@ with atheris.instrument_imports(include=["fcgi_asgi"]):
         decode_params_latin1_py,
         decode_params_py,
         request_packets_py,
+        whole_response_py,
     )
 
 STATUSES = sorted(_STATUS_LINES)
@@ -166,7 +167,11 @@ def check_scope(fdp: atheris.FuzzedDataProvider) -> None:
         assert c is None, blob
         return
     if c is not None:
-        assert c == build_scope(params, None, state, extensions), blob
+        expected = build_scope(params, None, state, extensions)
+        assert c == expected and list(c) == list(expected), blob
+        # Again, with the header names and addresses now in the caches.
+        again = _speedups.scope_from_params(blob, ASGI_VERSION, state, extensions)
+        assert again == expected and list(again) == list(expected), blob
 
 
 def check_request_headers(fdp: atheris.FuzzedDataProvider) -> None:
@@ -196,8 +201,21 @@ def check_encode_head(fdp: atheris.FuzzedDataProvider) -> None:
         assert c == encode_head_py(status, headers), (status, headers)
 
 
+def check_whole_response(fdp: atheris.FuzzedDataProvider) -> None:
+    rid = fdp.ConsumeIntInRange(-2, 0x10001)
+    # Sizes near a record's 65535-byte limit, or small random bytes.
+    if fdp.ConsumeIntInRange(0, 7) == 0:
+        head = bytes(fdp.ConsumeIntInRange(0, 0x10001))
+        body = bytes(fdp.ConsumeIntInRange(0, 0x10001 - len(head) + 1))
+    else:
+        head = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 40))
+        body = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 40))
+    c = outcome(_speedups.whole_response, rid, head, body)
+    assert c == outcome(whole_response_py, rid, head, body), (rid, len(head), len(body), c)
+
+
 CHECKS = [check_decode_params, check_parse_records, check_scope, check_request_headers]
-CHECKS += [check_encode_head, check_request_packets]
+CHECKS += [check_encode_head, check_request_packets, check_whole_response]
 
 
 def one_input(data: bytes) -> None:

@@ -73,6 +73,20 @@ def whole_get(rid: int) -> bytes:
 
 
 PACKET = whole_get(1)
+# Two requests from different clients, servers and header names, in turn:
+# the scope's caches replace their entries on every call.
+CHURN = [
+    encode_pairs(
+        [
+            *PARAMS[:4],
+            (b"REMOTE_ADDR", b"10.0.0.%d" % i),
+            (b"SERVER_ADDR", b"10.1.0.%d" % i),
+            (b"SERVER_PORT", b"%d" % (80 + i)),
+            (b"HTTP_X_CHURN_%d" % i, b"v"),
+        ]
+    )
+    for i in range(2)
+]
 HEAD = [(b"content-type", b"text/plain"), (b"x-a", b"1"), [b"x-b", b"2"]]
 LINE = b"Status: 200 OK\r\n"
 
@@ -102,6 +116,14 @@ CASES: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
     (_speedups.scope_from_params, (BLOB, ASGI_VERSION, types.MappingProxyType({"a": 1}), None)),
     (_speedups.scope_from_params, (BLOB, ASGI_VERSION, NoCopy(a=1), None)),  # RuntimeError
     (_speedups.scope_from_params, (BLOB, ASGI_VERSION)),  # TypeError
+    (_speedups.scope_from_params, (CHURN[0], ASGI_VERSION, None, None)),
+    (_speedups.scope_from_params, (CHURN[1], ASGI_VERSION, None, {"e": {}})),
+    (_speedups.whole_response, (1, LINE, b"body")),
+    (_speedups.whole_response, (65535, Sub(LINE), Sub(b""))),
+    (_speedups.whole_response, (65536, LINE, b"")),  # ValueError
+    (_speedups.whole_response, (1, LINE, bytes(65535))),  # ValueError
+    (_speedups.whole_response, (1, "str", b"")),  # TypeError
+    (_speedups.whole_response, (1 << 80, LINE, b"")),  # ValueError
     (_speedups.request_headers, (PARAMS_DICT,)),
     (_speedups.request_headers, ({Sub(b"HTTP_A"): "x", b"CONTENT_TYPE": 0},)),
     (_speedups.request_headers, ({b"CONTENT_LENGTH": BadDigits(b"1")},)),  # RuntimeError

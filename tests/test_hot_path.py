@@ -52,6 +52,7 @@ def test_c_speedups_are_built() -> None:
         pytest.skip("FCGI_ASGI_NO_EXTENSIONS is set: the pure-Python codec is in use")
     assert records._c_decoder is not None
     assert records.decode_params is not decode_params_py
+    assert records.whole_response is not None
 
 
 @pytest.mark.parametrize("decode_params", IMPLEMENTATIONS, ids=["python", "default"])
@@ -555,3 +556,63 @@ def test_c_scope_from_params_is_built() -> None:
     if os.environ.get("FCGI_ASGI_NO_EXTENSIONS"):
         pytest.skip("FCGI_ASGI_NO_EXTENSIONS is set: the pure-Python scope is in use")
     assert scope.scope_from_params is not scope.scope_from_params_py
+
+
+def test_scope_caches_follow_each_request() -> None:
+    """The C scope keeps the last server address, client host and header
+    names: requests that differ in them, in turn, each get their own."""
+    variants = []
+    for i, name in enumerate([b"HTTP_X_ONE", b"HTTP_X_TWO", b"HTTP_X_ONE_", b"HTTP_X_ON"]):
+        params = [
+            (b"REQUEST_URI", b"/p"),
+            (b"REMOTE_ADDR", b"10.0.0.%d" % (i % 2)),
+            (b"REMOTE_PORT", b"%d" % (4000 + i)),
+            (b"SERVER_ADDR", b"10.1.0.1"),
+            (b"SERVER_PORT", b"8%d" % (i // 2)),  # same address, another port
+            (b"HTTP_HOST", b"h%d" % i),
+            (name, b"v%d" % i),
+        ]
+        variants.append((encode_pairs(params), scope.build_scope(dict(params), None, None, None)))
+    variants.append(  # no port: the server is (host, None), and not cached
+        (
+            encode_pairs([(b"REQUEST_URI", b"/"), (b"SERVER_ADDR", b"10.1.0.1")]),
+            scope.build_scope(
+                {b"REQUEST_URI": b"/", b"SERVER_ADDR": b"10.1.0.1"}, None, None, None
+            ),
+        )
+    )
+    for _ in range(3):
+        for data, expected in variants + variants[::-1]:
+            got = scope.scope_from_params(data, None, None, None)
+            assert got == expected
+            assert list(got) == list(expected)
+    if _HAVE_C:
+        a = _c_scope_from_params(variants[0][0], ASGI_VERSION, None, None)
+        b = _c_scope_from_params(variants[0][0], ASGI_VERSION, None, None)
+        assert a is not b and a["headers"] is not b["headers"]  # fresh per request
+        assert a["server"] is b["server"]  # the cached tuple (immutable)
+
+
+@given(
+    st.integers(-2, 0x10001),
+    st.binary(max_size=40) | st.integers(0, 0x10001).map(bytes),
+    st.binary(max_size=40) | st.integers(0, 0x10001).map(bytes),
+)
+def test_whole_response_c_matches_python(rid: int, head: bytes, body: bytes) -> None:
+    """A whole small response as one bytes: C and Python give the same records
+    (or both refuse what does not fit in one record)."""
+
+    def outcome(fn: Any) -> Any:
+        try:
+            return fn(rid, head, body)
+        except ValueError:
+            return ValueError
+
+    expected = outcome(records.whole_response_py)
+    if records.whole_response is not None:
+        assert outcome(records.whole_response) == expected
+    if expected is not ValueError:
+        parsed = RecordReader().feed(expected)
+        assert [(r.type, r.request_id) for r in parsed] == [(6, rid), (6, rid), (3, rid)]
+        assert parsed[0].content == head + body and parsed[1].content == b""
+        assert records.parse_end_request(parsed[2].content) == (0, 0)

@@ -211,6 +211,37 @@ async def test_a_task_factory_set_by_the_app_is_used(serve: Serve) -> None:
     assert any(getattr(coro, "__qualname__", "") == "ASGIRequest.run" for coro in made)
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks need Python 3.12+")
+async def test_requests_finished_by_an_eager_task_factory_are_not_left_counted(
+    serve: Serve,
+) -> None:
+    """An app's eager task factory can finish a request inside create_task(),
+    whether its body ended in the same read or a later one: it must not stay
+    in the running tasks (the status page, --max-concurrent-requests, a
+    graceful stop's wait)."""
+    loop = asyncio.get_running_loop()
+
+    def eager(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        return asyncio.Task(coro, loop=loop, eager_start=True, **kwargs)
+
+    server = await serve(apps.app)
+    loop.set_task_factory(eager)
+    try:
+        async with await connect(server) as client:
+            req = expect(client, 1)
+            await client.send_raw(whole_get(1, "/scope"))
+            assert (await asyncio.wait_for(req.response(), 5)).status == 200
+            # The body's end in a later read: the task is made without it.
+            req = await client.begin(build_params("GET", "/scope"))
+            await asyncio.sleep(0.05)
+            await req.end_body()
+            assert (await asyncio.wait_for(req.response(), 5)).status == 200
+            assert server.ctx is not None
+            assert server.ctx.tasks == set()
+    finally:
+        loop.set_task_factory(None)
+
+
 @pytest.mark.parametrize("path", ["/raise-before", "/sys-exit"])
 async def test_an_app_failing_in_its_first_step_answers_500_and_the_server_goes_on(
     serve: Serve, path: str, caplog: pytest.LogCaptureFixture

@@ -31,6 +31,8 @@
 static const char *method_names[N_METHODS] = {"GET",    "HEAD",  "POST",   "PUT",
                                               "DELETE", "PATCH", "OPTIONS"};
 
+#define HNAME_SLOTS 64 /* a power of two */
+
 /* Every member is a PyObject * (traverse and clear walk them as an array). */
 typedef struct {
     PyObject *name_cache;  /* param name -> header name, bounded */
@@ -42,6 +44,16 @@ typedef struct {
     PyObject *s_http, *s_https, *s_empty, *s_slash, *b_empty, *b_slash, *zero;
     PyObject *v_10, *v_11, *v_2, *v_3;
     PyObject *method_strs[N_METHODS];
+    /* scope_from_params: empty scopes to copy, keys in order (index: state
+     * given << 1 | extensions given); copying one costs a fraction of
+     * inserting 14 keys into a new dict, which also resizes it once. */
+    PyObject *scope_templates[4];
+    /* The last server address (its params as bytes, and the tuple) and the
+     * last client host: nginx sends the same ones request after request. */
+    PyObject *server_host_raw, *server_port_raw, *server_addr;
+    PyObject *client_host_raw, *client_host;
+    /* Header names seen lately: HTTP_USER_AGENT -> b"user-agent", direct-mapped. */
+    PyObject *hname_raw[HNAME_SLOTS], *hname[HNAME_SLOTS];
 } speedups_state;
 
 #define N_STATE_REFS (sizeof(speedups_state) / sizeof(PyObject *))
@@ -352,6 +364,46 @@ next_record(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t end, int rtype,
  * check for a repeated request id cheap). */
 #define MAX_PACKET_REQUESTS 128
 
+/* whole_response(request_id, head, body) -> bytes: one STDOUT record holding
+ * head and body, the empty STDOUT and a successful END_REQUEST, the whole
+ * small response in one object (records.whole_response_py is the Python
+ * version). ValueError when head and body do not fit in one record. */
+static PyObject *
+whole_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyLong_Check(args[0]) || !PyBytes_Check(args[1]) ||
+        !PyBytes_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "whole_response(request_id: int, head: bytes, body: bytes)");
+        return NULL;
+    }
+    int overflow;
+    long rid = PyLong_AsLongAndOverflow(args[0], &overflow);
+    if (rid == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t hlen = PyBytes_GET_SIZE(args[1]), blen = PyBytes_GET_SIZE(args[2]);
+    if (overflow || rid < 0 || rid > 0xFFFF || hlen > 0xFFFF || blen > 0xFFFF - hlen) {
+        PyErr_SetString(PyExc_ValueError, "request id or content out of a record's range");
+        return NULL;
+    }
+    Py_ssize_t clen = hlen + blen;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 8 + clen + 8 + 16);
+    if (out == NULL) {
+        return NULL;
+    }
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+    const unsigned char hi = (unsigned char)(rid >> 8), lo = (unsigned char)rid;
+    const unsigned char stdout_head[8] = {1, 6, hi, lo, (unsigned char)(clen >> 8), (unsigned char)clen, 0, 0};
+    memcpy(o, stdout_head, 8);
+    memcpy(o + 8, PyBytes_AS_STRING(args[1]), hlen);
+    memcpy(o + 8 + hlen, PyBytes_AS_STRING(args[2]), blen);
+    /* The empty STDOUT, then END_REQUEST: appStatus 0, FCGI_REQUEST_COMPLETE. */
+    const unsigned char tail[24] = {1, 6, hi, lo, 0, 0, 0, 0, 1, 3, hi, lo, 0, 8, 0, 0,
+                                    0, 0, 0, 0, 0, 0, 0, 0};
+    memcpy(o + 8 + clen, tail, 24);
+    return out;
+}
+
 /* request_packets(src) -> [(request_id, flags, params), ...] or None
  * src is exactly one or more RESPONDER requests without a body, each as
  * nginx sends a GET in one write (HAProxy sends several in one): BEGIN_REQUEST,
@@ -413,11 +465,20 @@ request_packets(PyObject *module, PyObject *arg)
     }
     result = PyList_New(n);
     for (int i = 0; result != NULL && i < n; i++) {
-        PyObject *item = Py_BuildValue("(liy#)", ids[i], flags[i],
-                                       (const char *)buf + params_at[i], params_len[i]);
+        /* Built by hand: Py_BuildValue parses its format on every call. */
+        PyObject *rid = PyLong_FromLong(ids[i]), *fl = PyLong_FromLong(flags[i]);
+        PyObject *params = PyBytes_FromStringAndSize((const char *)buf + params_at[i],
+                                                     params_len[i]);
+        PyObject *item = rid && fl && params ? PyTuple_New(3) : NULL;
         if (item == NULL) {
+            Py_XDECREF(rid);
+            Py_XDECREF(fl);
+            Py_XDECREF(params);
             Py_CLEAR(result);
         } else {
+            PyTuple_SET_ITEM(item, 0, rid);
+            PyTuple_SET_ITEM(item, 1, fl);
+            PyTuple_SET_ITEM(item, 2, params);
             PyList_SET_ITEM(result, i, item);
         }
     }
@@ -878,36 +939,114 @@ decode_path(span raw)
     return path;
 }
 
-/* (latin-1 host, port) for the scope's client/server; port_absent is the
- * port used when the param is not a number (0 for client, None for server). */
-static PyObject *
-address(span host, span port, PyObject *port_absent)
+/* Whether bytes object raw (or NULL) holds exactly the bytes of s. */
+static int
+span_matches(PyObject *raw, span s)
 {
-    long long pv = port_value(port);
-    PyObject *h = PyUnicode_DecodeLatin1(host.p, host.len, NULL);
+    return raw != NULL && PyBytes_GET_SIZE(raw) == s.len &&
+           memcmp(PyBytes_AS_STRING(raw), s.p, s.len) == 0;
+}
+
+/* Remember the bytes of s in *raw_slot and value (borrowed) in *value_slot.
+ * Only bytes, str and tuples of them are dropped, so no Python code runs. */
+static int
+remember(PyObject **raw_slot, span s, PyObject **value_slot, PyObject *value)
+{
+    PyObject *raw = PyBytes_FromStringAndSize(s.p, s.len);
+    if (raw == NULL) {
+        return -1;
+    }
+    Py_XSETREF(*raw_slot, raw);
+    Py_XSETREF(*value_slot, Py_NewRef(value));
+    return 0;
+}
+
+/* (host, port) for the scope's client/server, stealing host (NULL: an error
+ * already set); port_absent is the port used when the param is not a number
+ * (0 for client, None for server). */
+static PyObject *
+address(PyObject *h, span port, PyObject *port_absent)
+{
     if (h == NULL) {
         return NULL;
     }
-    PyObject *p;
-    if (pv >= 0) {
-        p = PyLong_FromLongLong(pv);
-    } else {
-        p = port_absent;
-        Py_INCREF(p);
-    }
-    if (p == NULL) {
-        Py_DECREF(h);
-        return NULL;
-    }
-    PyObject *t = PyTuple_New(2);
+    long long pv = port_value(port);
+    PyObject *p = pv >= 0 ? PyLong_FromLongLong(pv) : Py_NewRef(port_absent);
+    PyObject *t = p != NULL ? PyTuple_New(2) : NULL;
     if (t == NULL) {
         Py_DECREF(h);
-        Py_DECREF(p);
+        Py_XDECREF(p);
         return NULL;
     }
     PyTuple_SET_ITEM(t, 0, h);
     PyTuple_SET_ITEM(t, 1, p);
     return t;
+}
+
+/* scope["client"]: the host string is the last request's when the same. */
+static PyObject *
+client_address(speedups_state *st, span host, span port)
+{
+    PyObject *h;
+    if (span_matches(st->client_host_raw, host)) {
+        h = Py_NewRef(st->client_host);
+    } else {
+        h = PyUnicode_DecodeLatin1(host.p, host.len, NULL);
+        if (h != NULL && host.len <= 64 &&
+            remember(&st->client_host_raw, host, &st->client_host, h) < 0) {
+            Py_CLEAR(h);
+        }
+    }
+    return address(h, port, st->zero);
+}
+
+/* scope["server"]: the last request's tuple when its params were the same. */
+static PyObject *
+server_address(speedups_state *st, span host, span port)
+{
+    if (port.len >= 0 && span_matches(st->server_host_raw, host) &&
+        span_matches(st->server_port_raw, port)) {
+        return Py_NewRef(st->server_addr);
+    }
+    PyObject *t = address(PyUnicode_DecodeLatin1(host.p, host.len, NULL), port, Py_None);
+    if (t != NULL && port.len >= 0 && host.len <= 64 && port.len <= 8) {
+        /* The port first: server_host_raw matching means the pair is whole. */
+        if (remember(&st->server_port_raw, port, &st->server_addr, t) < 0 ||
+            remember(&st->server_host_raw, host, &st->server_addr, t) < 0) {
+            Py_CLEAR(st->server_host_raw);
+            Py_CLEAR(t);
+        }
+    }
+    return t;
+}
+
+/* HTTP_X_Y (the whole param name, longer than 5 bytes) -> b"x-y", from a
+ * small direct-mapped cache of recent names. New reference. */
+static PyObject *
+cached_header_name(speedups_state *st, span n)
+{
+    uint32_t hash = 2166136261u; /* FNV-1a */
+    for (Py_ssize_t j = 5; j < n.len; j++) {
+        hash = (hash ^ (unsigned char)n.p[j]) * 16777619u;
+    }
+    unsigned idx = hash & (HNAME_SLOTS - 1);
+    if (span_matches(st->hname_raw[idx], n)) {
+        return Py_NewRef(st->hname[idx]);
+    }
+    PyObject *name = PyBytes_FromStringAndSize(NULL, n.len - 5);
+    if (name == NULL) {
+        return NULL;
+    }
+    char *dst = PyBytes_AS_STRING(name);
+    for (Py_ssize_t j = 5; j < n.len; j++) {
+        char c = n.p[j];
+        *dst++ = c == '_' ? '-' : (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+    }
+    /* Long names are not kept: the cache stays small whatever clients send. */
+    if (n.len <= 64 && remember(&st->hname_raw[idx], n, &st->hname[idx], name) < 0) {
+        Py_CLEAR(name);
+    }
+    return name;
 }
 
 /* Set scope[key] = value, stealing the reference to value. */
@@ -953,6 +1092,8 @@ scope_from_params(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     span hnames[MAX_HEADERS], hvalues[MAX_HEADERS];
     int nheaders = 0;
     PyObject *scope = NULL, *headers = NULL;
+    PyObject *pairs[MAX_HEADERS]; /* the header list's items, until it is made */
+    int npairs = 0;
     for (int i = 0; i < V_COUNT; i++) {
         vars[i].p = NULL;
         vars[i].len = -1;
@@ -1046,10 +1187,6 @@ scope_from_params(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
 
     /* Pass 2: the header list, with scope.request_headers_py's rules. */
-    headers = PyList_New(0);
-    if (headers == NULL) {
-        goto fail;
-    }
     for (int i = 0; i < nheaders; i++) {
         span n = hnames[i], v = hvalues[i];
         PyObject *hname;
@@ -1074,14 +1211,9 @@ scope_from_params(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 (vars[V_CONTENT_LENGTH].len >= 0 || !span_digits(v))) {
                 continue;
             }
-            hname = PyBytes_FromStringAndSize(NULL, n.len - 5);
+            hname = cached_header_name(st, n);
             if (hname == NULL) {
                 goto fail;
-            }
-            char *dst = PyBytes_AS_STRING(hname);
-            for (Py_ssize_t j = 5; j < n.len; j++) {
-                char c = n.p[j];
-                *dst++ = c == '_' ? '-' : (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
             }
         }
         PyObject *hvalue = PyBytes_FromStringAndSize(v.p, v.len);
@@ -1093,12 +1225,16 @@ scope_from_params(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         PyTuple_SET_ITEM(pair, 0, hname);
         PyTuple_SET_ITEM(pair, 1, hvalue);
-        int rc = PyList_Append(headers, pair);
-        Py_DECREF(pair);
-        if (rc < 0) {
-            goto fail;
-        }
+        pairs[npairs++] = pair;
     }
+    headers = PyList_New(npairs);
+    if (headers == NULL) {
+        goto fail;
+    }
+    for (int i = 0; i < npairs; i++) {
+        PyList_SET_ITEM(headers, i, pairs[i]);
+    }
+    npairs = 0;
 
     /* The scope, with the keys in scope.build_scope's order. */
     PyObject *scheme = st->s_http;
@@ -1108,7 +1244,8 @@ scope_from_params(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     } else if (span_is_nocase(rs, "https")) {
         scheme = st->s_https;
     }
-    scope = PyDict_New();
+    /* Every key is in the template, in order: the sets below replace values. */
+    scope = PyDict_Copy(st->scope_templates[(state != Py_None) << 1 | (extensions != Py_None)]);
     if (scope == NULL || PyDict_SetItem(scope, st->k_type, st->s_http) < 0 ||
         PyDict_SetItem(scope, st->k_asgi, asgi) < 0 ||
         set_steal(scope, st->k_http_version, http_version(st, vars[V_SERVER_PROTOCOL])) < 0 ||
@@ -1135,12 +1272,12 @@ scope_from_params(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_CLEAR(headers);
     span ra = vars[V_REMOTE_ADDR];
-    if ((ra.len > 0 ? set_steal(scope, st->k_client, address(ra, vars[V_REMOTE_PORT], st->zero))
+    if ((ra.len > 0 ? set_steal(scope, st->k_client, client_address(st, ra, vars[V_REMOTE_PORT]))
                     : PyDict_SetItem(scope, st->k_client, Py_None)) < 0) {
         goto fail;
     }
     span host = vars[V_SERVER_ADDR].len > 0 ? vars[V_SERVER_ADDR] : vars[V_SERVER_NAME];
-    if ((host.len > 0 ? set_steal(scope, st->k_server, address(host, vars[V_SERVER_PORT], Py_None))
+    if ((host.len > 0 ? set_steal(scope, st->k_server, server_address(st, host, vars[V_SERVER_PORT]))
                       : PyDict_SetItem(scope, st->k_server, Py_None)) < 0) {
         goto fail;
     }
@@ -1162,6 +1299,9 @@ fallback:
     Py_RETURN_NONE;
 
 fail:
+    for (int i = 0; i < npairs; i++) {
+        Py_DECREF(pairs[i]);
+    }
     Py_XDECREF(headers);
     Py_XDECREF(scope);
     input_close(&in);
@@ -1173,6 +1313,8 @@ static PyMethodDef methods[] = {
      "The CGI head for a status line and plain (bytes, bytes) headers, or None."},
     {"parse_records", (PyCFunction)(void (*)(void))parse_records, METH_FASTCALL,
      "Whole records of a buffer and the bytes they took."},
+    {"whole_response", (PyCFunction)(void (*)(void))whole_response, METH_FASTCALL,
+     "A small response's STDOUT record, the empty STDOUT and END_REQUEST as one bytes."},
     {"request_packets", request_packets, METH_O,
      "[(request id, flags, params), ...] of whole bodiless RESPONDER requests, else None."},
     {"request_headers", request_headers, METH_O,
@@ -1275,7 +1417,28 @@ speedups_exec(PyObject *module)
     }
     st->name_cache = PyDict_New();
     st->zero = PyLong_FromLong(0);
-    return st->name_cache != NULL && st->zero != NULL ? 0 : -1;
+    if (st->name_cache == NULL || st->zero == NULL) {
+        return -1;
+    }
+    PyObject *keys[] = {st->k_type,       st->k_asgi,         st->k_http_version, st->k_method,
+                        st->k_scheme,     st->k_path,         st->k_raw_path,     st->k_query_string,
+                        st->k_root_path,  st->k_headers,      st->k_client,       st->k_server};
+    for (int t = 0; t < 4; t++) {
+        PyObject *d = st->scope_templates[t] = PyDict_New();
+        if (d == NULL) {
+            return -1;
+        }
+        for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+            if (PyDict_SetItem(d, keys[i], Py_None) < 0) {
+                return -1;
+            }
+        }
+        if (((t & 2) && PyDict_SetItem(d, st->k_state, Py_None) < 0) ||
+            ((t & 1) && PyDict_SetItem(d, st->k_extensions, Py_None) < 0)) {
+            return -1;
+        }
+    }
+    return 0;
 }
 
 static PyModuleDef_Slot slots[] = {

@@ -56,6 +56,7 @@ __all__ = [
     "parse_end_request",
     "request_packets",
     "request_packets_py",
+    "whole_response",
 ]
 
 VERSION = 1
@@ -359,16 +360,31 @@ def request_packets_py(
     return found
 
 
+def whole_response_py(request_id: int, head: bytes, body: bytes) -> bytes:
+    """A whole small response: one STDOUT record holding ``head`` and
+    ``body`` (at most 65535 bytes together), the empty STDOUT and a
+    successful END_REQUEST."""
+    if not 0 <= request_id <= 0xFFFF:
+        raise ValueError("request id or content out of a record's range")
+    return (
+        encode_record(STDOUT, request_id, head + body)
+        + encode_record(STDOUT, request_id)
+        + encode_end_request(request_id)
+    )
+
+
 try:
     from .._speedups import decode_params as _decode_params_c
     from .._speedups import decode_params_latin1 as _decode_params_latin1_c
     from .._speedups import parse_records as _c_parse_records
     from .._speedups import request_packets as _c_request_packets
+    from .._speedups import whole_response as _c_whole_response
 except ImportError:  # not built: no compiler, or FCGI_ASGI_NO_EXTENSIONS=1
     _c_decoder = None
     _c_parse_records = None  # type: ignore[assignment]
     _decode_params_latin1_c = None  # type: ignore[assignment]
     _c_request_packets = None  # type: ignore[assignment]
+    _c_whole_response = None  # type: ignore[assignment]
 else:
     _c_decoder = _decode_params_c
 
@@ -396,6 +412,10 @@ def _decode_params_latin1_with_c(data: bytes | bytearray | memoryview) -> dict[s
 #: connection reads records one by one (the Python version would cost more
 #: than it saves).
 request_packets = _c_request_packets
+
+#: The C :func:`whole_response_py` when built (one object made instead of
+#: five), else None: the caller keeps its cached end records then.
+whole_response = _c_whole_response
 
 #: The C version when built, else :func:`decode_params_latin1_py`.
 decode_params_latin1 = (

@@ -36,6 +36,7 @@ from .records import (
     encode_end_request,
     encode_record,
     encode_stream,
+    whole_response,
 )
 
 if TYPE_CHECKING:
@@ -85,6 +86,15 @@ def end_records(request_id: int) -> bytes:
     return tail
 
 
+def _whole_response(request_id: int, head: bytes, body: bytes) -> bytes:
+    """records.whole_response without the C extension: the end records cached."""
+    return encode_record(STDOUT, request_id, head + body) + end_records(request_id)
+
+
+#: A whole small response as one bytes object (C when built).
+whole = whole_response if whole_response is not None else _whole_response
+
+
 def _stderr_text(message: str, where: tuple[int, str, str], exc: BaseException | None) -> str:
     """A failed request's log line (and traceback) as sent to FCGI_STDERR."""
     rid, method, path = where
@@ -93,6 +103,9 @@ def _stderr_text(message: str, where: tuple[int, str, str], exc: BaseException |
         text += "".join(traceback.format_exception(exc))
     return text
 
+
+#: Python 3.12+: a task can run its first step as it is made.
+_EAGER = sys.version_info >= (3, 12)
 
 if sys.version_info >= (3, 12):
 
@@ -345,7 +358,7 @@ class Request:
         self.bytes_sent += len(body)
         rid = self.request_id
         self._stdout_sent = self.response_complete = True
-        self.conn.write([encode_record(STDOUT, rid, head + body) + end_records(rid)])
+        self.conn.write([whole(rid, head, body)])
         self.conn.request_ended(self)
         if self._waiters:
             self.wake()
@@ -539,15 +552,19 @@ class Request:
         The request takes its task out of ``ctx.tasks`` when it ends, which
         costs less than a done callback (one loop callback fewer per request).
         """
-        if not self.admit():
+        conn = self.conn
+        if conn.config.max_concurrent_requests and not self.admit():
             coro.close()
             return
         # Its whole body here already (a whole request in one read): the app
         # may as well start now, where Python can (3.12+).
-        self.task = task = start_task(self.conn.loop, coro, self.stdin_done)
+        if _EAGER and self.stdin_done:
+            self.task = task = start_task(conn.loop, coro, True)
+        else:
+            self.task = task = conn.loop.create_task(coro)
         if task.done():
-            # An eager start ran the whole request inside it: nothing is left
-            # to track.
+            # An eager start (ours, or an app's eager task factory) ran the
+            # whole request inside it: nothing is left to track.
             return
         self.track(task)
 
