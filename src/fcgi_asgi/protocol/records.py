@@ -364,7 +364,7 @@ def whole_response_py(request_id: int, head: bytes, body: bytes) -> bytes:
     """A whole small response: one STDOUT record holding ``head`` and
     ``body`` (at most 65535 bytes together), the empty STDOUT and a
     successful END_REQUEST."""
-    if not 0 <= request_id <= 0xFFFF:
+    if not 0 <= request_id <= 0xFFFF or len(head) + len(body) > MAX_CONTENT:
         raise ValueError("request id or content out of a record's range")
     return (
         encode_record(STDOUT, request_id, head + body)
