@@ -287,7 +287,7 @@ def test_request_ignoring_cancellation_does_not_keep_the_process(gateway, sock_p
     )
     try:
         for _ in range(200):
-            if marker.exists():
+            if marker.exists() and marker.read_text():  # written, not just made
                 break
             time.sleep(0.05)
         assert marker.read_text() == "running"
@@ -456,7 +456,8 @@ def test_fast_reader_that_vanishes_stops_a_tight_streaming_loop(gateway, sock_pa
             while s.recv(1 << 20):  # the gateway closes its side once it has noticed
                 pass
     deadline = time.monotonic() + 10
-    while not marker.exists():
+    # Until written, not just made: write_text() creates the file, then writes.
+    while not (marker.exists() and marker.read_text()):
         assert time.monotonic() < deadline, "the app never noticed the peer was gone"
         time.sleep(0.05)
     assert marker.read_text().startswith("ClientDisconnected after ")
