@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/hotpath.py [raw|starlette_app|wsgi] [--requests N] [--profile]
         [--threads N]
-        [--access-log off|on|json|handler]
+        [--access-log off|on|json|handler] [--server fcgi-asgi|uvicorn]
 
 Feeds the bytes nginx sends for a GET (BEGIN_REQUEST with keep-conn, 25
 params, empty STDIN) to 32 FastCGIConnection objects over a stub transport,
@@ -18,6 +18,12 @@ the JSON lines, ``handler`` the default format through a plain
 compare two versions of src/ on
 the same machine (e.g. with PYTHONPATH=path/to/other/src); the end-to-end
 figures come from run.py.
+
+``--server uvicorn`` feeds the same request, as the HTTP/1.1 GET nginx's
+``proxy_pass`` sends (the same six headers), to 32 of uvicorn's httptools
+protocols over the same stub transport: the peer's own CPU per request,
+without its system calls, like for like (run it from a venv with uvicorn,
+e.g. run.py's BENCH_VENV).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -106,6 +113,19 @@ REQUEST = (
 )
 
 
+# The same request as nginx proxies it over HTTP/1.1 (proxy_http_version 1.1,
+# Host set, Connection cleared for upstream keepalive), for --server uvicorn.
+HTTP_REQUEST = (
+    b"GET / HTTP/1.1\r\n"
+    + b"".join(
+        name[5:].replace(b"_", b"-").title() + b": " + value + b"\r\n"
+        for name, value in PARAMS_SENT
+        if name.startswith(b"HTTP_") and name != b"HTTP_CONNECTION"
+    )
+    + b"\r\n"
+)
+
+
 # The end of a successful END_REQUEST record for request id 1.
 END_OK = encode_end_request(1)
 
@@ -121,8 +141,11 @@ class StubTransport:
         self.want = 0
         self.enough: asyncio.Event | None = None
 
+    #: What get_extra_info answers: a unix socket's sockname for uvicorn.
+    extra: dict[str, Any] = {}
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
+        return self.extra.get(name, default)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
@@ -216,6 +239,44 @@ async def measure(app: Any, requests: int, access: str, threads: int = 16) -> fl
     return (time.process_time() - started) / (rounds * len(conns))
 
 
+async def measure_uvicorn(app: Any, requests: int) -> float:
+    """measure() for uvicorn's httptools protocol, fed HTTP_REQUEST."""
+    from uvicorn.config import Config as UvicornConfig
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    config = UvicornConfig(
+        app=app, http="httptools", lifespan="off", access_log=False, log_level="warning"
+    )
+    config.load()
+    state = ServerState()
+    transport = StubTransport()
+    transport.extra = {"sockname": "/tmp/uvicorn.sock", "peername": ""}  # as behind nginx
+    conns = [HttpToolsProtocol(config, state, {}) for _ in range(32)]
+    for conn in conns:
+        conn.connection_made(transport)  # type: ignore[arg-type]
+    rounds = max(1, requests // len(conns))
+
+    async def one_round() -> None:
+        for conn in conns:
+            conn.data_received(HTTP_REQUEST)
+        await asyncio.sleep(0)
+
+    for _ in range(50):
+        await one_round()
+    await asyncio.sleep(0)
+    if b"Hello, world!" not in transport.last:
+        raise SystemExit(f"unexpected response {transport.last[:80]!r}")
+    started = time.process_time()
+    for _ in range(rounds):
+        await one_round()
+    await asyncio.sleep(0)
+    elapsed = (time.process_time() - started) / (rounds * len(conns))
+    for conn in conns:
+        conn.connection_lost(None)  # its keep-alive timers
+    return elapsed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("app", nargs="?", default="raw", choices=("raw", "starlette_app", "wsgi"))
@@ -230,10 +291,24 @@ def main() -> None:
         help="off (default); on: the default access log; json: JSON lines; handler: "
         "the default format through a logging.FileHandler",
     )
+    ap.add_argument(
+        "--server",
+        choices=("fcgi-asgi", "uvicorn"),
+        default="fcgi-asgi",
+        help="fcgi-asgi (default), or uvicorn's httptools protocol fed the same request over HTTP",
+    )
     args = ap.parse_args()
     import uvloop
 
     app = getattr(apps, args.app)
+    run_one: Callable[[Any, int, str, int], Coroutine[Any, Any, float]] = measure
+    if args.server == "uvicorn":
+        if args.app == "wsgi" or args.access_log != "off":
+            ap.error("--server uvicorn: an ASGI app, access log off")
+
+        def run_one(app: Any, requests: int, access: str, threads: int) -> Any:
+            return measure_uvicorn(app, requests)
+
     with tempfile.TemporaryDirectory() as tmp:
         log_path = os.path.join(tmp, "access.log")
         setup_access_log(args.access_log, log_path)
@@ -242,11 +317,11 @@ def main() -> None:
             import pstats
 
             with cProfile.Profile() as prof:
-                uvloop.run(measure(app, args.requests, args.access_log, args.threads))
+                uvloop.run(run_one(app, args.requests, args.access_log, args.threads))
             pstats.Stats(prof).sort_stats("tottime").print_stats(25)
             return
         runs = [
-            uvloop.run(measure(app, args.requests, args.access_log, args.threads))
+            uvloop.run(run_one(app, args.requests, args.access_log, args.threads))
             for _ in range(args.runs)
         ]
         logging.shutdown()
@@ -255,7 +330,8 @@ def main() -> None:
             with open(log_path, "rb") as f:
                 lines = sum(1 for _ in f)
     print(
-        f"{args.app}, access log {args.access_log}: {statistics.median(runs) * 1e6:.2f} us "
+        f"{args.server} {args.app}, access log {args.access_log}: "
+        f"{statistics.median(runs) * 1e6:.2f} us "
         f"per request (median of {args.runs} runs; {lines} access-log lines written)"
     )
 
