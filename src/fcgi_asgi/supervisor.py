@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import select
@@ -472,9 +473,11 @@ class Supervisor:
             if rss is not None and rss > limit:
                 worker.obsolete = True
                 logger.warning(
-                    "worker %d uses %d MiB (RSS), more than --max-worker-memory %d: replacing it",
+                    "worker %d uses %.1f MiB (RSS), more than --max-worker-memory %d: "
+                    "replacing it",
                     worker.pid,
-                    rss // MIB,
+                    # Rounded up: just past 120 must not read "120.0, more than 120".
+                    math.ceil(rss * 10 / MIB) / 10,
                     self.config.max_worker_memory,
                 )
 
