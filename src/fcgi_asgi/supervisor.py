@@ -473,8 +473,7 @@ class Supervisor:
             if rss is not None and rss > limit:
                 worker.obsolete = True
                 logger.warning(
-                    "worker %d uses %.1f MiB (RSS), more than --max-worker-memory %d: "
-                    "replacing it",
+                    "worker %d uses %.1f MiB (RSS), more than --max-worker-memory %d: replacing it",
                     worker.pid,
                     # Rounded up: just past 120 must not read "120.0, more than 120".
                     math.ceil(rss * 10 / MIB) / 10,
