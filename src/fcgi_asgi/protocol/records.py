@@ -414,8 +414,8 @@ def _decode_params_latin1_with_c(data: bytes | bytearray | memoryview) -> dict[s
 request_packets = _c_request_packets
 
 #: The C :func:`whole_response_py` when built (one object made instead of
-#: five), else None: the caller keeps its cached end records then.
-whole_response = _c_whole_response
+#: five), else that one.
+whole_response = whole_response_py if _c_whole_response is None else _c_whole_response
 
 #: The C version when built, else :func:`decode_params_latin1_py`.
 decode_params_latin1 = (

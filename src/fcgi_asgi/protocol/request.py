@@ -86,15 +86,6 @@ def end_records(request_id: int) -> bytes:
     return tail
 
 
-def _whole_response(request_id: int, head: bytes, body: bytes) -> bytes:
-    """records.whole_response without the C extension: the end records cached."""
-    return encode_record(STDOUT, request_id, head + body) + end_records(request_id)
-
-
-#: A whole small response as one bytes object (C when built).
-whole = whole_response if whole_response is not None else _whole_response
-
-
 def _stderr_text(message: str, where: tuple[int, str, str], exc: BaseException | None) -> str:
     """A failed request's log line (and traceback) as sent to FCGI_STDERR."""
     rid, method, path = where
@@ -358,7 +349,7 @@ class Request:
         self.bytes_sent += len(body)
         rid = self.request_id
         self._stdout_sent = self.response_complete = True
-        self.conn.write([whole(rid, head, body)])
+        self.conn.write([whole_response(rid, head, body)])
         self.conn.request_ended(self)
         if self._waiters:
             self.wake()
