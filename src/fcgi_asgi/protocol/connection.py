@@ -345,17 +345,18 @@ class FastCGIConnection(asyncio.Protocol):
         # Counted with the params other requests here are still sending, as
         # the records one by one would.
         if self._params_buffered + len(params) > self.config.max_params_size:
-            raise ParamsTooLarge(
-                f"PARAMS for request id {rid} exceed {self.config.max_params_size} bytes"
-                + (
-                    " (with the connection's other pending requests)"
-                    if self._params_buffered
-                    else ""
-                )
-            )
+            raise self._params_too_large(rid, bool(self._params_buffered))
         cycle.params = None
         cycle.stdin_done = True
         return cycle
+
+    def _params_too_large(self, rid: int, with_others: bool) -> ParamsTooLarge:
+        """The error for request ``rid``'s PARAMS over the limit, ``with_others``
+        when other requests' pending params count towards it."""
+        others = " (with the connection's other pending requests)" if with_others else ""
+        return ParamsTooLarge(
+            f"PARAMS for request id {rid} exceed {self.config.max_params_size} bytes{others}"
+        )
 
     def _begin(self, rid: int, content: bytes) -> None:
         try:
@@ -464,15 +465,7 @@ class FastCGIConnection(asyncio.Protocol):
             # The limit holds per request and for the connection as a whole, so
             # many half-sent requests cannot add up to many times the limit.
             if self._params_buffered > self.config.max_params_size:
-                raise ParamsTooLarge(
-                    f"PARAMS for request id {cycle.request_id} exceed "
-                    f"{self.config.max_params_size} bytes"
-                    + (
-                        " (with the connection's other pending requests)"
-                        if len(params) < self._params_buffered
-                        else ""
-                    )
-                )
+                raise self._params_too_large(cycle.request_id, len(params) < self._params_buffered)
             return
         cycle.params = None
         self._params_buffered -= len(params)
