@@ -25,6 +25,7 @@ atheris.Setup(sys.argv, lambda data: one_input(data))
 
 with atheris.instrument_imports(include=["fcgi_asgi"]):
     from fcgi_asgi import _speedups
+    from fcgi_asgi.accesslog import render_default_py
     from fcgi_asgi.asgi.scope import ASGI_VERSION, build_scope, request_headers_py
     from fcgi_asgi.errors import AppProtocolError
     from fcgi_asgi.protocol.head import _STATUS_LINES, encode_head_py
@@ -214,8 +215,46 @@ def check_whole_response(fdp: atheris.FuzzedDataProvider) -> None:
     assert c == outcome(whole_response_py, rid, head, body), (rid, len(head), len(body), c)
 
 
+def check_access_line(fdp: atheris.FuzzedDataProvider) -> None:
+    def text() -> Any:
+        # Mostly ASCII, the values C writes; sometimes anything, or not text.
+        kind = fdp.ConsumeIntInRange(0, 7)
+        if kind == 0:
+            return fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 4))
+        if kind == 1:
+            return fdp.ConsumeUnicode(fdp.ConsumeIntInRange(0, 8))
+        return fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 12)).decode("ascii", "replace")
+
+    kind = fdp.ConsumeIntInRange(0, 5)
+    client: Any = None
+    if kind >= 2:
+        client = (text(), fdp.ConsumeIntInRange(-(2**64), 2**64))
+    elif kind == 1:
+        client = [text(), text()]
+    scope: dict[str, Any] = {
+        "client": client,
+        "method": text(),
+        "raw_path": fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 24)),
+        "query_string": fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 24)),
+        "http_version": text(),
+    }
+    if fdp.ConsumeIntInRange(0, 15) == 0:
+        del scope[list(scope)[fdp.ConsumeIntInRange(0, 4)]]
+    status = fdp.ConsumeIntInRange(-(2**64), 2**64)
+
+    def line_or_error(render: Any) -> Any:
+        try:
+            return render(scope, status, 0, 0.0, 1)
+        except (KeyError, TypeError) as exc:
+            return type(exc)
+
+    c = _speedups.access_line(scope, status)
+    if c is not None:
+        assert c == line_or_error(render_default_py), (scope, status, c)
+
+
 CHECKS = [check_decode_params, check_parse_records, check_scope, check_request_headers]
-CHECKS += [check_encode_head, check_request_packets, check_whole_response]
+CHECKS += [check_encode_head, check_request_packets, check_whole_response, check_access_line]
 
 
 def one_input(data: bytes) -> None:

@@ -87,6 +87,13 @@ CHURN = [
     )
     for i in range(2)
 ]
+ACCESS_SCOPE: dict[str, Any] = {
+    "client": ("127.0.0.1", 50000),
+    "method": "GET",
+    "raw_path": b"/a",
+    "query_string": b"b=1",
+    "http_version": "1.1",
+}
 HEAD = [(b"content-type", b"text/plain"), (b"x-a", b"1"), [b"x-b", b"2"]]
 LINE = b"Status: 200 OK\r\n"
 
@@ -133,6 +140,12 @@ CASES: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
     (_speedups.encode_head, (LINE, tuple(HEAD))),
     (_speedups.encode_head, (LINE, [(b"bad name", b"1")])),  # None
     (_speedups.encode_head, ("str", HEAD)),  # TypeError
+    (_speedups.access_line, (ACCESS_SCOPE, 200)),
+    (_speedups.access_line, ({**ACCESS_SCOPE, "client": None, "query_string": b""}, 404)),
+    (_speedups.access_line, ({**ACCESS_SCOPE, "raw_path": b"/\xe9"}, 200)),  # None
+    (_speedups.access_line, ({**ACCESS_SCOPE, "client": ("h", 1 << 80)}, 200)),  # None
+    (_speedups.access_line, ({"method": "GET"}, 200)),  # None
+    (_speedups.access_line, (ACCESS_SCOPE,)),  # TypeError
 ]
 
 

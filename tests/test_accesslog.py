@@ -12,10 +12,14 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from fcgi_asgi import accesslog
 from fcgi_asgi.accesslog import DEFAULT_FORMAT, AccessLog, AccessLogFormat
 from fcgi_asgi.logbuffer import MAX_PENDING_LINES, BufferedLineHandler
 from fcgi_asgi.logconfig import configure_logging, logging_config
@@ -153,6 +157,73 @@ def test_default_render_matches_the_format():
     assert fast.render(SCOPE, 200, 0, 0, 1) == (
         '10.0.0.7:41236 - "GET /caf%C3%A9?a=1&b=%22 HTTP/1.1" 200'
     )
+
+
+_CLIENTS = st.none() | st.tuples(st.text(max_size=12), st.integers(-(2**70), 2**70))
+
+
+@given(
+    st.one_of(_CLIENTS, st.lists(st.text(max_size=4), max_size=3), st.integers()),
+    st.text(max_size=8) | st.binary(max_size=4),
+    st.binary(max_size=24),
+    st.binary(max_size=24),
+    st.sampled_from(["1.0", "1.1", "2", "3"]) | st.text(max_size=4),
+    st.integers(-(2**70), 2**70) | st.booleans(),
+)
+def test_default_render_c_matches_python(
+    client: Any, method: Any, raw: bytes, qs: bytes, version: Any, status: int
+) -> None:
+    """The default line from C (when built) is the Python line, whatever the
+    scope holds: C writes the usual ASCII values, the rest falls back."""
+    scope = {
+        "client": client,
+        "method": method,
+        "raw_path": raw,
+        "query_string": qs,
+        "http_version": version,
+    }
+
+    def outcome(render: Any) -> Any:
+        try:
+            return render(scope, status, 0, 0.0, 1)
+        except Exception as exc:  # an int client: not subscriptable, in both
+            return type(exc)
+
+    expected = outcome(accesslog.render_default_py)
+    assert outcome(accesslog.render_default) == expected
+    usual = (
+        (client is None or (type(client) is tuple and client[0].isascii()))
+        and all(type(v) is str and v.isascii() for v in (method, version))
+        and raw.isascii()
+        and qs.isascii()
+        and type(status) is int
+        and all(-(2**63) <= n < 2**63 for n in (status, *(client[1:] if client else ())))
+    )
+    if usual and accesslog._c_access_line is not None:
+        assert accesslog._c_access_line(scope, status) == expected  # C wrote it
+
+
+def test_default_line_of_an_unusual_scope_goes_through_the_direct_writer(
+    tmp_path: Path,
+) -> None:
+    """The shortcut past ``logging`` (C line, else Python) logs a scope an app
+    rewrote with values of other types, and the usual one, in order."""
+    handler = BufferedLineHandler(open(tmp_path / "log", "w"))  # noqa: SIM115
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("test.accesslog.unusual")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    log = AccessLog(AccessLogFormat(), logger)
+    assert log.direct
+    odd = {**SCOPE, "client": ["10.0.0.8", "80"], "method": "GÉT", "raw_path": b"/\xe9"}
+    log.log(SCOPE, 200, 0, 0.0, 1)
+    log.log(odd, 201, 0, 0.0, 2)
+    handler.close()
+    assert (tmp_path / "log").read_text().splitlines() == [
+        '10.0.0.7:41236 - "GET /caf%C3%A9?a=1&b=%22 HTTP/1.1" 200',
+        '10.0.0.8:80 - "GÉT /\xe9?a=1&b=%22 HTTP/1.1" 201',
+    ]
 
 
 def test_json_render_is_json():

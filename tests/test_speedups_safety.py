@@ -212,6 +212,29 @@ def test_scope_from_params_input_moved_by_a_gc_callback() -> None:
 # -- 4. strncasecmp followed LC_CTYPE -----------------------------------------------
 
 
+def test_access_line_scope_cleared_by_a_key_eq() -> None:
+    """A key's __eq__, run by the lookup of "method", empties the scope: the
+    client found before it stays owned, and the line falls back to Python,
+    which raises KeyError as the Python renderer does."""
+    out = run_snippet(
+        """
+        from fcgi_asgi.accesslog import render_default_py
+        class K(str):
+            def __hash__(self): return hash("method")
+            def __eq__(self, o):
+                if armed: s.clear()
+                return False
+        armed = False
+        s = {"client": (str(bytearray(b"10.0.0.1"), "ascii"), 1 << 20), K("zz"): 1,
+             "method": "GET", "raw_path": b"/", "query_string": b"", "http_version": "1.1"}
+        armed = True
+        line = _speedups.access_line(s, 200)
+        print(line, outcome(render_default_py, s, 200, 0, 0.0, 1))
+        """
+    )
+    assert out == "None ('raised', 'KeyError')"
+
+
 @pytest.fixture(scope="module")
 def turkish_locale(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tr_TR.ISO-8859-9 built from the Debian `locales` sources (.ci/run installs them)."""

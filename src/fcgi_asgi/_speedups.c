@@ -25,6 +25,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 #define N_METHODS 7
@@ -1308,6 +1309,128 @@ fail:
     return NULL;
 }
 
+/* ---- the access log ---------------------------------------------------------- */
+
+/* Appends the decimal text of an int (exact type) to buf; 0 when it does not
+ * fit a long long. */
+static int
+long_text(PyObject *n, char *buf, size_t size, Py_ssize_t *len)
+{
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(n, &overflow);
+    if (overflow || (v == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    *len = (Py_ssize_t)snprintf(buf, size, "%lld", v);
+    return 1;
+}
+
+static int
+ascii_bytes(PyObject *b)
+{
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(b);
+    for (Py_ssize_t i = 0, n = PyBytes_GET_SIZE(b); i < n; i++) {
+        if (p[i] & 0x80) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+#define ASCII_STR(o) (PyUnicode_CheckExact(o) && PyUnicode_IS_ASCII(o))
+
+/* access_line(scope, status) -> str or None: the line of accesslog.DEFAULT_FORMAT,
+ * '{client} - "{method} {target} HTTP/{http_version}" {status}', written
+ * straight into one ASCII str. None when a value is not what the gateway
+ * puts in a scope (client a (str, int) pair or None; method and
+ * http_version str; raw_path and query_string bytes; the scope a dict and
+ * the status an int), not ASCII, or a key is missing: an app may replace scope values, and the caller then renders
+ * the line in Python (accesslog.render_default_py), which formats anything. */
+static PyObject *
+access_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "access_line(scope: dict, status: int)");
+        return NULL;
+    }
+    if (!PyDict_Check(args[0]) || !PyLong_CheckExact(args[1])) {
+        Py_RETURN_NONE;
+    }
+    speedups_state *st = get_state(module);
+    PyObject *keys[5] = {st->k_client, st->k_method, st->k_raw_path, st->k_query_string,
+                         st->k_http_version};
+    PyObject *v[5] = {NULL, NULL, NULL, NULL, NULL};
+    PyObject *result = NULL;
+    for (int i = 0; i < 5; i++) {
+        /* Owned at once: a later lookup may run a key's __eq__. */
+        PyObject *x = PyDict_GetItemWithError(args[0], keys[i]);
+        if (x == NULL) {
+            if (PyErr_Occurred()) {
+                goto done;
+            }
+            goto python;
+        }
+        v[i] = Py_NewRef(x);
+    }
+    PyObject *client = v[0], *method = v[1], *raw = v[2], *qs = v[3], *version = v[4];
+    const char *host = "-";
+    Py_ssize_t host_len = 1, port_len = 0, status_len;
+    char port[24], status[24];
+    if (client != Py_None) {
+        if (!PyTuple_CheckExact(client) || PyTuple_GET_SIZE(client) != 2 ||
+            !ASCII_STR(PyTuple_GET_ITEM(client, 0)) ||
+            !PyLong_CheckExact(PyTuple_GET_ITEM(client, 1)) ||
+            !long_text(PyTuple_GET_ITEM(client, 1), port, sizeof(port), &port_len)) {
+            goto python;
+        }
+        host = (const char *)PyUnicode_DATA(PyTuple_GET_ITEM(client, 0));
+        host_len = PyUnicode_GET_LENGTH(PyTuple_GET_ITEM(client, 0));
+    }
+    if (!ASCII_STR(method) || !ASCII_STR(version) || !PyBytes_CheckExact(raw) ||
+        !PyBytes_CheckExact(qs) || !ascii_bytes(raw) || !ascii_bytes(qs) ||
+        !long_text(args[1], status, sizeof(status), &status_len)) {
+        goto python;
+    }
+    Py_ssize_t method_len = PyUnicode_GET_LENGTH(method), version_len = PyUnicode_GET_LENGTH(version);
+    Py_ssize_t raw_len = PyBytes_GET_SIZE(raw), qs_len = PyBytes_GET_SIZE(qs);
+    /* Each part is the size of an object in memory: the sum cannot overflow. */
+    Py_ssize_t total = host_len + (port_len ? 1 + port_len : 0) + 4 + method_len + 1 + raw_len +
+                       (qs_len ? 1 + qs_len : 0) + 6 + version_len + 2 + status_len;
+    result = PyUnicode_New(total, 127);
+    if (result == NULL) {
+        goto done;
+    }
+    char *o = (char *)PyUnicode_DATA(result);
+#define PUT(p, n) (memcpy(o, (p), (size_t)(n)), o += (n))
+    PUT(host, host_len);
+    if (port_len) {
+        *o++ = ':';
+        PUT(port, port_len);
+    }
+    PUT(" - \"", 4);
+    PUT(PyUnicode_DATA(method), method_len);
+    *o++ = ' ';
+    PUT(PyBytes_AS_STRING(raw), raw_len);
+    if (qs_len) {
+        *o++ = '?';
+        PUT(PyBytes_AS_STRING(qs), qs_len);
+    }
+    PUT(" HTTP/", 6);
+    PUT(PyUnicode_DATA(version), version_len);
+    PUT("\" ", 2);
+    PUT(status, status_len);
+#undef PUT
+    goto done;
+python:
+    result = Py_NewRef(Py_None);
+done:
+    for (int i = 0; i < 5; i++) {
+        Py_XDECREF(v[i]);
+    }
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"encode_head", (PyCFunction)(void (*)(void))encode_head, METH_FASTCALL,
      "The CGI head for a status line and plain (bytes, bytes) headers, or None."},
@@ -1321,6 +1444,8 @@ static PyMethodDef methods[] = {
      "The ASGI headers list for a dict of CGI params."},
     {"scope_from_params", (PyCFunction)(void (*)(void))scope_from_params, METH_FASTCALL,
      "The ASGI scope straight from PARAMS data in the common case, else None."},
+    {"access_line", (PyCFunction)(void (*)(void))access_line, METH_FASTCALL,
+     "The default access-log line of a scope and status, or None (render it in Python)."},
     {"decode_params", decode_params, METH_O,
      "Decode a complete PARAMS stream into a dict; ValueError on malformed data."},
     {"decode_params_latin1", decode_params_latin1, METH_O,

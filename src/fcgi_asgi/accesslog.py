@@ -40,6 +40,11 @@ from typing import Any
 from .config import ConfigError
 from .logbuffer import BufferedLineHandler
 
+try:
+    from ._speedups import access_line as _c_access_line
+except ImportError:  # not built: the Python renderers alone
+    _c_access_line = None  # type: ignore[assignment]
+
 __all__ = ["DEFAULT_FORMAT", "FIELDS", "JSON_FORMAT", "AccessLog", "AccessLogFormat"]
 
 DEFAULT_FORMAT = '{client} - "{method} {target} HTTP/{http_version}" {status}'
@@ -176,6 +181,18 @@ def render_default(
     scope: dict[str, Any], status: int, sent: int, duration: float, request_id: int
 ) -> str:
     """:data:`DEFAULT_FORMAT`, without building every field: the common case."""
+    if _c_access_line is not None:
+        line = _c_access_line(scope, status)
+        if line is not None:
+            return line
+    return render_default_py(scope, status, sent, duration, request_id)
+
+
+def render_default_py(
+    scope: dict[str, Any], status: int, sent: int, duration: float, request_id: int
+) -> str:
+    """:func:`render_default` in Python alone; it formats values of any type
+    (an app may have replaced some), where the C version takes the usual ones."""
     client = scope["client"]
     peer = f"{client[0]}:{client[1]}" if client else "-"
     return f'{peer} - "{scope["method"]} {_target(scope)} HTTP/{scope["http_version"]}" {status}'
@@ -251,7 +268,16 @@ class AccessLog:
         direct = _direct_writer(logger)
         self.direct = direct is not None
         render = fmt.render
-        if direct is not None:
+        if direct is not None and render is render_default and _c_access_line is not None:
+            c_line = _c_access_line
+
+            # render_default inline: one Python call fewer per request.
+            def log(scope: Scope, status: int, sent: int, duration: float, rid: int) -> None:
+                line = c_line(scope, status)
+                direct(line if line is not None else render(scope, status, sent, duration, rid))
+
+            self.log = log
+        elif direct is not None:
 
             def log(scope: Scope, status: int, sent: int, duration: float, rid: int) -> None:
                 direct(render(scope, status, sent, duration, rid))

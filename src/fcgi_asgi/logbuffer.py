@@ -46,8 +46,8 @@ class BufferedLineHandler(logging.StreamHandler[TextIO]):
     for JSON lines) the handler keeps bare messages and puts the prefix on
     when it writes them: :meth:`message_writer` gives the access log a way in
     that skips the :class:`logging.LogRecord` and the formatter. The time in
-    that prefix is when the line is written, within one loop iteration of
-    when it was logged.
+    that prefix is when the line is written: at most :data:`FLUSH_DELAY`
+    after it was logged.
     """
 
     def __init__(self, stream: TextIO | None = None) -> None:
