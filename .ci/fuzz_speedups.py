@@ -253,8 +253,114 @@ def check_access_line(fdp: atheris.FuzzedDataProvider) -> None:
         assert c == line_or_error(render_default_py), (scope, status, c)
 
 
+class _Context:
+    def __init__(self) -> None:
+        self.pending_heads: list[Any] = []
+        self.turn_end_due = False
+
+    def at_turn_end(self) -> None:
+        self.turn_end_due = True
+
+
+class _Connection:
+    """What send_fast calls on a connection, recorded."""
+
+    def __init__(self) -> None:
+        self.ctx = _Context()
+        self.written: list[Any] = []
+        self.ended = 0
+
+    def write(self, pieces: list[Any]) -> None:
+        self.written.extend(pieces)
+
+    def request_ended(self, request: Any) -> None:
+        self.ended += 1
+
+
+class _Core(_speedups.RequestCore):  # type: ignore[misc]
+    __slots__ = ("woken",)
+
+    def wake(self) -> None:
+        self.woken = True
+
+
+# Values a field may hold: what the gateway puts there, and what it never does.
+_FIELD_VALUES: list[Any] = [True, False, None, 0, 1, 7, 65535, 65536, -1, 1 << 70, b"", "x", []]
+_MESSAGE_KEYS = ["type", "status", "headers", "trailers", "body", "more_body"]
+
+
+def check_send_fast(fdp: atheris.FuzzedDataProvider) -> None:
+    """send_fast on any field values and any message: a bool or an error from
+    the stubs, never a crash; a body it sends is framed as whole_response_py
+    would. Each field and key takes the gateway's usual value when the input
+    says so or runs out, so short inputs reach the paths that send."""
+    core = _Core()
+    conn = _Connection()
+    started = fdp.ConsumeBool()
+    usual: dict[str, Any] = {
+        "conn": conn,
+        "request_id": 1,
+        "unsent_head": fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 40)) if started else None,
+        "status": 200 if started else 0,
+        "bytes_sent": 0,
+        "response_started": started,
+        "response_complete": False,
+        "disconnected": False,
+        "head_only": fdp.ConsumeIntInRange(0, 3) == 0,
+        "stdin_done": True,
+        "end_held": False,
+        "_stdout_sent": False,
+        "_waiters": [None] * fdp.ConsumeIntInRange(0, 1),
+    }
+    for name in _speedups_core_fields:
+        kind = fdp.ConsumeIntInRange(0, 15)
+        if kind == 10:
+            continue  # left unset (NULL)
+        value = usual[name]
+        if kind > 10:
+            value = _FIELD_VALUES[fdp.ConsumeIntInRange(0, len(_FIELD_VALUES) - 1)]
+        setattr(core, name, value)
+    usual_message: dict[str, Any] = {
+        "type": "http.response.body" if started else "http.response.start",
+        "status": STATUSES[fdp.ConsumeIntInRange(0, len(STATUSES) - 1)],
+        "headers": [(fdp.ConsumeBytes(6), fdp.ConsumeBytes(6))] * fdp.ConsumeIntInRange(0, 2),
+        "body": fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 0x4100)),
+    }
+    message: Any = {}
+    for key in _MESSAGE_KEYS:
+        kind = fdp.ConsumeIntInRange(0, 15)
+        if kind > 10:
+            message[key] = _FIELD_VALUES[fdp.ConsumeIntInRange(0, len(_FIELD_VALUES) - 1)]
+        elif kind < 8 and key in usual_message:
+            message[key] = usual_message[key]
+    head = getattr(core, "unsent_head", None)
+    try:
+        done = core.send_fast(message)
+    except (AttributeError, TypeError) as exc:  # a field's type the stubs do not take
+        assert "send_fast" not in str(exc), exc
+        return
+    assert done is True or done is False
+    if done and message.get("type") == "http.response.body":
+        body = b"" if getattr(core, "head_only", None) is True else message.get("body", b"")
+        assert conn.written == [whole_response_py(core.request_id, head, body)]
+        assert conn.ended == 1 and core.response_complete is True and core.unsent_head is None
+    elif done:
+        assert core.response_started is True and core.unsent_head is not None
+        assert core.unsent_head.startswith(_STATUS_LINES[message["status"]])
+        assert core in conn.ctx.pending_heads
+    else:
+        assert conn.written == [] and conn.ended == 0 and not conn.ctx.pending_heads
+
+
+_speedups_core_fields = [
+    name
+    for name, v in vars(_speedups.RequestCore).items()
+    if type(v).__name__ == "member_descriptor"
+]
+
 CHECKS = [check_decode_params, check_parse_records, check_scope, check_request_headers]
 CHECKS += [check_encode_head, check_request_packets, check_whole_response, check_access_line]
+CHECKS += [check_send_fast]
 
 
 def one_input(data: bytes) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from fcgi_asgi import _speedups
 from fcgi_asgi.asgi.scope import ASGI_VERSION
+from fcgi_asgi.protocol import head  # noqa: F401  (gives send_fast its status lines)
 from fcgi_asgi.protocol.records import Record, encode_pairs, encode_record
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -94,6 +95,61 @@ ACCESS_SCOPE: dict[str, Any] = {
     "query_string": b"b=1",
     "http_version": "1.1",
 }
+
+
+class StubContext:
+    """What RequestCore.send_fast calls on the connection's context."""
+
+    def __init__(self) -> None:
+        self.pending_heads: list[Any] = []
+        self.turn_end_due = False
+
+    def at_turn_end(self) -> None:
+        self.pending_heads.clear()
+
+
+class StubConnection:
+    """What RequestCore.send_fast calls on a connection; ``fail`` makes write() raise."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.ctx = StubContext()
+        self.fail = fail
+        self.written = 0
+
+    def write(self, pieces: list[bytes]) -> None:
+        if self.fail:
+            raise RuntimeError("write failed")
+        self.written += len(pieces[0])
+
+    def request_ended(self, request: Any) -> None:
+        pass
+
+
+class Core(_speedups.RequestCore):  # type: ignore[misc]
+    __slots__ = ()
+
+    def wake(self) -> None:
+        del self._waiters[:]
+
+
+def send_fast_cycle(conn: StubConnection, start: dict[str, Any], body: dict[str, Any]) -> None:
+    """A fresh request's start and body through send_fast (a watcher waiting)."""
+    core = Core()
+    core.conn = conn
+    core.request_id = 1
+    core.unsent_head = None
+    core.status = 0
+    core.bytes_sent = 0
+    core.response_started = core.response_complete = core.disconnected = False
+    core.head_only = core.end_held = core._stdout_sent = False
+    core.stdin_done = True
+    core._waiters = [None]
+    core.send_fast(start)
+    core.send_fast(body)
+    conn.ctx.turn_end_due = False
+
+
+START = {"type": "http.response.start", "status": 200, "headers": [(b"a", b"b")]}
 HEAD = [(b"content-type", b"text/plain"), (b"x-a", b"1"), [b"x-b", b"2"]]
 LINE = b"Status: 200 OK\r\n"
 
@@ -146,7 +202,16 @@ CASES: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
     (_speedups.access_line, ({**ACCESS_SCOPE, "client": ("h", 1 << 80)}, 200)),  # None
     (_speedups.access_line, ({"method": "GET"}, 200)),  # None
     (_speedups.access_line, (ACCESS_SCOPE,)),  # TypeError
+    (send_fast_cycle, (StubConnection(), START, {"type": "http.response.body", "body": b"hi"})),
+    (send_fast_cycle, (StubConnection(), {**START, "headers": ()}, {"type": "http.response.body"})),
+    (send_fast_cycle, (StubConnection(True), START, {"type": "http.response.body"})),  # raises
+    (send_fast_cycle, (StubConnection(), {**START, "status": 299}, {"type": "x"})),  # declined
 ]
+
+
+_probe = StubConnection()
+send_fast_cycle(_probe, START, {"type": "http.response.body", "body": b"hi"})
+assert _probe.written == 8 + len(b"Status: 200 OK\r\na: b\r\n\r\nhi") + 24, "send_fast declined"
 
 
 def rss() -> int:

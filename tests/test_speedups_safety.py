@@ -235,6 +235,55 @@ def test_access_line_scope_cleared_by_a_key_eq() -> None:
     assert out == "None ('raised', 'KeyError')"
 
 
+def test_send_fast_survives_a_connection_that_empties_the_request() -> None:
+    """conn.write() deletes the request's fields and drops the connection;
+    a key's __eq__ empties the message mid-lookup: send_fast keeps its own
+    references, reads no field it freed, and declines what it cannot see."""
+    out = run_snippet(
+        """
+        from fcgi_asgi.protocol import head  # the status lines
+        class Ctx:
+            pending_heads = []
+            turn_end_due = True
+        class Conn:
+            ctx = Ctx()
+            def write(self, pieces):
+                global seen
+                seen = len(pieces[0])
+                for name in ("unsent_head", "_waiters", "conn", "bytes_sent", "request_id"):
+                    delattr(req, name)
+                gc.collect()
+            def request_ended(self, r):
+                r.ended = True
+        class Req(_speedups.RequestCore):
+            __slots__ = ("ended",)
+            def wake(self): pass
+        req = Req()
+        req.conn = Conn()
+        req.request_id, req.status, req.bytes_sent = 1, 0, 0
+        req.unsent_head = None
+        req.response_started = req.response_complete = req.disconnected = False
+        req.head_only = req.end_held = req._stdout_sent = False
+        req.stdin_done = True
+        req._waiters = [None]
+        started = req.send_fast({"type": "http.response.start", "status": 200})
+        sent = req.send_fast({"type": "http.response.body", "body": bytes(bytearray(b"hi"))})
+        class K(str):
+            def __hash__(self): return hash("status")
+            def __eq__(self, o):
+                if armed: m.clear()
+                return False
+        armed = False
+        m = {"type": "http.response.start", K("zz"): 1, "status": 200}
+        armed = True
+        req2 = Req()
+        req2.conn, req2.response_started, req2.disconnected = Conn(), False, False
+        print(started, sent, seen, req.ended, req2.send_fast(m), hasattr(req2, "unsent_head"))
+        """
+    )
+    assert out == "True True 52 True False False"  # 8 + 18 + 2 + 24 bytes
+
+
 @pytest.fixture(scope="module")
 def turkish_locale(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tr_TR.ISO-8859-9 built from the Debian `locales` sources (.ci/run installs them)."""

@@ -1,9 +1,12 @@
-/* Optional C versions of the costliest steps of a request:
- * records.decode_params (nginx's 25 name-value pairs: 5.7 us in Python, 1.4 us
- * here) and scope.request_headers_py (the ASGI header list).
- * records.py and scope.py fall back to the Python versions when this module is
- * not built (no compiler, or FCGI_ASGI_NO_EXTENSIONS=1 at install time); the
- * tests check both give the same results and the same errors.
+/* Optional C versions of the costliest steps of a request: splitting records
+ * and spotting a whole bodiless request (records.py), decoding nginx's 25
+ * name-value pairs (5.7 us in Python, 1.4 us here) into the ASGI scope
+ * (asgi/scope.py), the response head (protocol/head.py), a small response's
+ * records, the default access-log line (accesslog.py), and RequestCore, the
+ * response fields of a request with the fast path of an ASGI send
+ * (protocol/core.py). Each module falls back to its Python version when this
+ * one is not built (no compiler, or FCGI_ASGI_NO_EXTENSIONS=1 at install
+ * time); the tests check both give the same results and the same errors.
  *
  * The functions are importable, so they stay memory-safe whatever a caller in
  * the same process passes (tests/test_speedups_safety.py; .ci/sanitize runs
@@ -24,6 +27,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -37,6 +41,11 @@ static const char *method_names[N_METHODS] = {"GET",    "HEAD",  "POST",   "PUT"
 /* Every member is a PyObject * (traverse and clear walk them as an array). */
 typedef struct {
     PyObject *name_cache;  /* param name -> header name, bounded */
+    /* RequestCore: its type, protocol/head.py's status lines (set_status_lines),
+     * and the names it calls on the request, its connection and context. */
+    PyObject *core_type, *status_lines, *empty_tuple;
+    PyObject *k_trailers, *k_status, *k_body, *k_more_body, *k_ctx, *k_pending_heads,
+        *k_turn_end_due, *k_at_turn_end, *k_write, *k_request_ended, *k_wake;
     PyObject *record_type; /* the record type parse_records last checked */
     PyObject *s_content_type, *s_content_length, *h_content_type, *h_content_length;
     PyObject *k_type, *k_asgi, *k_http_version, *k_method, *k_scheme, *k_path, *k_raw_path,
@@ -369,6 +378,8 @@ next_record(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t end, int rtype,
  * head and body, the empty STDOUT and a successful END_REQUEST, the whole
  * small response in one object (records.whole_response_py is the Python
  * version). ValueError when head and body do not fit in one record. */
+static PyObject *whole_response_impl(long rid, PyObject *head, PyObject *body);
+
 static PyObject *
 whole_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -387,6 +398,15 @@ whole_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "request id or content out of a record's range");
         return NULL;
     }
+    return whole_response_impl(rid, args[1], args[2]);
+}
+
+/* whole_response() for arguments already checked: rid 0-65535, head and body
+ * bytes whose sizes add up to at most 65535. */
+static PyObject *
+whole_response_impl(long rid, PyObject *head, PyObject *body)
+{
+    Py_ssize_t hlen = PyBytes_GET_SIZE(head), blen = PyBytes_GET_SIZE(body);
     Py_ssize_t clen = hlen + blen;
     PyObject *out = PyBytes_FromStringAndSize(NULL, 8 + clen + 8 + 16);
     if (out == NULL) {
@@ -396,8 +416,8 @@ whole_response(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const unsigned char hi = (unsigned char)(rid >> 8), lo = (unsigned char)rid;
     const unsigned char stdout_head[8] = {1, 6, hi, lo, (unsigned char)(clen >> 8), (unsigned char)clen, 0, 0};
     memcpy(o, stdout_head, 8);
-    memcpy(o + 8, PyBytes_AS_STRING(args[1]), hlen);
-    memcpy(o + 8 + hlen, PyBytes_AS_STRING(args[2]), blen);
+    memcpy(o + 8, PyBytes_AS_STRING(head), hlen);
+    memcpy(o + 8 + hlen, PyBytes_AS_STRING(body), blen);
     /* The empty STDOUT, then END_REQUEST: appStatus 0, FCGI_REQUEST_COMPLETE. */
     const unsigned char tail[24] = {1, 6, hi, lo, 0, 0, 0, 0, 1, 3, hi, lo, 0, 8, 0, 0,
                                     0, 0, 0, 0, 0, 0, 0, 0};
@@ -527,13 +547,8 @@ is_hop_by_hop(const unsigned char *np, Py_ssize_t nl)
  * tracked by the collector, so allocating it runs no Python code that could
  * change the list. */
 static PyObject *
-encode_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+encode_head_impl(PyObject *line, PyObject *headers)
 {
-    if (nargs != 2 || !PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "encode_head(status_line: bytes, headers)");
-        return NULL;
-    }
-    PyObject *line = args[0], *headers = args[1];
     if (!PyList_CheckExact(headers) && !PyTuple_CheckExact(headers)) {
         Py_RETURN_NONE;
     }
@@ -596,6 +611,16 @@ encode_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     *p++ = '\r';
     *p++ = '\n';
     return out;
+}
+
+static PyObject *
+encode_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "encode_head(status_line: bytes, headers)");
+        return NULL;
+    }
+    return encode_head_impl(args[0], args[1]);
 }
 
 /* ---- request_headers: the ASGI header list of a request's params ---------- */
@@ -1431,6 +1456,374 @@ done:
     return result;
 }
 
+/* ---- RequestCore: a request's response state, and its fast path ------------- */
+
+/* The largest body sent with its head as one small whole response
+ * (protocol/request.py _COALESCE_LIMIT). */
+#define WHOLE_BODY_LIMIT (16 << 10)
+
+/* The fields protocol/request.py's Request keeps here, so that send_fast()
+ * reads and writes them directly. Each is an object, as a __slots__ entry
+ * is: Python reads them at the speed of its own slots (CPython specializes
+ * attribute access for object members only). NULL until set. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *conn, *request_id, *unsent_head, *status, *bytes_sent, *response_started,
+        *response_complete, *disconnected, *head_only, *stdin_done, *end_held, *stdout_sent,
+        *waiters;
+} RequestCore;
+
+#define N_CORE_FIELDS 13
+
+static PyObject **
+core_fields(RequestCore *self)
+{
+    return &self->conn;
+}
+
+#define CORE_MEMBER(field, name) \
+    {name, T_OBJECT_EX, offsetof(RequestCore, field), 0, NULL}
+
+static PyMemberDef core_members[] = {
+    CORE_MEMBER(conn, "conn"),
+    CORE_MEMBER(request_id, "request_id"),
+    CORE_MEMBER(unsent_head, "unsent_head"),
+    CORE_MEMBER(status, "status"),
+    CORE_MEMBER(bytes_sent, "bytes_sent"),
+    CORE_MEMBER(response_started, "response_started"),
+    CORE_MEMBER(response_complete, "response_complete"),
+    CORE_MEMBER(disconnected, "disconnected"),
+    CORE_MEMBER(head_only, "head_only"),
+    CORE_MEMBER(stdin_done, "stdin_done"),
+    CORE_MEMBER(end_held, "end_held"),
+    CORE_MEMBER(stdout_sent, "_stdout_sent"),
+    CORE_MEMBER(waiters, "_waiters"),
+    {NULL, 0, 0, 0, NULL},
+};
+
+static int
+core_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    PyObject **fields = core_fields((RequestCore *)op);
+    for (int i = 0; i < N_CORE_FIELDS; i++) {
+        Py_VISIT(fields[i]);
+    }
+    Py_VISIT(Py_TYPE(op));
+    return 0;
+}
+
+static int
+core_clear(PyObject *op)
+{
+    PyObject **fields = core_fields((RequestCore *)op);
+    for (int i = 0; i < N_CORE_FIELDS; i++) {
+        Py_CLEAR(fields[i]);
+    }
+    return 0;
+}
+
+static void
+core_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    core_clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* An exact str equal to the ASCII literal lit. */
+static int
+str_is(PyObject *o, const char *lit, Py_ssize_t n)
+{
+    return PyUnicode_CheckExact(o) && PyUnicode_IS_ASCII(o) && PyUnicode_GET_LENGTH(o) == n &&
+           memcmp(PyUnicode_DATA(o), lit, (size_t)n) == 0;
+}
+
+/* message[key] as a new reference; NULL when absent or when the lookup failed
+ * (a key's __eq__ raised: the error is dropped, the Python path meets it again). */
+static PyObject *
+get_owned(PyObject *message, PyObject *key)
+{
+    PyObject *v = PyDict_GetItemWithError(message, key);
+    if (v == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return Py_NewRef(v);
+}
+
+static void
+set_field(PyObject **field, PyObject *value)
+{
+    Py_XSETREF(*field, Py_NewRef(value));
+}
+
+/* http.response.start: what ASGIRequest.send() and Request.set_head() do for
+ * a plain start (no trailers, a known status, headers encode_head takes as
+ * they are, the client still there). 1 done, 0 not taken, -1 error. */
+static int
+core_start(RequestCore *self, speedups_state *st, PyObject *message)
+{
+    if (self->response_started != Py_False || self->disconnected != Py_False ||
+        self->conn == NULL || st->status_lines == NULL) {
+        return 0;
+    }
+    PyObject *trailers = get_owned(message, st->k_trailers);
+    if (trailers != NULL) {
+        Py_DECREF(trailers); /* compared by identity only */
+        if (trailers != Py_False) {
+            return 0;
+        }
+    }
+    PyObject *status = get_owned(message, st->k_status);
+    if (status == NULL) {
+        return 0;
+    }
+    PyObject *headers = get_owned(message, st->k_headers);
+    if (headers == NULL) {
+        headers = Py_NewRef(st->empty_tuple);
+    }
+    PyObject *head = NULL, *ctx = NULL, *pending = NULL, *due = NULL, *conn = NULL;
+    int done = 0;
+    if (!PyLong_CheckExact(status)) {
+        goto out;
+    }
+    /* An exact int key: the lookup runs no Python code. */
+    PyObject *line = PyDict_GetItemWithError(st->status_lines, status);
+    if (line == NULL || !PyBytes_CheckExact(line)) {
+        PyErr_Clear();
+        goto out;
+    }
+    head = encode_head_impl(line, headers);
+    if (head == NULL) {
+        done = -1;
+        goto out;
+    }
+    if (head == Py_None) {
+        goto out;
+    }
+    conn = Py_NewRef(self->conn);
+    set_field(&self->end_held, Py_False);
+    Py_XSETREF(self->unsent_head, head);
+    head = NULL;
+    set_field(&self->status, status);
+    set_field(&self->response_started, Py_True);
+    done = 1;
+    /* Written at the end of the loop turn unless a body comes first:
+     * ctx.pending_heads.append(self), and ctx.at_turn_end() once a turn. */
+    if ((ctx = PyObject_GetAttr(conn, st->k_ctx)) == NULL ||
+        (pending = PyObject_GetAttr(ctx, st->k_pending_heads)) == NULL) {
+        done = -1;
+        goto out;
+    }
+    if (!PyList_CheckExact(pending)) {
+        PyErr_SetString(PyExc_TypeError, "ctx.pending_heads is not a list");
+        done = -1;
+        goto out;
+    }
+    if (PyList_Append(pending, (PyObject *)self) < 0 ||
+        (due = PyObject_GetAttr(ctx, st->k_turn_end_due)) == NULL) {
+        done = -1;
+        goto out;
+    }
+    if (due != Py_True) {
+        PyObject *r = PyObject_CallMethodNoArgs(ctx, st->k_at_turn_end);
+        if (r == NULL) {
+            done = -1;
+            goto out;
+        }
+        Py_DECREF(r);
+    }
+out:
+    Py_XDECREF(head);
+    Py_XDECREF(due);
+    Py_XDECREF(pending);
+    Py_XDECREF(ctx);
+    Py_XDECREF(conn);
+    Py_DECREF(headers);
+    Py_DECREF(status);
+    return done;
+}
+
+/* http.response.body, the last one, of a response small enough to go whole:
+ * what ASGIRequest.send() and Request.send_whole() do. 1 done, 0 not taken,
+ * -1 error. */
+static int
+core_body(RequestCore *self, speedups_state *st, PyObject *message)
+{
+    if (self->disconnected != Py_False || self->response_started != Py_True ||
+        self->response_complete != Py_False || self->stdin_done != Py_True ||
+        self->end_held != Py_False || self->conn == NULL || self->unsent_head == NULL ||
+        !PyBytes_CheckExact(self->unsent_head) || self->request_id == NULL ||
+        !PyLong_CheckExact(self->request_id) || self->bytes_sent == NULL ||
+        !PyLong_CheckExact(self->bytes_sent)) {
+        return 0;
+    }
+    PyObject *more = get_owned(message, st->k_more_body);
+    if (more != NULL) {
+        Py_DECREF(more); /* compared by identity only */
+        if (more != Py_False) {
+            return 0;
+        }
+    }
+    PyObject *body = get_owned(message, st->k_body);
+    if (body == NULL) {
+        body = Py_NewRef(st->b_empty);
+    }
+    PyObject *head = Py_NewRef(self->unsent_head), *conn = NULL, *pieces = NULL, *r = NULL;
+    PyObject *sent = NULL;
+    int done = 0;
+    if (!PyBytes_CheckExact(body)) {
+        goto out;
+    }
+    if (self->head_only == Py_True) {
+        Py_SETREF(body, Py_NewRef(st->b_empty)); /* and not counted as sent */
+    }
+    Py_ssize_t blen = PyBytes_GET_SIZE(body), hlen = PyBytes_GET_SIZE(head);
+    int overflow, overflow_sent;
+    long rid = PyLong_AsLongAndOverflow(self->request_id, &overflow);
+    long long already = PyLong_AsLongLongAndOverflow(self->bytes_sent, &overflow_sent);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        goto out;
+    }
+    if (overflow || overflow_sent || rid < 0 || rid > 0xFFFF || blen > WHOLE_BODY_LIMIT || hlen > 0xFFFF - blen ||
+        already < 0 || already > (1LL << 62)) {
+        goto out;
+    }
+    PyObject *data = whole_response_impl(rid, head, body);
+    if (data == NULL || (pieces = PyList_New(1)) == NULL ||
+        (sent = PyLong_FromLongLong(already + blen)) == NULL) {
+        Py_XDECREF(data);
+        done = -1;
+        goto out;
+    }
+    PyList_SET_ITEM(pieces, 0, data);
+    conn = Py_NewRef(self->conn);
+    set_field(&self->unsent_head, Py_None);
+    Py_XSETREF(self->bytes_sent, sent);
+    set_field(&self->stdout_sent, Py_True);
+    set_field(&self->response_complete, Py_True);
+    done = 1;
+    if ((r = PyObject_CallMethodOneArg(conn, st->k_write, pieces)) == NULL) {
+        done = -1;
+        goto out;
+    }
+    Py_DECREF(r);
+    if ((r = PyObject_CallMethodOneArg(conn, st->k_request_ended, (PyObject *)self)) == NULL) {
+        done = -1;
+        goto out;
+    }
+    Py_DECREF(r);
+    /* Coroutines waiting (a disconnect watcher) learn that the response is sent. */
+    PyObject *waiters = self->waiters;
+    if (waiters != NULL && (!PyList_CheckExact(waiters) || PyList_GET_SIZE(waiters) > 0)) {
+        if ((r = PyObject_CallMethodNoArgs((PyObject *)self, st->k_wake)) == NULL) {
+            done = -1;
+            goto out;
+        }
+        Py_DECREF(r);
+    }
+out:
+    Py_XDECREF(pieces);
+    Py_XDECREF(conn);
+    Py_DECREF(head);
+    Py_DECREF(body);
+    return done;
+}
+
+/* send_fast(message) -> bool: the ASGI send() of a plain response start, or of
+ * the last body of a small response (with its head, the empty STDOUT and
+ * END_REQUEST, in one write), done here; False, with nothing done, for any
+ * other message or state: the caller (ASGIRequest.send) then takes the Python
+ * path, which also raises every error. An error from the connection's own
+ * methods, called as the Python path calls them, propagates. */
+static PyObject *
+core_send_fast(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
+               Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "send_fast(message)");
+        return NULL;
+    }
+    speedups_state *st = (speedups_state *)PyType_GetModuleState(defining_class);
+    PyObject *message = args[0];
+    if (st == NULL || !PyDict_CheckExact(message)) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *mtype = get_owned(message, st->k_type);
+    if (mtype == NULL) {
+        Py_RETURN_FALSE;
+    }
+    int done = 0;
+    if (str_is(mtype, "http.response.body", 18)) {
+        done = core_body((RequestCore *)op, st, message);
+    }
+    else if (str_is(mtype, "http.response.start", 19)) {
+        done = core_start((RequestCore *)op, st, message);
+    }
+    Py_DECREF(mtype);
+    if (done < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(done);
+}
+
+static PyMethodDef core_methods[] = {
+    {"send_fast", (PyCFunction)(void (*)(void))core_send_fast,
+     METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
+     "Send a plain response start or a small response's last body here; False if not taken."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot core_slots[] = {
+    {Py_tp_doc, "The fields of a request's response that send_fast() reads and writes."},
+    {Py_tp_members, core_members},
+    {Py_tp_methods, core_methods},
+    {Py_tp_traverse, core_traverse},
+    {Py_tp_clear, core_clear},
+    {Py_tp_dealloc, core_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec core_spec = {
+    .name = "fcgi_asgi._speedups.RequestCore",
+    .basicsize = sizeof(RequestCore),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = core_slots,
+};
+
+/* set_status_lines(lines): protocol/head.py's {status: b"Status: ...\r\n"}. */
+static PyObject *
+set_status_lines(PyObject *module, PyObject *lines)
+{
+    if (!PyDict_CheckExact(lines)) {
+        PyErr_SetString(PyExc_TypeError, "set_status_lines(lines: dict[int, bytes])");
+        return NULL;
+    }
+    /* A copy: the dict is then ours, its keys exact ints and its values bytes. */
+    PyObject *copy = PyDict_New();
+    if (copy == NULL) {
+        return NULL;
+    }
+    PyObject *k, *v;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(lines, &pos, &k, &v)) {
+        if (!PyLong_CheckExact(k) || !PyBytes_CheckExact(v)) {
+            Py_DECREF(copy);
+            PyErr_SetString(PyExc_TypeError, "set_status_lines(lines: dict[int, bytes])");
+            return NULL;
+        }
+        if (PyDict_SetItem(copy, k, v) < 0) {
+            Py_DECREF(copy);
+            return NULL;
+        }
+    }
+    Py_XSETREF(get_state(module)->status_lines, copy);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"encode_head", (PyCFunction)(void (*)(void))encode_head, METH_FASTCALL,
      "The CGI head for a status line and plain (bytes, bytes) headers, or None."},
@@ -1446,6 +1839,8 @@ static PyMethodDef methods[] = {
      "The ASGI scope straight from PARAMS data in the common case, else None."},
     {"access_line", (PyCFunction)(void (*)(void))access_line, METH_FASTCALL,
      "The default access-log line of a scope and status, or None (render it in Python)."},
+    {"set_status_lines", set_status_lines, METH_O,
+     "Give RequestCore.send_fast protocol/head.py's status lines."},
     {"decode_params", decode_params, METH_O,
      "Decode a complete PARAMS stream into a dict; ValueError on malformed data."},
     {"decode_params_latin1", decode_params_latin1, METH_O,
@@ -1504,6 +1899,17 @@ speedups_exec(PyObject *module)
         S(k_server, "server"),
         S(k_state, "state"),
         S(k_extensions, "extensions"),
+        S(k_trailers, "trailers"),
+        S(k_status, "status"),
+        S(k_body, "body"),
+        S(k_more_body, "more_body"),
+        S(k_ctx, "ctx"),
+        S(k_pending_heads, "pending_heads"),
+        S(k_turn_end_due, "turn_end_due"),
+        S(k_at_turn_end, "at_turn_end"),
+        S(k_write, "write"),
+        S(k_request_ended, "request_ended"),
+        S(k_wake, "wake"),
         S(s_http, "http"),
         S(s_https, "https"),
         S(s_empty, ""),
@@ -1542,7 +1948,13 @@ speedups_exec(PyObject *module)
     }
     st->name_cache = PyDict_New();
     st->zero = PyLong_FromLong(0);
-    if (st->name_cache == NULL || st->zero == NULL) {
+    st->empty_tuple = PyTuple_New(0);
+    if (st->name_cache == NULL || st->zero == NULL || st->empty_tuple == NULL) {
+        return -1;
+    }
+    st->core_type = PyType_FromModuleAndSpec(module, &core_spec, NULL);
+    if (st->core_type == NULL || PyModule_AddObjectRef(module, "RequestCore", st->core_type) < 0 ||
+        PyModule_AddIntConstant(module, "WHOLE_BODY_LIMIT", WHOLE_BODY_LIMIT) < 0) {
         return -1;
     }
     PyObject *keys[] = {st->k_type,       st->k_asgi,         st->k_http_version, st->k_method,

@@ -112,7 +112,8 @@ class ServerContext:
             cycles = self.pending_heads
             self.pending_heads = []
             for cycle in cycles:
-                cycle.flush_head()
+                if cycle.unsent_head is not None:  # most went out with their body
+                    cycle.flush_head()
         conns = self.held_writes
         if conns:
             self.held_writes = []

@@ -98,6 +98,8 @@ class ASGIRequest(Request):
 
     async def send(self, message: Any) -> None:
         """ASGI ``send``: response start, body, pathsend and trailers."""
+        if self.send_fast(message):
+            return  # a plain start, or a small response's whole body (protocol/core.py)
         mtype = message["type"]
         if mtype == "http.response.body":
             # _send_body() inline: one coroutine fewer per body message.

@@ -368,7 +368,8 @@ class FastCGIConnection(asyncio.Protocol):
 
     def _open(self, rid: int, role: int, flags: int) -> Request | None:
         """Start request ``rid``, or refuse it with END_REQUEST; None when refused."""
-        if rid in self.requests:
+        requests = self.requests
+        if requests and rid in requests:
             raise ProtocolError(f"BEGIN_REQUEST for request id {rid}, which is already in use")
         keep_conn = bool(flags & KEEP_CONN)
         if not keep_conn:
@@ -380,35 +381,45 @@ class FastCGIConnection(asyncio.Protocol):
         if cls is None:
             self._reject(rid, UNKNOWN_ROLE, keep_conn)
             return None
-        if self.requests and not self.config.multiplex:
-            logger.warning(
-                "request id %d from %s refused: --no-multiplex and request id %d runs "
-                "on this connection",
-                rid,
-                self.peer,
-                next(iter(self.requests)),
-            )
-            self._reject(rid, CANT_MPX_CONN, keep_conn)
-            return None
-        if len(self.requests) >= self.config.max_requests_per_connection:
-            logger.warning(
-                "request id %d from %s refused: %d requests already run on this connection",
-                rid,
-                self.peer,
-                len(self.requests),
-            )
-            self.ctx.stats.refused[REFUSED_PER_CONNECTION] += 1
-            self._reject(rid, OVERLOADED, keep_conn)
+        # Only a connection already running a request can be refused for
+        # multiplexing (--max-requests-per-connection is at least 1).
+        if requests and not self._may_add(rid, keep_conn):
             return None
         if self._linger_id is not None:
             raise ProtocolError(
                 f"BEGIN_REQUEST for request id {rid} after a request without FCGI_KEEP_CONN"
             )
-        self.requests[rid] = cycle = cls(self, rid, keep_conn)
-        if len(self.requests) == 2 and not self._multiplexed:
+        requests[rid] = cycle = cls(self, rid, keep_conn)
+        if len(requests) == 2 and not self._multiplexed:
             self._start_multiplexing()
         self._idle_since = None
         return cycle
+
+    def _may_add(self, rid: int, keep_conn: bool) -> bool:
+        """Whether request ``rid`` may run beside those running here; if not,
+        it is refused with END_REQUEST."""
+        requests = self.requests
+        if not self.config.multiplex:
+            logger.warning(
+                "request id %d from %s refused: --no-multiplex and request id %d runs "
+                "on this connection",
+                rid,
+                self.peer,
+                next(iter(requests)),
+            )
+            self._reject(rid, CANT_MPX_CONN, keep_conn)
+            return False
+        if len(requests) >= self.config.max_requests_per_connection:
+            logger.warning(
+                "request id %d from %s refused: %d requests already run on this connection",
+                rid,
+                self.peer,
+                len(requests),
+            )
+            self.ctx.stats.refused[REFUSED_PER_CONNECTION] += 1
+            self._reject(rid, OVERLOADED, keep_conn)
+            return False
+        return True
 
     def _role_class(self, rid: int, role: int) -> type[Request] | None:
         """The request class for a role other than RESPONDER (see protocol/roles.py)."""
@@ -569,22 +580,24 @@ class FastCGIConnection(asyncio.Protocol):
         """The cycle wrote its END_REQUEST: free the id, close if not keep-conn."""
         cycle.ended = True
         self.ctx.count_served()
-        if self.requests.get(cycle.request_id) is cycle:
-            del self.requests[cycle.request_id]
+        requests = self.requests
+        rid = cycle.request_id
+        if requests.get(rid) is cycle:
+            del requests[rid]
         if cycle.params is not None:  # aborted before its PARAMS ended
             self._params_buffered -= len(cycle.params)
             cycle.params = None
-            if all(c.params is None for c in self.requests.values()):
+            if all(c.params is None for c in requests.values()):
                 self._params_since = None
-        if not self.requests:
+        if not requests:
             self._idle_since = self.loop.time()
             self._served_any = True
         if not cycle.keep_conn:
             if cycle.stdin_done:
                 self._close()
             else:
-                self._linger(cycle.request_id)
-        elif self._close_when_idle and not self.requests:
+                self._linger(rid)
+        elif self._close_when_idle and not requests:
             if self._on_idle is not None:
                 self._on_idle(self)
             else:

@@ -18,8 +18,10 @@ from ..errors import AppProtocolError
 
 try:
     from .._speedups import encode_head as _c_encode_head
+    from .._speedups import set_status_lines as _c_set_status_lines
 except ImportError:  # not built: the Python path alone
     _c_encode_head = None  # type: ignore[assignment]
+    _c_set_status_lines = None  # type: ignore[assignment]
 
 __all__ = ["HOP_BY_HOP", "encode_head", "encode_head_py"]
 
@@ -38,6 +40,8 @@ _BAD_VALUE = re.compile(rb"[\x00\r\n]")
 _STATUS_LINES: dict[int, bytes] = {
     s.value: b"Status: %d %s\r\n" % (s.value, s.phrase.encode("latin-1")) for s in HTTPStatus
 }
+if _c_set_status_lines is not None:  # for RequestCore.send_fast (protocol/core.py)
+    _c_set_status_lines(_STATUS_LINES)
 
 # Response header name -> True if it is a valid token to pass on, False for
 # one dropped ("Status", hop-by-hop). Apps send the same few names over and

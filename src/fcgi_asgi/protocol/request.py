@@ -27,6 +27,7 @@ from ..metrics import METRICS_CONTENT_TYPE, render_metrics
 from ..pool import pool_status
 from ..scoreboard import DURATION_BUCKETS, REFUSED_CONCURRENT
 from ..status import render_status
+from .core import RequestCore
 from .head import encode_head
 from .offload import offload_head, offload_value
 from .records import (
@@ -141,41 +142,29 @@ async def wait_in(waiters: list[asyncio.Future[None]], waiter: asyncio.Future[No
         raise
 
 
-class Request:
+class Request(RequestCore):
     """The state of one request: params, body queue, response progress.
 
     Everything here runs on the event loop; interfaces that run the app in
-    a thread call in through the loop.
+    a thread call in through the loop. The response's fields are in
+    :class:`~fcgi_asgi.protocol.core.RequestCore`, shared with the C fast path.
     """
 
     __slots__ = (
         "_end_deadline",
-        "_head",
         "_stdin_seen",
-        "_stdout_sent",
         "_timeout",
         "_unyielded",
-        "_waiters",
         "body",
         "body_size",
         "bytes_received",
-        "bytes_sent",
-        "conn",
-        "disconnected",
         "drain_waiter",
-        "end_held",
         "end_pending",
         "ended",
-        "head_only",
         "keep_conn",
         "params",
-        "request_id",
-        "response_complete",
-        "response_started",
         "scope",
         "started",
-        "status",
-        "stdin_done",
         "task",
         "timed_out",
     )
@@ -200,11 +189,7 @@ class Request:
         self.disconnected = False
         #: The response is written; END_REQUEST waits for the end of STDIN.
         self.end_pending = False
-        #: The body is complete but the end waits for the interface (ASGI trailers).
         self.end_held = False
-        #: A HEAD request: the response keeps its head (Content-Length too)
-        #: but no body bytes; h2o 2.2 would forward them and corrupt the next
-        #: response on the client's connection.
         self.head_only = False
         self._stdin_seen = self._end_deadline = 0.0
         self.response_started = False
@@ -217,11 +202,9 @@ class Request:
         self.timed_out = False
         self._timeout: asyncio.TimerHandle | None = None
         self._unyielded = 0
-        self._head: bytes | None = None
+        self.unsent_head = None
         self._stdout_sent = False
-        # Coroutines waiting for news (body, end of body, disconnect); an app
-        # may have several (a body reader and a disconnect watcher).
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters = []
         #: Set while send_body() waits for its turn to write (conn.scheduler).
         self.drain_waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Future[None] | None = None
@@ -303,7 +286,7 @@ class Request:
         Raises :class:`~fcgi_asgi.errors.AppProtocolError` for a malformed
         status or header, and :class:`ClientDisconnected` once the client is gone.
         """
-        self._head = encode_head(status, headers)
+        self.unsent_head = encode_head(status, headers)
         self.status = status
         self.response_started = True
         if self.disconnected:
@@ -317,9 +300,9 @@ class Request:
 
     def flush_head(self) -> None:
         """Write the response head now if it is still waiting for a body."""
-        head = self._head
+        head = self.unsent_head
         if head is not None and not self.disconnected and not self.ended:
-            self._head = None
+            self.unsent_head = None
             self._stdout_sent = True
             # encode_stream: a head may be larger than one record.
             self.conn.write(encode_stream(STDOUT, self.request_id, head))
@@ -334,7 +317,7 @@ class Request:
         request). False, with nothing done, when the response does not fit
         or cannot end yet.
         """
-        head = self._head
+        head = self.unsent_head
         if self.head_only:
             body = b""  # and not counted as sent in the access log
         if (
@@ -345,7 +328,7 @@ class Request:
             or len(head) + len(body) > MAX_CONTENT
         ):
             return False
-        self._head = None
+        self.unsent_head = None
         self.bytes_sent += len(body)
         rid = self.request_id
         self._stdout_sent = self.response_complete = True
@@ -368,9 +351,9 @@ class Request:
             body = b""  # and not counted as sent in the access log
         self.bytes_sent += len(body)
         rid = self.request_id
-        head = self._head
+        head = self.unsent_head
         if head is not None:
-            self._head = None
+            self.unsent_head = None
             if len(body) <= _COALESCE_LIMIT:
                 # Framed as a stream: a large head may not fit in one record.
                 pieces = encode_stream(STDOUT, rid, head + body)
@@ -508,7 +491,7 @@ class Request:
             return
         if not self._stdout_sent and not self.disconnected:
             # Nothing reached the web server yet: answer a plain error instead.
-            self._head = None
+            self.unsent_head = None
             self.response_started = self.response_complete = True
             self.status = status
             self.finish([encode_record(STDOUT, self.request_id, _ERROR_PAGES[status])])
@@ -521,13 +504,13 @@ class Request:
         its bytes; False (stream it) when off, when the head already went
         out, or when the path maps to nothing (protocol/offload.py)."""
         config = self.conn.config
-        head = self._head
+        head = self.unsent_head
         if config.sendfile_header is None or head is None:
             return False
         value = offload_value(path, config.sendfile_map)
         if value is None:
             return False
-        self._head = offload_head(head, config.sendfile_header, value)
+        self.unsent_head = offload_head(head, config.sendfile_header, value)
         return True
 
     def send_stderr(self, text: str) -> None:
@@ -557,7 +540,14 @@ class Request:
             # An eager start (ours, or an app's eager task factory) ran the
             # whole request inside it: nothing is left to track.
             return
-        self.track(task)
+        # track(), inline: one call fewer per request.
+        ctx = conn.ctx
+        tasks = ctx.tasks
+        tasks.add(task)
+        if len(tasks) > ctx.stats.max_active_requests:
+            ctx.stats.max_active_requests = len(tasks)
+        if conn.config.request_timeout is not None:
+            self.set_timeout(task, conn.config.request_timeout)
 
     def admit(self) -> bool:
         """True when the app may run; else a 503 is answered (--max-concurrent-requests)."""
@@ -660,5 +650,4 @@ class Request:
         access = ctx.access_log
         if access is not None and self.response_complete and self.scope:
             access.log(self.scope, self.status, self.bytes_sent, duration, self.request_id)
-        if self.task is not None:
-            ctx.tasks.discard(self.task)
+        ctx.tasks.discard(self.task)  # not there when it never waited (an eager start)

@@ -70,6 +70,10 @@ class AuthorizerRequest(Request):
         """
         super().set_head(status, [_variable_header(pair) for pair in headers])
 
+    def send_fast(self, message: Any) -> bool:
+        """Never: the C fast path would skip the set_head() above."""
+        return False
+
 
 class RefusedAuthorizer(AuthorizerRequest):
     """An AUTHORIZER request while the app does not serve that role: 403.
