@@ -262,11 +262,17 @@ class _Context:
         self.turn_end_due = True
 
 
+class _Loop:
+    def time(self) -> float:
+        return 1.0
+
+
 class _Connection:
     """What send_fast calls on a connection, recorded."""
 
     def __init__(self) -> None:
         self.ctx = _Context()
+        self.loop = _Loop()
         self.written: list[Any] = []
         self.ended = 0
 
@@ -294,8 +300,8 @@ def check_send_fast(fdp: atheris.FuzzedDataProvider) -> None:
     the stubs, never a crash; a body it sends is framed as whole_response_py
     would. Each field and key takes the gateway's usual value when the input
     says so or runs out, so short inputs reach the paths that send."""
-    core = _Core()
     conn = _Connection()
+    core = _Core(conn, 1, True)
     started = fdp.ConsumeBool()
     usual: dict[str, Any] = {
         "conn": conn,
@@ -312,10 +318,11 @@ def check_send_fast(fdp: atheris.FuzzedDataProvider) -> None:
         "_stdout_sent": False,
         "_waiters": [None] * fdp.ConsumeIntInRange(0, 1),
     }
-    for name in _speedups_core_fields:
+    for name in usual:
         kind = fdp.ConsumeIntInRange(0, 15)
         if kind == 10:
-            continue  # left unset (NULL)
+            delattr(core, name)  # unset (NULL)
+            continue
         value = usual[name]
         if kind > 10:
             value = _FIELD_VALUES[fdp.ConsumeIntInRange(0, len(_FIELD_VALUES) - 1)]
@@ -351,12 +358,6 @@ def check_send_fast(fdp: atheris.FuzzedDataProvider) -> None:
     else:
         assert conn.written == [] and conn.ended == 0 and not conn.ctx.pending_heads
 
-
-_speedups_core_fields = [
-    name
-    for name, v in vars(_speedups.RequestCore).items()
-    if type(v).__name__ == "member_descriptor"
-]
 
 CHECKS = [check_decode_params, check_parse_records, check_scope, check_request_headers]
 CHECKS += [check_encode_head, check_request_packets, check_whole_response, check_access_line]

@@ -108,11 +108,17 @@ class StubContext:
         self.pending_heads.clear()
 
 
+class StubLoop:
+    def time(self) -> float:
+        return 1.0
+
+
 class StubConnection:
-    """What RequestCore.send_fast calls on a connection; ``fail`` makes write() raise."""
+    """What RequestCore calls on a connection; ``fail`` makes write() raise."""
 
     def __init__(self, fail: bool = False) -> None:
         self.ctx = StubContext()
+        self.loop = StubLoop()
         self.fail = fail
         self.written = 0
 
@@ -134,14 +140,7 @@ class Core(_speedups.RequestCore):  # type: ignore[misc]
 
 def send_fast_cycle(conn: StubConnection, start: dict[str, Any], body: dict[str, Any]) -> None:
     """A fresh request's start and body through send_fast (a watcher waiting)."""
-    core = Core()
-    core.conn = conn
-    core.request_id = 1
-    core.unsent_head = None
-    core.status = 0
-    core.bytes_sent = 0
-    core.response_started = core.response_complete = core.disconnected = False
-    core.head_only = core.end_held = core._stdout_sent = False
+    core = Core(conn, 1, True)
     core.stdin_done = True
     core._waiters = [None]
     core.send_fast(start)

@@ -203,6 +203,8 @@ async def _run(
             await asyncio.sleep(0)
         fields = {name: getattr(req, name) for name in core.CORE_FIELDS}
         fields["conn"] = req.conn is conn
+        for clock in ("started", "_stdin_seen", "_end_deadline"):  # set or not
+            fields[clock] = fields[clock] > 0
         fields["ended"] = req.ended
         fields["app_error"] = req.app_error
         fields["waiting"] = len(req._waiters)

@@ -245,8 +245,11 @@ def test_send_fast_survives_a_connection_that_empties_the_request() -> None:
         class Ctx:
             pending_heads = []
             turn_end_due = True
+        class Loop:
+            def time(self): return 1.0
         class Conn:
             ctx = Ctx()
+            loop = Loop()
             def write(self, pieces):
                 global seen
                 seen = len(pieces[0])
@@ -258,8 +261,7 @@ def test_send_fast_survives_a_connection_that_empties_the_request() -> None:
         class Req(_speedups.RequestCore):
             __slots__ = ("ended",)
             def wake(self): pass
-        req = Req()
-        req.conn = Conn()
+        req = Req(Conn(), 1, True)
         req.request_id, req.status, req.bytes_sent = 1, 0, 0
         req.unsent_head = None
         req.response_started = req.response_complete = req.disconnected = False
@@ -276,12 +278,41 @@ def test_send_fast_survives_a_connection_that_empties_the_request() -> None:
         armed = False
         m = {"type": "http.response.start", K("zz"): 1, "status": 200}
         armed = True
-        req2 = Req()
-        req2.conn, req2.response_started, req2.disconnected = Conn(), False, False
-        print(started, sent, seen, req.ended, req2.send_fast(m), hasattr(req2, "unsent_head"))
+        req2 = Req(Conn(), 2, True)
+        print(started, sent, seen, req.ended, req2.send_fast(m), req2.unsent_head, req2.status)
         """
     )
-    assert out == "True True 52 True False False"  # 8 + 18 + 2 + 24 bytes
+    assert out == "True True 52 True False None 0"  # 8 + 18 + 2 + 24 bytes
+
+
+def test_request_core_init_fails_cleanly_and_runs_twice() -> None:
+    """__init__ with a clock that raises leaves the fields unset; a second
+    __init__ releases what the first set; anything but three positional
+    arguments is a TypeError."""
+    out = run_snippet(
+        """
+        class Loop:
+            def __init__(self, fail): self.fail = fail
+            def time(self):
+                if self.fail: raise RuntimeError("no clock")
+                return 2.5
+        class Conn:
+            def __init__(self, fail=False): self.loop = Loop(fail)
+        class Req(_speedups.RequestCore):
+            __slots__ = ()
+        req = Req(Conn(), 1, True)
+        first = (req.request_id, req.started, list(req.body), req._waiters, req.params)
+        body = req.body
+        req.__init__(Conn(), 2, False)
+        again = (req.request_id, req.keep_conn, req.body is body, sys.getrefcount(body))
+        print(first, again, outcome(Req, Conn(True), 1, True),
+              outcome(lambda: Req(Conn(), 1, keep_conn=True)), outcome(Req, Conn(), 1))
+        """
+    )
+    assert out == (
+        "(1, 2.5, [], [], b'') (2, False, False, 2) ('raised', 'RuntimeError') "
+        "('raised', 'TypeError') ('raised', 'TypeError')"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -43,9 +43,9 @@ typedef struct {
     PyObject *name_cache;  /* param name -> header name, bounded */
     /* RequestCore: its type, protocol/head.py's status lines (set_status_lines),
      * and the names it calls on the request, its connection and context. */
-    PyObject *core_type, *status_lines, *empty_tuple;
+    PyObject *core_type, *status_lines, *empty_tuple, *deque_type, *zero_float;
     PyObject *k_trailers, *k_status, *k_body, *k_more_body, *k_ctx, *k_pending_heads,
-        *k_turn_end_due, *k_at_turn_end, *k_write, *k_request_ended, *k_wake;
+        *k_turn_end_due, *k_at_turn_end, *k_write, *k_request_ended, *k_wake, *k_loop, *k_time;
     PyObject *record_type; /* the record type parse_records last checked */
     PyObject *s_content_type, *s_content_length, *h_content_type, *h_content_length;
     PyObject *k_type, *k_asgi, *k_http_version, *k_method, *k_scheme, *k_path, *k_raw_path,
@@ -1456,24 +1456,31 @@ done:
     return result;
 }
 
-/* ---- RequestCore: a request's response state, and its fast path ------------- */
+/* ---- RequestCore: a request's state, and the fast path of its response ----- */
+
+static struct PyModuleDef module_def;
 
 /* The largest body sent with its head as one small whole response
  * (protocol/request.py _COALESCE_LIMIT). */
 #define WHOLE_BODY_LIMIT (16 << 10)
 
-/* The fields protocol/request.py's Request keeps here, so that send_fast()
- * reads and writes them directly. Each is an object, as a __slots__ entry
- * is: Python reads them at the speed of its own slots (CPython specializes
- * attribute access for object members only). NULL until set. */
+/* Every field of protocol/request.py's Request (and the ASGI bridge's two),
+ * here so that __init__ sets them in one C call and send_fast() reads and
+ * writes them directly. Each is an object, as a __slots__ entry is: Python
+ * reads them at the speed of its own slots (CPython specializes attribute
+ * access for object members only). NULL until set; all PyObject * in a row
+ * (traverse and clear walk them as an array). */
 typedef struct {
     PyObject_HEAD
     PyObject *conn, *request_id, *unsent_head, *status, *bytes_sent, *response_started,
         *response_complete, *disconnected, *head_only, *stdin_done, *end_held, *stdout_sent,
         *waiters;
+    PyObject *keep_conn, *params, *scope, *body, *body_size, *end_pending, *stdin_seen,
+        *end_deadline, *ended, *started, *bytes_received, *timed_out, *timeout, *unyielded,
+        *drain_waiter, *task, *final_sent, *app_error;
 } RequestCore;
 
-#define N_CORE_FIELDS 13
+#define N_CORE_FIELDS ((sizeof(RequestCore) - offsetof(RequestCore, conn)) / sizeof(PyObject *))
 
 static PyObject **
 core_fields(RequestCore *self)
@@ -1498,6 +1505,24 @@ static PyMemberDef core_members[] = {
     CORE_MEMBER(end_held, "end_held"),
     CORE_MEMBER(stdout_sent, "_stdout_sent"),
     CORE_MEMBER(waiters, "_waiters"),
+    CORE_MEMBER(keep_conn, "keep_conn"),
+    CORE_MEMBER(params, "params"),
+    CORE_MEMBER(scope, "scope"),
+    CORE_MEMBER(body, "body"),
+    CORE_MEMBER(body_size, "body_size"),
+    CORE_MEMBER(end_pending, "end_pending"),
+    CORE_MEMBER(stdin_seen, "_stdin_seen"),
+    CORE_MEMBER(end_deadline, "_end_deadline"),
+    CORE_MEMBER(ended, "ended"),
+    CORE_MEMBER(started, "started"),
+    CORE_MEMBER(bytes_received, "bytes_received"),
+    CORE_MEMBER(timed_out, "timed_out"),
+    CORE_MEMBER(timeout, "_timeout"),
+    CORE_MEMBER(unyielded, "_unyielded"),
+    CORE_MEMBER(drain_waiter, "drain_waiter"),
+    CORE_MEMBER(task, "task"),
+    CORE_MEMBER(final_sent, "_final_sent"),
+    CORE_MEMBER(app_error, "app_error"),
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -1505,7 +1530,7 @@ static int
 core_traverse(PyObject *op, visitproc visit, void *arg)
 {
     PyObject **fields = core_fields((RequestCore *)op);
-    for (int i = 0; i < N_CORE_FIELDS; i++) {
+    for (size_t i = 0; i < N_CORE_FIELDS; i++) {
         Py_VISIT(fields[i]);
     }
     Py_VISIT(Py_TYPE(op));
@@ -1516,7 +1541,7 @@ static int
 core_clear(PyObject *op)
 {
     PyObject **fields = core_fields((RequestCore *)op);
-    for (int i = 0; i < N_CORE_FIELDS; i++) {
+    for (size_t i = 0; i < N_CORE_FIELDS; i++) {
         Py_CLEAR(fields[i]);
     }
     return 0;
@@ -1530,6 +1555,81 @@ core_dealloc(PyObject *op)
     core_clear(op);
     tp->tp_free(op);
     Py_DECREF(tp);
+}
+
+/* RequestCore(conn, request_id, keep_conn): a request as the connection opens
+ * it (protocol/core.py RequestCorePy.__init__ is the Python version): its
+ * params still to come, no body yet, nothing sent, started now by the
+ * connection's loop clock. */
+static int
+core_init(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    RequestCore *self = (RequestCore *)op;
+    PyObject *conn, *request_id, *keep_conn;
+    if ((kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) || !PyTuple_Check(args) ||
+        PyTuple_GET_SIZE(args) != 3) {
+        PyErr_SetString(PyExc_TypeError, "RequestCore(conn, request_id, keep_conn)");
+        return -1;
+    }
+    conn = PyTuple_GET_ITEM(args, 0);
+    request_id = PyTuple_GET_ITEM(args, 1);
+    keep_conn = PyTuple_GET_ITEM(args, 2);
+    PyObject *module = PyType_GetModuleByDef(Py_TYPE(op), &module_def);
+    if (module == NULL) {
+        return -1;
+    }
+    speedups_state *st = get_state(module);
+    PyObject *loop = NULL, *started = NULL, *body = NULL, *waiters = NULL;
+    if ((loop = PyObject_GetAttr(conn, st->k_loop)) == NULL ||
+        (started = PyObject_CallMethodNoArgs(loop, st->k_time)) == NULL ||
+        (body = PyObject_CallNoArgs(st->deque_type)) == NULL || (waiters = PyList_New(0)) == NULL) {
+        Py_XDECREF(loop);
+        Py_XDECREF(started);
+        Py_XDECREF(body);
+        return -1;
+    }
+    Py_DECREF(loop);
+    /* Set in one go, nothing that runs Python code in between; what a second
+     * __init__ replaces is released after. */
+    PyObject *old[N_CORE_FIELDS];
+    PyObject **fields = core_fields(self);
+    memcpy(old, fields, sizeof(old));
+    PyObject *no = Py_False, *none = Py_None, *zero = st->zero, *zero_f = st->zero_float;
+    self->conn = Py_NewRef(conn);
+    self->request_id = Py_NewRef(request_id);
+    self->unsent_head = Py_NewRef(none);
+    self->status = Py_NewRef(zero);
+    self->bytes_sent = Py_NewRef(zero);
+    self->response_started = Py_NewRef(no);
+    self->response_complete = Py_NewRef(no);
+    self->disconnected = Py_NewRef(no);
+    self->head_only = Py_NewRef(no);
+    self->stdin_done = Py_NewRef(no);
+    self->end_held = Py_NewRef(no);
+    self->stdout_sent = Py_NewRef(no);
+    self->waiters = waiters;
+    self->keep_conn = Py_NewRef(keep_conn);
+    self->params = Py_NewRef(st->b_empty);
+    self->scope = Py_NewRef(none);
+    self->body = body;
+    self->body_size = Py_NewRef(zero);
+    self->end_pending = Py_NewRef(no);
+    self->stdin_seen = Py_NewRef(zero_f);
+    self->end_deadline = Py_NewRef(zero_f);
+    self->ended = Py_NewRef(no);
+    self->started = started;
+    self->bytes_received = Py_NewRef(zero);
+    self->timed_out = Py_NewRef(no);
+    self->timeout = Py_NewRef(none);
+    self->unyielded = Py_NewRef(zero);
+    self->drain_waiter = Py_NewRef(none);
+    self->task = Py_NewRef(none);
+    self->final_sent = Py_NewRef(no);
+    self->app_error = Py_NewRef(none);
+    for (size_t i = 0; i < N_CORE_FIELDS; i++) {
+        Py_XDECREF(old[i]);
+    }
+    return 0;
 }
 
 /* An exact str equal to the ASCII literal lit. */
@@ -1780,6 +1880,7 @@ static PyMethodDef core_methods[] = {
 static PyType_Slot core_slots[] = {
     {Py_tp_doc, "The fields of a request's response that send_fast() reads and writes."},
     {Py_tp_members, core_members},
+    {Py_tp_init, core_init},
     {Py_tp_methods, core_methods},
     {Py_tp_traverse, core_traverse},
     {Py_tp_clear, core_clear},
@@ -1910,6 +2011,8 @@ speedups_exec(PyObject *module)
         S(k_write, "write"),
         S(k_request_ended, "request_ended"),
         S(k_wake, "wake"),
+        S(k_loop, "loop"),
+        S(k_time, "time"),
         S(s_http, "http"),
         S(s_https, "https"),
         S(s_empty, ""),
@@ -1949,7 +2052,18 @@ speedups_exec(PyObject *module)
     st->name_cache = PyDict_New();
     st->zero = PyLong_FromLong(0);
     st->empty_tuple = PyTuple_New(0);
-    if (st->name_cache == NULL || st->zero == NULL || st->empty_tuple == NULL) {
+    st->zero_float = PyFloat_FromDouble(0.0);
+    if (st->name_cache == NULL || st->zero == NULL || st->empty_tuple == NULL ||
+        st->zero_float == NULL) {
+        return -1;
+    }
+    PyObject *collections = PyImport_ImportModule("collections");
+    if (collections == NULL) {
+        return -1;
+    }
+    st->deque_type = PyObject_GetAttrString(collections, "deque");
+    Py_DECREF(collections);
+    if (st->deque_type == NULL) {
         return -1;
     }
     st->core_type = PyType_FromModuleAndSpec(module, &core_spec, NULL);

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import APP_ERRORS, AppProtocolError, ClientDisconnected
 from ..protocol.request import GONE, Request
 from .scope import scope_from_params
-
-if TYPE_CHECKING:
-    from ..protocol.connection import FastCGIConnection
 
 __all__ = ["ASGIRequest"]
 
@@ -31,15 +28,10 @@ _EXTENSIONS: dict[str, Any] = {"http.response.pathsend": {}, "fastcgi": {"role":
 class ASGIRequest(Request):
     """One FastCGI request bridged to one ASGI HTTP call."""
 
-    __slots__ = ("_final_sent", "app_error")
+    __slots__ = ()
 
     #: The scope's ``extensions`` (shared by every request of the class).
     extensions: dict[str, Any] = _EXTENSIONS
-
-    def __init__(self, conn: FastCGIConnection, request_id: int, keep_conn: bool) -> None:
-        Request.__init__(self, conn, request_id, keep_conn)
-        self._final_sent = False
-        self.app_error: str | None = None
 
     def start(self, params: bytes | bytearray) -> None:
         """Build the scope and run the app as its own task."""

@@ -17,10 +17,9 @@ import logging
 import sys
 import traceback
 from bisect import bisect_left
-from collections import deque
 from collections.abc import Coroutine
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import ClientDisconnected
 from ..metrics import METRICS_CONTENT_TYPE, render_metrics
@@ -39,9 +38,6 @@ from .records import (
     encode_stream,
     whole_response,
 )
-
-if TYPE_CHECKING:
-    from .connection import FastCGIConnection
 
 __all__ = ["GONE", "Request", "end_records", "resolve_all", "wait_in"]
 
@@ -150,64 +146,11 @@ class Request(RequestCore):
     :class:`~fcgi_asgi.protocol.core.RequestCore`, shared with the C fast path.
     """
 
-    __slots__ = (
-        "_end_deadline",
-        "_stdin_seen",
-        "_timeout",
-        "_unyielded",
-        "body",
-        "body_size",
-        "bytes_received",
-        "drain_waiter",
-        "end_pending",
-        "ended",
-        "keep_conn",
-        "params",
-        "scope",
-        "started",
-        "task",
-        "timed_out",
-    )
+    __slots__ = ()
 
     #: Whether the gateway's own paths (--ping-path...) answer here; never
     #: for an AUTHORIZER, whose 200 would let the request through.
     answers_internal = True
-
-    def __init__(self, conn: FastCGIConnection, request_id: int, keep_conn: bool) -> None:
-        self.conn = conn
-        self.request_id = request_id
-        self.keep_conn = keep_conn
-        # PARAMS content until the stream ends (the first record as is, more
-        # appended to a bytearray), then None.
-        self.params: bytes | bytearray | None = b""
-        #: The request as an ASGI-shaped scope, for the access log and the
-        #: gateway's own pages (set by the interface in :meth:`start`).
-        self.scope: dict[str, Any] | None = None
-        self.body: deque[bytes] = deque()
-        self.body_size = 0
-        self.stdin_done = False
-        self.disconnected = False
-        #: The response is written; END_REQUEST waits for the end of STDIN.
-        self.end_pending = False
-        self.end_held = False
-        self.head_only = False
-        self._stdin_seen = self._end_deadline = 0.0
-        self.response_started = False
-        self.response_complete = False
-        self.ended = False
-        self.status = 0
-        self.started = conn.loop.time()
-        self.bytes_sent = 0
-        self.bytes_received = 0
-        self.timed_out = False
-        self._timeout: asyncio.TimerHandle | None = None
-        self._unyielded = 0
-        self.unsent_head = None
-        self._stdout_sent = False
-        self._waiters = []
-        #: Set while send_body() waits for its turn to write (conn.scheduler).
-        self.drain_waiter: asyncio.Future[None] | None = None
-        self.task: asyncio.Future[None] | None = None
 
     # -- fed by the connection ------------------------------------------------
 
