@@ -1,7 +1,7 @@
 """CPU per request of the gateway's own code, without sockets or nginx.
 
     .venv/bin/python benchmarks/hotpath.py [raw|starlette_app|wsgi] [--requests N] [--profile]
-        [--threads N]
+        [--threads N] [--post]
         [--access-log off|on|json|handler] [--server fcgi-asgi|uvicorn]
 
 Feeds the bytes nginx sends for a GET (BEGIN_REQUEST with keep-conn, 25
@@ -18,6 +18,9 @@ the JSON lines, ``handler`` the default format through a plain
 compare two versions of src/ on
 the same machine (e.g. with PYTHONPATH=path/to/other/src); the end-to-end
 figures come from run.py.
+
+``--post`` sends run.py's POST instead: 64 KiB to ``/echo`` in two 32 KiB
+STDIN records, in the same one read per request.
 
 ``--server uvicorn`` feeds the same request, as the HTTP/1.1 GET nginx's
 ``proxy_pass`` sends (the same six headers), to 32 of uvicorn's httptools
@@ -36,7 +39,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -109,6 +111,29 @@ REQUEST = (
     encode_begin_request(1, flags=KEEP_CONN)
     + _record(PARAMS, encode_pairs(PARAMS_SENT))
     + _record(PARAMS, b"")
+    + _record(STDIN, b"")
+)
+
+
+# --post: the POST of run.py's post scenario, 64 KiB to /echo, its body in
+# 32 KiB STDIN records (nginx's largest).
+POST_BODY = b"x" * 65536
+POST_REQUEST = (
+    encode_begin_request(1, flags=KEEP_CONN)
+    + _record(
+        PARAMS,
+        encode_pairs(
+            [
+                (name, {b"REQUEST_METHOD": b"POST", b"CONTENT_LENGTH": b"65536"}.get(name, value))
+                for name, value in PARAMS_SENT
+                if name not in (b"PATH_INFO", b"REQUEST_URI", b"DOCUMENT_URI")
+            ]
+            + [(b"PATH_INFO", b"/echo"), (b"REQUEST_URI", b"/echo"), (b"DOCUMENT_URI", b"/echo")]
+        ),
+    )
+    + _record(PARAMS, b"")
+    + _record(STDIN, POST_BODY[:32768])
+    + _record(STDIN, POST_BODY[32768:])
     + _record(STDIN, b"")
 )
 
@@ -198,7 +223,9 @@ def setup_access_log(mode: str, path: str) -> None:
         access.handlers[0].setStream(open(path, "a"))  # type: ignore[attr-defined]  # noqa: SIM115
 
 
-async def measure(app: Any, requests: int, access: str, threads: int = 16) -> float:
+async def measure(
+    app: Any, requests: int, access: str, threads: int = 16, request: bytes = REQUEST
+) -> float:
     config = Config(
         app=app,
         socket="/tmp/unused.sock",
@@ -221,7 +248,7 @@ async def measure(app: Any, requests: int, access: str, threads: int = 16) -> fl
             transport.enough = asyncio.Event()
             transport.want = transport.ends + len(conns)
         for conn in conns:
-            conn.data_received(REQUEST)
+            conn.data_received(request)
         if wsgi:
             await asyncio.wait_for(transport.enough.wait(), 10)
         else:
@@ -292,6 +319,11 @@ def main() -> None:
         "the default format through a logging.FileHandler",
     )
     ap.add_argument(
+        "--post",
+        action="store_true",
+        help="POST 64 KiB to /echo (run.py's post scenario) instead of GET /",
+    )
+    ap.add_argument(
         "--server",
         choices=("fcgi-asgi", "uvicorn"),
         default="fcgi-asgi",
@@ -300,11 +332,22 @@ def main() -> None:
     args = ap.parse_args()
     import uvloop
 
+    try:  # as the server does when it starts serving (memory.py)
+        from fcgi_asgi.memory import raise_malloc_thresholds
+    except ImportError:  # a checkout from before it
+        pass
+    else:
+        raise_malloc_thresholds()
+
     app = getattr(apps, args.app)
-    run_one: Callable[[Any, int, str, int], Coroutine[Any, Any, float]] = measure
+    request = POST_REQUEST if args.post else REQUEST
+
+    def run_one(app: Any, requests: int, access: str, threads: int) -> Any:
+        return measure(app, requests, access, threads, request)
+
     if args.server == "uvicorn":
-        if args.app == "wsgi" or args.access_log != "off":
-            ap.error("--server uvicorn: an ASGI app, access log off")
+        if args.app == "wsgi" or args.access_log != "off" or args.post:
+            ap.error("--server uvicorn: an ASGI app's GET, access log off")
 
         def run_one(app: Any, requests: int, access: str, threads: int) -> Any:
             return measure_uvicorn(app, requests)
