@@ -22,3 +22,6 @@ def access_line(scope: dict[str, object], status: int, /) -> str | None: ...
 def set_status_lines(lines: dict[int, bytes], /) -> None: ...
 
 WHOLE_BODY_LIMIT: int
+
+# RequestCore, the C base type of protocol/request.py's Request, is typed as
+# protocol/core.py's RequestCorePy (the same fields, __init__ and send_fast).
