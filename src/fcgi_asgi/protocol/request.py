@@ -483,14 +483,7 @@ class Request(RequestCore):
             # An eager start (ours, or an app's eager task factory) ran the
             # whole request inside it: nothing is left to track.
             return
-        # track(), inline: one call fewer per request.
-        ctx = conn.ctx
-        tasks = ctx.tasks
-        tasks.add(task)
-        if len(tasks) > ctx.stats.max_active_requests:
-            ctx.stats.max_active_requests = len(tasks)
-        if conn.config.request_timeout is not None:
-            self.set_timeout(task, conn.config.request_timeout)
+        self.track(task)
 
     def admit(self) -> bool:
         """True when the app may run; else a 503 is answered (--max-concurrent-requests)."""
