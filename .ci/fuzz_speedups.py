@@ -276,8 +276,8 @@ class _Connection:
         self.written: list[Any] = []
         self.ended = 0
 
-    def write(self, pieces: list[Any]) -> None:
-        self.written.extend(pieces)
+    def write_last(self, data: Any) -> None:
+        self.written.append(data)
 
     def request_ended(self, request: Any) -> None:
         self.ended += 1

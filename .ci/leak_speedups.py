@@ -114,7 +114,7 @@ class StubLoop:
 
 
 class StubConnection:
-    """What RequestCore calls on a connection; ``fail`` makes write() raise."""
+    """What RequestCore calls on a connection; ``fail`` makes write_last() raise."""
 
     def __init__(self, fail: bool = False) -> None:
         self.ctx = StubContext()
@@ -122,10 +122,10 @@ class StubConnection:
         self.fail = fail
         self.written = 0
 
-    def write(self, pieces: list[bytes]) -> None:
+    def write_last(self, data: bytes) -> None:
         if self.fail:
             raise RuntimeError("write failed")
-        self.written += len(pieces[0])
+        self.written += len(data)
 
     def request_ended(self, request: Any) -> None:
         pass

@@ -264,7 +264,7 @@ def test_access_line_scope_cleared_by_a_key_eq() -> None:
 
 
 def test_send_fast_survives_a_connection_that_empties_the_request() -> None:
-    """conn.write() deletes the request's fields and drops the connection;
+    """conn.write_last() deletes the request's fields and drops the connection;
     a key's __eq__ empties the message mid-lookup: send_fast keeps its own
     references, reads no field it freed, and declines what it cannot see."""
     out = run_snippet(
@@ -278,9 +278,9 @@ def test_send_fast_survives_a_connection_that_empties_the_request() -> None:
         class Conn:
             ctx = Ctx()
             loop = Loop()
-            def write(self, pieces):
+            def write_last(self, data):
                 global seen
-                seen = len(pieces[0])
+                seen = len(data)
                 for name in ("unsent_head", "_waiters", "conn", "bytes_sent", "request_id"):
                     delattr(req, name)
                 gc.collect()

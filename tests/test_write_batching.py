@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from fcgi_asgi.asgi.bridge import ASGIRequest
 from fcgi_asgi.client import build_params
 from fcgi_asgi.protocol.connection import HOLD_LIMIT
 from fcgi_asgi.protocol.records import (
@@ -169,3 +170,47 @@ async def test_held_and_direct_writes_keep_their_order(serve):
         stream = b"".join(content for rtype, content in got[rid] if rtype == STDOUT)
         assert stream.split(b"\r\n\r\n", 1)[1] == expected
         assert got[rid][-1][0] == END_REQUEST
+
+
+@pytest.mark.parametrize("speedups", [True, False], ids=["C send_fast", "Python send_whole"])
+async def test_the_last_write_of_a_lone_request_leaves_in_its_send(serve, monkeypatch, speedups):
+    """On a connection that runs one request at a time, nothing can join a
+    response's last records in this loop turn: they leave in the send() that
+    ends the request, not at the turn's end. Multiplexed, they are held
+    (test_responses_of_one_loop_turn_leave_in_one_write)."""
+    if not speedups:
+        from fcgi_asgi.protocol.core import RequestCorePy
+
+        monkeypatch.setattr(ASGIRequest, "send_fast", RequestCorePy.send_fast)
+    seen: list[bytes] = []
+    peer: list[socket.socket] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return  # no lifespan
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"now"})
+        try:
+            seen.append(peer[0].recv(65536, socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            seen.append(b"")
+
+    server = await serve(app)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    peer.append(sock)
+    try:
+        sock.connect(server.config.socket)
+        sock.setblocking(False)
+        for i in range(3):  # the first and later requests of a keep-conn connection
+            await asyncio.get_running_loop().sock_sendall(sock, _request(1, "/"))
+            for _ in range(500):
+                if len(seen) > i:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(seen) == i + 1, "the app did not run"
+            got = seen[i]
+            records = list(RecordReader().feed(got))
+            assert [r[0] for r in records] == [STDOUT, STDOUT, END_REQUEST], got
+            assert bytes(records[0][2]).endswith(b"\r\n\r\nnow")
+    finally:
+        sock.close()

@@ -45,7 +45,7 @@ typedef struct {
      * and the names it calls on the request, its connection and context. */
     PyObject *core_type, *status_lines, *empty_tuple, *deque_type, *zero_float;
     PyObject *k_trailers, *k_status, *k_body, *k_more_body, *k_ctx, *k_pending_heads,
-        *k_turn_end_due, *k_at_turn_end, *k_write, *k_request_ended, *k_wake, *k_loop, *k_time;
+        *k_turn_end_due, *k_at_turn_end, *k_write_last, *k_request_ended, *k_wake, *k_loop, *k_time;
     PyObject *record_type; /* the record type parse_records last checked */
     PyObject *s_content_type, *s_content_length, *h_content_type, *h_content_length;
     PyObject *k_type, *k_asgi, *k_http_version, *k_method, *k_scheme, *k_path, *k_raw_path,
@@ -1771,7 +1771,7 @@ core_body(RequestCore *self, speedups_state *st, PyObject *message)
     if (body == NULL) {
         body = Py_NewRef(st->b_empty);
     }
-    PyObject *head = Py_NewRef(self->unsent_head), *conn = NULL, *pieces = NULL, *r = NULL;
+    PyObject *head = Py_NewRef(self->unsent_head), *conn = NULL, *data = NULL, *r = NULL;
     PyObject *sent = NULL;
     int done = 0;
     if (!PyBytes_CheckExact(body)) {
@@ -1792,21 +1792,18 @@ core_body(RequestCore *self, speedups_state *st, PyObject *message)
         already < 0 || already > (1LL << 62)) {
         goto out;
     }
-    PyObject *data = whole_response_impl(rid, head, body);
-    if (data == NULL || (pieces = PyList_New(1)) == NULL ||
+    if ((data = whole_response_impl(rid, head, body)) == NULL ||
         (sent = PyLong_FromLongLong(already + blen)) == NULL) {
-        Py_XDECREF(data);
         done = -1;
         goto out;
     }
-    PyList_SET_ITEM(pieces, 0, data);
     conn = Py_NewRef(self->conn);
     set_field(&self->unsent_head, Py_None);
     Py_XSETREF(self->bytes_sent, sent);
     set_field(&self->stdout_sent, Py_True);
     set_field(&self->response_complete, Py_True);
     done = 1;
-    if ((r = PyObject_CallMethodOneArg(conn, st->k_write, pieces)) == NULL) {
+    if ((r = PyObject_CallMethodOneArg(conn, st->k_write_last, data)) == NULL) {
         done = -1;
         goto out;
     }
@@ -1826,7 +1823,7 @@ core_body(RequestCore *self, speedups_state *st, PyObject *message)
         Py_DECREF(r);
     }
 out:
-    Py_XDECREF(pieces);
+    Py_XDECREF(data);
     Py_XDECREF(conn);
     Py_DECREF(head);
     Py_DECREF(body);
@@ -2008,7 +2005,7 @@ speedups_exec(PyObject *module)
         S(k_pending_heads, "pending_heads"),
         S(k_turn_end_due, "turn_end_due"),
         S(k_at_turn_end, "at_turn_end"),
-        S(k_write, "write"),
+        S(k_write_last, "write_last"),
         S(k_request_ended, "request_ended"),
         S(k_wake, "wake"),
         S(k_loop, "loop"),

@@ -527,6 +527,20 @@ class FastCGIConnection(asyncio.Protocol):
             self.release_held()
         transport.write(data)
 
+    def write_last(self, data: bytes) -> None:
+        """Write a request's last records (its END_REQUEST among them).
+
+        On a connection that never ran two requests at once and holds
+        nothing, no other write can join them in this loop turn: they go out
+        now instead of at the turn's end.
+        """
+        if self._multiplexed or self._held:
+            self.write([data])
+            return
+        transport = self.transport
+        if transport is not None and not self.closing:
+            transport.write(data)
+
     def release_held(self) -> None:
         """Write what :meth:`write` held back; close now if a close waited for it."""
         held = self._held

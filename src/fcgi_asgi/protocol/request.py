@@ -275,7 +275,7 @@ class Request(RequestCore):
         self.bytes_sent += len(body)
         rid = self.request_id
         self._stdout_sent = self.response_complete = True
-        self.conn.write([whole_response(rid, head, body)])
+        self.conn.write_last(whole_response(rid, head, body))
         self.conn.request_ended(self)
         if self._waiters:
             self.wake()
