@@ -28,6 +28,7 @@ from fcgi_asgi.protocol.records import (
     encode_pairs,
     encode_record,
 )
+from fcgi_asgi.protocol.request import TASK_NAME
 from tests import apps, wsgi_apps
 from tests.conftest import Serve, connect
 
@@ -209,6 +210,32 @@ async def test_a_task_factory_set_by_the_app_is_used(serve: Serve) -> None:
         loop.set_task_factory(None)
     assert seen == {"inside": False, "task": True}
     assert any(getattr(coro, "__qualname__", "") == "ASGIRequest.run" for coro in made)
+
+
+async def test_a_request_task_is_named_without_a_task_factory(serve: Serve) -> None:
+    """Without a task factory the gateway makes the request's task itself, named
+    TASK_NAME (Python 3.11 would format a "Task-N" for each), whether the request
+    came whole (eager on 3.12+) or its body came later."""
+    names: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return  # no lifespan
+        task = asyncio.current_task()
+        names.append(task.get_name() if task is not None else "no task")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    server = await serve(app)
+    async with await connect(server) as client:
+        req = expect(client, 1)
+        await client.send_raw(whole_get(1, "/"))
+        assert (await asyncio.wait_for(req.response(), 5)).body == b"ok"
+        later = await client.begin(build_params("POST", "/"))
+        await asyncio.sleep(0.05)
+        await later.end_body()
+        assert (await asyncio.wait_for(later.response(), 5)).body == b"ok"
+    assert names == [TASK_NAME, TASK_NAME]
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks need Python 3.12+")

@@ -94,26 +94,34 @@ def _stderr_text(message: str, where: tuple[int, str, str], exc: BaseException |
 
 #: Python 3.12+: a task can run its first step as it is made.
 _EAGER = sys.version_info >= (3, 12)
+#: The name of every request's task. Given one, a task costs Python 3.11 no
+#: "Task-N" formatted for it (1.4k of the 62k instructions of a request).
+TASK_NAME = "fcgi-asgi request"
 
 if sys.version_info >= (3, 12):
 
     def start_task(
         loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None], eager: bool
     ) -> asyncio.Future[None]:
-        """``loop.create_task(coro)``; with ``eager`` and no task factory set,
-        the task runs its first step now (Python 3.12's eager start), so a
-        request answered without waiting needs no turn of the loop."""
-        if eager and loop.get_task_factory() is None:
-            return asyncio.Task(coro, loop=loop, eager_start=True)
-        return loop.create_task(coro)
+        """The task running ``coro``: ``loop.create_task(coro)`` when a task
+        factory is set, else a task named :data:`TASK_NAME`; with ``eager``,
+        it runs its first step now (Python 3.12's eager start), so a request
+        answered without waiting needs no turn of the loop."""
+        if loop.get_task_factory() is not None:
+            return loop.create_task(coro)
+        return asyncio.Task(coro, loop=loop, name=TASK_NAME, eager_start=eager)
 
 else:
 
     def start_task(
         loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None], eager: bool
     ) -> asyncio.Future[None]:
-        """``loop.create_task(coro)`` (Python 3.11 has no eager start)."""
-        return loop.create_task(coro)
+        """The task running ``coro``: ``loop.create_task(coro)`` when a task
+        factory is set, else a task named :data:`TASK_NAME` (Python 3.11 has
+        no eager start)."""
+        if loop.get_task_factory() is not None:
+            return loop.create_task(coro)
+        return asyncio.Task(coro, loop=loop, name=TASK_NAME)
 
 
 def resolve_all(waiters: list[asyncio.Future[None]]) -> None:
@@ -475,10 +483,7 @@ class Request(RequestCore):
             return
         # Its whole body here already (a whole request in one read): the app
         # may as well start now, where Python can (3.12+).
-        if _EAGER and self.stdin_done:
-            self.task = task = start_task(conn.loop, coro, True)
-        else:
-            self.task = task = conn.loop.create_task(coro)
+        self.task = task = start_task(conn.loop, coro, _EAGER and self.stdin_done)
         if task.done():
             # An eager start (ours, or an app's eager task factory) ran the
             # whole request inside it: nothing is left to track.
