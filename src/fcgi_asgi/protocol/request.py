@@ -481,9 +481,14 @@ class Request(RequestCore):
         if conn.config.max_concurrent_requests and not self.admit():
             coro.close()
             return
-        # Its whole body here already (a whole request in one read): the app
-        # may as well start now, where Python can (3.12+).
-        self.task = task = start_task(conn.loop, coro, _EAGER and self.stdin_done)
+        loop = conn.loop
+        if _EAGER or loop.get_task_factory() is not None:
+            # Its whole body here already (a whole request in one read): the
+            # app may as well start now, where Python can (3.12+).
+            self.task = task = start_task(loop, coro, _EAGER and self.stdin_done)
+        else:
+            # Python 3.11's case of start_task(), inline: one call fewer.
+            self.task = task = asyncio.Task(coro, loop=loop, name=TASK_NAME)
         if task.done():
             # An eager start (ours, or an app's eager task factory) ran the
             # whole request inside it: nothing is left to track.
