@@ -1,0 +1,102 @@
+"""A backend's CPU per request split into user and system time, behind nginx.
+
+    python3 benchmarks/cpu_split.py [--rounds N] [--seconds S] [BACKEND ...]
+
+For each backend of ``run.py`` (default: fcgi-asgi-raw and uvicorn-raw,
+alternating), starts it and nginx, warms up, runs wrk on the hello scenario
+and reads the backend's /proc counters around the run: user and system CPU
+per request, and how many requests it served per blocking wait of its loop
+(voluntary context switches), which says how many requests a loop turn
+serves under this load and so how much a per-turn cost weighs per request.
+Run it from the benchmark venv's Python or any python3 (it uses only the
+standard library and ``harness.py``; the backends come from ``BENCH_VENV``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness as h
+
+
+def counters(pids: set[int]) -> tuple[int, int, int]:
+    """User ticks, system ticks and voluntary context switches of ``pids``."""
+    user = system = waits = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/status") as f:
+                status = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        user += int(fields[11])
+        system += int(fields[12])
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches"):
+                waits += int(line.split()[1])
+    return user, system, waits
+
+
+def measure(name: str, seconds: int, port: int) -> str:
+    backend = h.backends([])[name]
+    scenario = h.SCENARIOS["hello"]
+    for sub in ("run", "logs"):
+        os.makedirs(os.path.join(h.WORK, sub), exist_ok=True)
+    sock = os.path.join(h.WORK, "run", f"{name}.sock")
+    if os.path.exists(sock):
+        os.unlink(sock)
+    log = os.path.join(h.WORK, "logs", f"{name}.log")
+    be = h.start(backend.command(sock), log, cwd=h.BENCH_DIR)
+    ngx = None
+    try:
+        if err := h.wait_unix(sock, be, 20):
+            return f"{name}: did not start: {err}"
+        ngx, _ = h.start_nginx(backend, sock, port, backend.keepalive)
+        if err := h.check_response(port, scenario):
+            return f"{name}: check failed: {err}"
+        warm = h.wrk_command(port, scenario, 2, 32, "")
+        subprocess.run(warm, capture_output=True, timeout=40)
+        pids = be.tree()
+        u0, s0, w0 = counters(pids)
+        cmd = h.wrk_command(port, scenario, seconds, 32, "")
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
+        u1, s1, w1 = counters(pids)
+        res = h.parse_wrk(out.stdout)
+        n = res["requests"]
+        if not n:
+            return f"{name}: no requests: {out.stderr.strip()[:200]}"
+        tick = 1e6 / h.CLK_TCK
+        user, system = (u1 - u0) * tick / n, (s1 - s0) * tick / n
+        turns = n / max(1, w1 - w0)
+        return (
+            f"{name:16} {res['rps']:8.0f} req/s  user {user:5.1f} us  sys {system:5.1f} us  "
+            f"total {user + system:5.1f} us per request; {turns:5.1f} requests per blocking wait"
+        )
+    finally:
+        h.stop(ngx)
+        h.stop(be)
+        if os.path.exists(sock):
+            os.unlink(sock)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("backends", nargs="*", default=["fcgi-asgi-raw", "uvicorn-raw"])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--port", type=int, default=18080)
+    args = ap.parse_args()
+    for rnd in range(1, args.rounds + 1):
+        print(f"-- round {rnd}/{args.rounds}", flush=True)
+        for name in args.backends:
+            print(measure(name, args.seconds, args.port), flush=True)
+
+
+if __name__ == "__main__":
+    main()
