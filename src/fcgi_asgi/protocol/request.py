@@ -483,8 +483,9 @@ class Request(RequestCore):
             return
         loop = conn.loop
         if _EAGER or loop.get_task_factory() is not None:
-            # Its whole body here already (a whole request in one read): the
-            # app may as well start now, where Python can (3.12+).
+            # A request whose body is all here (a whole request in one read)
+            # starts its app now where Python can (3.12+); a task factory,
+            # when set, makes the task.
             self.task = task = start_task(loop, coro, _EAGER and self.stdin_done)
         else:
             # Python 3.11's case of start_task(), inline: one call fewer.
