@@ -1,7 +1,7 @@
 """Instructions per request of the gateway's hot path, counted by callgrind.
 
-    .venv/bin/python benchmarks/instructions.py [raw|starlette_app] [--src PATH]
-        [--access-log off|on|json|handler] [--server fcgi-asgi|uvicorn]
+    .venv/bin/python benchmarks/instructions.py [raw|starlette_app|wsgi] [--src PATH]
+        [--access-log off|on|json|handler] [--server fcgi-asgi|uvicorn] [--threads N]
 
 Runs ``hotpath.py`` under ``valgrind --tool=callgrind`` twice, with 1600 and
 4800 requests (one run each), and divides the difference of the instruction
@@ -25,7 +25,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def instructions(app: str, requests: int, src: str | None, access: str, server: str) -> int:
+def instructions(
+    app: str, requests: int, src: str | None, access: str, server: str, threads: int
+) -> int:
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src
@@ -44,6 +46,8 @@ def instructions(app: str, requests: int, src: str | None, access: str, server: 
         access,
         "--server",
         server,
+        "--threads",
+        str(threads),
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=True)
     found = re.search(r"Collected : (\d+)", done.stderr)
@@ -54,14 +58,18 @@ def instructions(app: str, requests: int, src: str | None, access: str, server: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("app", nargs="?", default="raw", choices=("raw", "starlette_app"))
+    ap.add_argument("app", nargs="?", default="raw", choices=("raw", "starlette_app", "wsgi"))
     ap.add_argument("--src", help="another checkout's src/ to count instead of this one")
     ap.add_argument("--access-log", choices=("off", "on", "json", "handler"), default="off")
     ap.add_argument("--server", choices=("fcgi-asgi", "uvicorn"), default="fcgi-asgi")
+    ap.add_argument(
+        "--threads", type=int, default=16, help="wsgi: --threads (0: the app on the loop)"
+    )
     args = ap.parse_args()
     low, high = 1600, 4800
     counts = [
-        instructions(args.app, n, args.src, args.access_log, args.server) for n in (low, high)
+        instructions(args.app, n, args.src, args.access_log, args.server, args.threads)
+        for n in (low, high)
     ]
     per_request = (counts[1] - counts[0]) / (high - low)
     where = f"src {args.src or 'this checkout'}" if args.server == "fcgi-asgi" else "uvicorn"
