@@ -29,8 +29,9 @@ _CONTENT_PARAMS = ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH", "CONTENT_TYPE", "
 
 
 def _wsgi_str(text: str) -> str:
-    """A decoded path as PEP 3333 wants it: its UTF-8 bytes as latin-1."""
-    return text if text.isascii() else text.encode("utf-8").decode("latin-1")
+    """A decoded path that is not ASCII as PEP 3333 wants it: its UTF-8
+    bytes as latin-1 (an ASCII path is that already)."""
+    return text.encode("utf-8").decode("latin-1")
 
 
 # The keys every environ has with the same values.
@@ -58,7 +59,6 @@ def build_environ(
     root_path: str = scope["root_path"]
     path: str = scope["path"][len(root_path) :]
     environ["REQUEST_METHOD"] = scope["method"]
-    # _wsgi_str() only for what is not ASCII: two calls fewer a request.
     environ["SCRIPT_NAME"] = root_path if root_path.isascii() else _wsgi_str(root_path)
     environ["PATH_INFO"] = path if path.isascii() else _wsgi_str(path)
     environ["QUERY_STRING"] = scope["query_string"].decode("latin-1")
