@@ -41,6 +41,10 @@ def _event(token: str, **values: Any) -> None:
 # -- plain WSGI ---------------------------------------------------------------------
 
 
+class _Marker:
+    """Something a weak reference can point to."""
+
+
 def _plain(environ: dict[str, Any], start_response: Any) -> Any:
     path = environ["PATH_INFO"]
     method = environ["REQUEST_METHOD"]
@@ -48,12 +52,15 @@ def _plain(environ: dict[str, Any], start_response: Any) -> Any:
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
         return [b"Hello, world!"]
     if path == "/remember":
-        # A weak reference to the body deque of the gateway's request object
-        # (which has no __weakref__ slot), reached through wsgi.input under
-        # the validator's wrapper, for the reference-cycle test.
+        # A weak reference to an object only the gateway's request object
+        # holds (the request has no __weakref__ slot): one put in its scope,
+        # reached through wsgi.input under the validator's wrapper, for the
+        # reference-cycle test.
         stream = environ["wsgi.input"]
         fetch = getattr(stream, "input", stream)._fetch
-        REMEMBERED.append(weakref.ref(fetch.__self__.body))
+        marker = _Marker()
+        fetch.__self__.scope["remembered"] = marker
+        REMEMBERED.append(weakref.ref(marker))
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"remembered"]
     if path == "/thread":

@@ -43,7 +43,7 @@ typedef struct {
     PyObject *name_cache;  /* param name -> header name, bounded */
     /* RequestCore: its type, protocol/head.py's status lines (set_status_lines),
      * and the names it calls on the request, its connection and context. */
-    PyObject *core_type, *status_lines, *empty_tuple, *deque_type, *zero_float;
+    PyObject *core_type, *status_lines, *empty_tuple, *zero_float;
     PyObject *k_trailers, *k_status, *k_body, *k_more_body, *k_ctx, *k_pending_heads,
         *k_turn_end_due, *k_at_turn_end, *k_write_last, *k_request_ended, *k_wake, *k_loop, *k_time;
     PyObject *record_type; /* the record type parse_records last checked */
@@ -1582,7 +1582,7 @@ core_init(PyObject *op, PyObject *args, PyObject *kwargs)
     PyObject *loop = NULL, *started = NULL, *body = NULL, *waiters = NULL;
     if ((loop = PyObject_GetAttr(conn, st->k_loop)) == NULL ||
         (started = PyObject_CallMethodNoArgs(loop, st->k_time)) == NULL ||
-        (body = PyObject_CallNoArgs(st->deque_type)) == NULL || (waiters = PyList_New(0)) == NULL) {
+        (body = PyList_New(0)) == NULL || (waiters = PyList_New(0)) == NULL) {
         Py_XDECREF(loop);
         Py_XDECREF(started);
         Py_XDECREF(body);
@@ -2052,15 +2052,6 @@ speedups_exec(PyObject *module)
     st->zero_float = PyFloat_FromDouble(0.0);
     if (st->name_cache == NULL || st->zero == NULL || st->empty_tuple == NULL ||
         st->zero_float == NULL) {
-        return -1;
-    }
-    PyObject *collections = PyImport_ImportModule("collections");
-    if (collections == NULL) {
-        return -1;
-    }
-    st->deque_type = PyObject_GetAttrString(collections, "deque");
-    Py_DECREF(collections);
-    if (st->deque_type == NULL) {
         return -1;
     }
     st->core_type = PyType_FromModuleAndSpec(module, &core_spec, NULL);

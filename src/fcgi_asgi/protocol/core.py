@@ -12,7 +12,6 @@ are built, whose ``__init__`` sets every field in one call and whose
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -72,7 +71,7 @@ class RequestCorePy:
     #: gateway's own pages (set by the interface in ``start()``).
     scope: dict[str, Any] | None
     #: Request body received and not read yet, and its size.
-    body: deque[bytes]
+    body: list[bytes]
     body_size: int
     stdin_done: bool
     disconnected: bool
@@ -117,7 +116,7 @@ class RequestCorePy:
         self.keep_conn = keep_conn
         self.params = b""
         self.scope = None
-        self.body = deque()
+        self.body = []
         self.body_size = 0
         self.stdin_done = False
         self.disconnected = False

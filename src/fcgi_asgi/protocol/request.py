@@ -215,7 +215,7 @@ class Request(RequestCore):
         body = self.body
         if not body:
             return b""
-        data = body.popleft() if len(body) == 1 else b"".join(body)
+        data = body[0] if len(body) == 1 else b"".join(body)
         body.clear()
         n = self.body_size
         self.body_size = 0

@@ -396,10 +396,10 @@ class WSGIRequest(Request):
         """The next piece of the request body, b"" at its end (for wsgi.input).
 
         What has arrived already is taken without a round trip through the
-        loop (a 64 KiB POST comes in several STDIN records): deque appends
-        and pops are atomic, and the loop is told afterwards so that reading
-        resumes. stdin_done is read first: once it is set, every piece of
-        the body is in the deque.
+        loop (a 64 KiB POST comes in several STDIN records): a list's append
+        and pop are each one call under the GIL, so atomic, and the loop is
+        told afterwards so that reading resumes. stdin_done is read first:
+        once it is set, every piece of the body is in the list.
         """
         if self._on_loop_now:
             # --threads 0: the whole body is here; one piece, joined once.
@@ -409,7 +409,7 @@ class WSGIRequest(Request):
         done = self.stdin_done
         if self.body:
             try:
-                data = self.body.popleft()
+                data = self.body.pop(0)
             except IndexError:  # taken by the loop meanwhile (a disconnect)
                 data = b""
             if data:
