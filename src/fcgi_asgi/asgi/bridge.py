@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import APP_ERRORS, AppProtocolError, ClientDisconnected
 from ..protocol.request import GONE, Request
-from .scope import scope_from_params
+from .scope import ASGI_VERSION, c_scope_from_params, scope_from_params_py
 
 __all__ = ["ASGIRequest"]
 
@@ -37,9 +37,14 @@ class ASGIRequest(Request):
         """Build the scope and run the app as its own task."""
         conn = self.conn
         ctx = conn.ctx
-        self.scope = scope = scope_from_params(
-            params, conn.config.root_path, ctx.state, self.extensions
-        )
+        root_path = conn.config.root_path
+        # scope_from_params(), inline: one call fewer a request.
+        scope = None
+        if root_path is None and c_scope_from_params is not None:
+            scope = c_scope_from_params(params, ASGI_VERSION, ctx.state, self.extensions)
+        if scope is None:  # the rules only Python has (or no C at all)
+            scope = scope_from_params_py(params, root_path, ctx.state, self.extensions)
+        self.scope = scope
         self.head_only = scope["method"] == "HEAD"
         if ctx.internal_paths and scope["path"] in ctx.internal_paths and self.answers_internal:
             self.answer_internal()

@@ -14,7 +14,13 @@ from typing import Any
 from ..protocol.paths import request_path
 from ..protocol.records import decode_params
 
-__all__ = ["ASGI_VERSION", "build_scope", "scope_from_params"]
+__all__ = [
+    "ASGI_VERSION",
+    "build_scope",
+    "c_scope_from_params",
+    "scope_from_params",
+    "scope_from_params_py",
+]
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 
@@ -190,9 +196,15 @@ def _scope_from_params_with_c(
 
 #: The C version when built (same results; tests/test_hot_path.py), else Python.
 scope_from_params: Callable[..., dict[str, Any]]
+#: The C function alone (None when not built): ``(data, ASGI_VERSION, state,
+#: extensions)`` -> a scope, or None when the Python rules are needed (and
+#: always with a root path); for a caller that inlines scope_from_params().
+c_scope_from_params: Callable[..., dict[str, Any] | None] | None
 try:
     from .._speedups import scope_from_params as _c_scope_from_params
 except ImportError:
     scope_from_params = scope_from_params_py
+    c_scope_from_params = None
 else:
     scope_from_params = _scope_from_params_with_c
+    c_scope_from_params = _c_scope_from_params

@@ -337,6 +337,23 @@ class FastCGIConnection(asyncio.Protocol):
         (records.request_packets): the request, ready to start with
         ``params`` and its body known to be empty, as the records one by one
         would open it; None when refused."""
+        requests = self.requests
+        if (
+            not requests
+            and self._linger_id is None
+            and self._params_buffered + len(params) <= self.config.max_params_size
+        ):
+            # What _open() does for the commonest request, the only one on
+            # its connection, inline (one call fewer a request).
+            keep_conn = bool(flags & KEEP_CONN)
+            if not keep_conn:
+                self._hold = False
+            self.requests_begun += 1
+            requests[rid] = lone = self.ctx.request_class(self, rid, keep_conn)
+            self._idle_since = None
+            lone.params = None
+            lone.stdin_done = True
+            return lone
         cycle = self._open(rid, RESPONDER, flags)
         if cycle is None:
             if rid == self._linger_id:
@@ -593,7 +610,12 @@ class FastCGIConnection(asyncio.Protocol):
     def request_ended(self, cycle: Request) -> None:
         """The cycle wrote its END_REQUEST: free the id, close if not keep-conn."""
         cycle.ended = True
-        self.ctx.count_served()
+        # ctx.count_served(), inline: one call fewer a request.
+        ctx = self.ctx
+        stats = ctx.stats
+        stats.requests_served += 1
+        if stats.requests_served == ctx.retire_at and ctx.on_retire is not None:
+            ctx.on_retire()
         requests = self.requests
         rid = cycle.request_id
         if requests.get(rid) is cycle:

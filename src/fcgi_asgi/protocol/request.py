@@ -494,7 +494,14 @@ class Request(RequestCore):
             # An eager start (ours, or an app's eager task factory) ran the
             # whole request inside it: nothing is left to track.
             return
-        self.track(task)
+        # track(task), inline: one call fewer a request.
+        ctx = conn.ctx
+        tasks = ctx.tasks
+        tasks.add(task)
+        if len(tasks) > ctx.stats.max_active_requests:
+            ctx.stats.max_active_requests = len(tasks)
+        if conn.config.request_timeout is not None:
+            self.set_timeout(task, conn.config.request_timeout)
 
     def admit(self) -> bool:
         """True when the app may run; else a 503 is answered (--max-concurrent-requests)."""
@@ -518,7 +525,8 @@ class Request(RequestCore):
 
     def track(self, task: asyncio.Future[None]) -> None:
         """Count ``task`` (the app's run: a task, or a future for a thread) as
-        running, and cancel it after --request-timeout."""
+        running, and cancel it after --request-timeout (spawn() does the
+        same inline)."""
         self.task = task
         conn = self.conn
         ctx = conn.ctx
