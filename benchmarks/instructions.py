@@ -2,13 +2,21 @@
 
     .venv/bin/python benchmarks/instructions.py [raw|starlette_app|wsgi] [--src PATH]
         [--access-log off|on|json|handler] [--server fcgi-asgi|uvicorn] [--threads N]
+        [--seeds N]
 
 Runs ``hotpath.py`` under ``valgrind --tool=callgrind`` twice, with 1600 and
 4800 requests (one run each), and divides the difference of the instruction
 counts by the difference of the request counts, so start-up and warm-up cancel
 out. Instruction counts barely move with other load on the machine, unlike CPU
 time: use them to compare two versions of src/ (``--src``) after a small
-change. Needs Debian's valgrind; each count takes 30-60 s. ``--server uvicorn``
+change. Needs Debian's valgrind; each count takes 30-60 s.
+
+The count moves with Python's string hashing (dict and method-cache collisions):
+one request's count varied by about 600 instructions from run to run. Each
+count here runs under fixed ``PYTHONHASHSEED`` values, 0 to N-1 for
+``--seeds N`` (default 1), and prints their mean and range; the same seed
+repeats within about 50 instructions. Compare two versions with ``--seeds 4``.
+``--server uvicorn``
 counts uvicorn's httptools protocol on the same request (hotpath.py): the
 peer's user-space work, like for like and free of the machine's noise (run it
 with a Python that has uvicorn, e.g. run.py's BENCH_VENV).
@@ -26,9 +34,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def instructions(
-    app: str, requests: int, src: str | None, access: str, server: str, threads: int
+    app: str, requests: int, src: str | None, access: str, server: str, threads: int, seed: int
 ) -> int:
     env = dict(os.environ)
+    env["PYTHONHASHSEED"] = str(seed)
     if src:
         env["PYTHONPATH"] = src
     cmd = [
@@ -65,17 +74,24 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, default=16, help="wsgi: --threads (0: the app on the loop)"
     )
+    ap.add_argument(
+        "--seeds", type=int, default=1, help="count under PYTHONHASHSEED 0..N-1 (default 1)"
+    )
     args = ap.parse_args()
     low, high = 1600, 4800
-    counts = [
-        instructions(args.app, n, args.src, args.access_log, args.server, args.threads)
-        for n in (low, high)
-    ]
-    per_request = (counts[1] - counts[0]) / (high - low)
+    results = []
+    for seed in range(max(1, args.seeds)):
+        counts = [
+            instructions(args.app, n, args.src, args.access_log, args.server, args.threads, seed)
+            for n in (low, high)
+        ]
+        results.append((counts[1] - counts[0]) / (high - low))
     where = f"src {args.src or 'this checkout'}" if args.server == "fcgi-asgi" else "uvicorn"
+    spread = f" (seeds 0-{len(results) - 1}: {min(results):,.0f}-{max(results):,.0f})"
     print(
         f"{args.app}, access log {args.access_log}, {where}: "
-        f"{per_request:,.0f} instructions per request"
+        f"{sum(results) / len(results):,.0f} instructions per request"
+        + (spread if len(results) > 1 else " (PYTHONHASHSEED=0)")
     )
 
 
