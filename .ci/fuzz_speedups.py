@@ -289,6 +289,13 @@ class _Core(_speedups.RequestCore):  # type: ignore[misc]
     def wake(self) -> None:
         self.woken = True
 
+    def asgi_send(self, message: Any) -> Any:
+        """What RequestCore.send() hands a message it declines."""
+        return _DECLINED
+
+
+_DECLINED = object()
+
 
 # Values a field may hold: what the gateway puts there, and what it never does.
 _FIELD_VALUES: list[Any] = [True, False, None, 0, 1, 7, 65535, 65536, -1, 1 << 70, b"", "x", []]
@@ -296,7 +303,7 @@ _MESSAGE_KEYS = ["type", "status", "headers", "trailers", "body", "more_body"]
 
 
 def check_send_fast(fdp: atheris.FuzzedDataProvider) -> None:
-    """send_fast on any field values and any message: a bool or an error from
+    """send_fast, or send, on any field values and any message: a bool or an error from
     the stubs, never a crash; a body it sends is framed as whole_response_py
     would. Each field and key takes the gateway's usual value when the input
     says so or runs out, so short inputs reach the paths that send."""
@@ -341,10 +348,16 @@ def check_send_fast(fdp: atheris.FuzzedDataProvider) -> None:
         elif kind < 8 and key in usual_message:
             message[key] = usual_message[key]
     head = getattr(core, "unsent_head", None)
+    via_send = fdp.ConsumeBool()  # the C send(), which takes the same path
     try:
-        done = core.send_fast(message)
+        if via_send:
+            result = core.send(message)
+            assert result is _speedups.SENT or result is _DECLINED, result
+            done = result is _speedups.SENT
+        else:
+            done = core.send_fast(message)
     except (AttributeError, TypeError) as exc:  # a field's type the stubs do not take
-        assert "send_fast" not in str(exc), exc
+        assert "send_fast" not in str(exc) and "send(" not in str(exc), exc
         return
     assert done is True or done is False
     if done and message.get("type") == "http.response.body":

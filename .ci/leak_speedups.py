@@ -137,6 +137,60 @@ class Core(_speedups.RequestCore):  # type: ignore[misc]
     def wake(self) -> None:
         del self._waiters[:]
 
+    def asgi_send(self, message: Any) -> Any:
+        """RequestCore.send()'s Python path, when it declines."""
+        return message
+
+
+class Declining(Core):
+    __slots__ = ()
+
+    def send_fast(self, message: Any) -> bool:
+        return False
+
+
+def send_cycle(conn: StubConnection, start: dict[str, Any], body: dict[str, Any]) -> None:
+    """A fresh request's start and body through the C send(), then the
+    finished awaitable driven as a coroutine, and a subclass that declines."""
+    core = Core(conn, 1, True)
+    core.stdin_done = True
+    core._waiters = [None]
+    for message in (start, body):
+        sent = core.send(message)
+        if sent is _speedups.SENT:
+            for _ in sent.__await__():
+                pass
+            with contextlib.suppress(ValueError):
+                sent.throw(ValueError("x"))
+    Declining(conn, 2, True).send(start)
+    conn.ctx.turn_end_due = False
+
+
+_pending_lines: list[str] = []
+
+
+def _grew(n: int) -> None:
+    if n >= 4:
+        _pending_lines.clear()
+
+
+def _fallback(scope: Any, status: int, sent: int, duration: float, rid: int) -> None:
+    _pending_lines.append(f"{status}")
+
+
+_access_log = _speedups.access_logger(_pending_lines, _grew, _fallback, 4)
+
+
+_failing_lines: list[str] = []
+
+
+def _failing_grew(n: int) -> None:
+    _failing_lines.clear()
+    raise RuntimeError("flush failed")
+
+
+_access_log_failing = _speedups.access_logger(_failing_lines, _failing_grew, _fallback, 4)
+
 
 def send_fast_cycle(conn: StubConnection, start: dict[str, Any], body: dict[str, Any]) -> None:
     """A fresh request's start and body through send_fast (a watcher waiting)."""
@@ -205,12 +259,26 @@ CASES: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
     (send_fast_cycle, (StubConnection(), {**START, "headers": ()}, {"type": "http.response.body"})),
     (send_fast_cycle, (StubConnection(True), START, {"type": "http.response.body"})),  # raises
     (send_fast_cycle, (StubConnection(), {**START, "status": 299}, {"type": "x"})),  # declined
+    (send_cycle, (StubConnection(), START, {"type": "http.response.body", "body": b"hi"})),
+    (send_cycle, (StubConnection(True), START, {"type": "http.response.body"})),  # raises
+    (send_cycle, (StubConnection(), {**START, "status": 299}, {"type": "x"})),  # declined
+    (_access_log, (ACCESS_SCOPE, 200, 0, 0.0, 1)),
+    (_access_log, ({**ACCESS_SCOPE, "raw_path": b"/\xe9"}, 200, 0, 0.0, 1)),  # fallback
+    (_access_log, (ACCESS_SCOPE, 200)),  # TypeError
+    (_access_log_failing, (ACCESS_SCOPE, 200, 0, 0.0, 1)),  # RuntimeError
+    (_speedups.access_logger, ((), _grew, _fallback, 4)),  # TypeError
+    (_speedups.access_logger, ([], _grew, _fallback, 0)),  # ValueError
 ]
 
 
 _probe = StubConnection()
 send_fast_cycle(_probe, START, {"type": "http.response.body", "body": b"hi"})
 assert _probe.written == 8 + len(b"Status: 200 OK\r\na: b\r\n\r\nhi") + 24, "send_fast declined"
+_probe = StubConnection()
+send_cycle(_probe, START, {"type": "http.response.body", "body": b"hi"})
+assert _probe.written == 8 + len(b"Status: 200 OK\r\na: b\r\n\r\nhi") + 24, "send declined"
+_access_log(ACCESS_SCOPE, 200, 0, 0.0, 1)
+assert _pending_lines and _pending_lines[-1].endswith('" 200'), _pending_lines
 
 
 def rss() -> int:

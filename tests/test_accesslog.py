@@ -203,18 +203,24 @@ def test_default_render_c_matches_python(
         assert accesslog._c_access_line(scope, status) == expected  # C wrote it
 
 
+def _direct_log(path: Path, name: str) -> tuple[BufferedLineHandler, AccessLog]:
+    """An access log in the default format through a BufferedLineHandler
+    writing bare lines to ``path``: the shortcut past ``logging``."""
+    handler = BufferedLineHandler(open(path, "w"))  # noqa: SIM115 (closed by the test)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(f"test.accesslog.{name}")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return handler, AccessLog(AccessLogFormat(), logger)
+
+
 def test_default_line_of_an_unusual_scope_goes_through_the_direct_writer(
     tmp_path: Path,
 ) -> None:
     """The shortcut past ``logging`` (C line, else Python) logs a scope an app
     rewrote with values of other types, and the usual one, in order."""
-    handler = BufferedLineHandler(open(tmp_path / "log", "w"))  # noqa: SIM115
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("test.accesslog.unusual")
-    logger.handlers[:] = [handler]
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    log = AccessLog(AccessLogFormat(), logger)
+    handler, log = _direct_log(tmp_path / "log", "unusual")
     assert log.direct
     odd = {**SCOPE, "client": ["10.0.0.8", "80"], "method": "GÉT", "raw_path": b"/\xe9"}
     log.log(SCOPE, 200, 0, 0.0, 1)
@@ -224,6 +230,34 @@ def test_default_line_of_an_unusual_scope_goes_through_the_direct_writer(
         '10.0.0.7:41236 - "GET /caf%C3%A9?a=1&b=%22 HTTP/1.1" 200',
         '10.0.0.8:80 - "GÉT /\xe9?a=1&b=%22 HTTP/1.1" 201',
     ]
+
+
+async def test_default_lines_are_queued_in_c_batched_and_in_order(tmp_path: Path) -> None:
+    """The default setup's logger (one C call a line when the speedups are
+    built): lines wait for the batch's write while the loop runs, a full
+    batch goes out at once, and lines C leaves to Python keep their place."""
+    handler, log = _direct_log(tmp_path / "log", "batched")
+    if accesslog._c_access_logger is not None:
+        assert type(log.log).__name__ == "builtin_function_or_method"
+    odd = {**SCOPE, "raw_path": b"/\xe9"}  # not ASCII: rendered in Python
+    expected = []
+    for i in range(10):
+        log.log(odd if i % 3 == 0 else SCOPE, 200 + i, 0, 0.0, i)
+        target = "/\xe9" if i % 3 == 0 else "/caf%C3%A9"
+        expected.append(f'10.0.0.7:41236 - "GET {target}?a=1&b=%22 HTTP/1.1" {200 + i}')
+    assert (tmp_path / "log").read_text() == ""  # waiting for the batch's write
+    text = ""
+    for _ in range(500):  # the batch's timer fires within a few loop iterations
+        await asyncio.sleep(0.01)
+        text = (tmp_path / "log").read_text()
+        if text.count("\n") >= 10:
+            break
+    assert text.splitlines() == expected
+    for i in range(MAX_PENDING_LINES):
+        log.log(SCOPE, 200, 0, 0.0, i)
+    # A full batch is written at once, without waiting for the loop.
+    assert len((tmp_path / "log").read_text().splitlines()) == 10 + MAX_PENDING_LINES
+    handler.close()
 
 
 def test_json_render_is_json():

@@ -20,6 +20,7 @@ from fcgi_asgi.protocol import core
 from fcgi_asgi.protocol.connection import FastCGIConnection
 from fcgi_asgi.protocol.request import _COALESCE_LIMIT, Request
 from tests import apps
+from tests.conftest import Serve, connect
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,13 +65,13 @@ def test_classes_that_change_the_response_path_decline_the_fast_path() -> None:
     import fcgi_asgi.asgi.roles
     import fcgi_asgi.wsgi.bridge  # noqa: F401  (every request class loaded)
 
-    path = ("set_head", "send_whole", "send_body", "finish", "wake", "flush_head", "send")
+    path = ("set_head", "send_whole", "send_body", "finish", "wake", "flush_head", "asgi_send")
     checked = 0
     for cls in _subclasses(Request):
         if not cls.__module__.startswith("fcgi_asgi."):
             continue
         checked += 1
-        # Its classes below Request, but ASGIRequest (whose send() takes the path).
+        # Its classes below Request, but ASGIRequest (whose asgi_send() is the path).
         own = [k for k in cls.__mro__[: cls.__mro__.index(Request)] if k is not ASGIRequest]
         changed = [name for name in path if any(name in vars(k) for k in own)]
         if changed:
@@ -258,19 +259,22 @@ def test_send_fast_does_what_the_python_path_does(
 
 
 def test_send_fast_takes_the_common_response() -> None:
-    """A plain start and a small last body are done by send_fast itself (not
-    declined to the Python path): the whole response is one write."""
+    """A plain start and a small last body are done by the C send() itself
+    (not declined to the Python path): each returns the finished awaitable,
+    and the whole response is one write."""
     if not _HAVE_C:
         pytest.skip("the C speedups are not built (FCGI_ASGI_NO_EXTENSIONS)")
+    from fcgi_asgi import _speedups
+
     taken: list[bool] = []
 
     class Counting(ASGIRequest):
         __slots__ = ()
 
-        def send_fast(self, message: Any) -> bool:
-            done = super().send_fast(message)
-            taken.append(done)
-            return done
+        def send(self, message: Any) -> Any:
+            result = super().send(message)
+            taken.append(result is _speedups.SENT)
+            return result
 
     state = {"stdin_done": True, "head_only": False, "disconnected": False}
     start = {"type": "http.response.start", "status": 200, "headers": [(b"a", b"b")]}
@@ -288,3 +292,75 @@ def test_send_fast_takes_the_common_response() -> None:
         + b"\x01\x03\x00\x07\x00\x08\x00\x00"
         + bytes(8)
     )
+
+
+def test_the_finished_awaitable_behaves_as_a_finished_coroutine() -> None:
+    """What send() returns for a message done at once: awaiting it gives None,
+    and it is a Coroutine that asyncio and anyio accept (an app may hand
+    send(...) to create_task or start_soon), as a finished coroutine."""
+    if not _HAVE_C:
+        pytest.skip("the C speedups are not built (FCGI_ASGI_NO_EXTENSIONS)")
+    import collections.abc
+
+    from fcgi_asgi import _speedups
+
+    sent = _speedups.SENT
+    assert isinstance(sent, collections.abc.Coroutine)
+    assert asyncio.iscoroutine(sent)
+    with pytest.raises(StopIteration):
+        sent.send(None)
+    with pytest.raises(ValueError, match="thrown"):
+        sent.throw(ValueError("thrown"))
+    with pytest.raises(KeyError):
+        sent.throw(KeyError)
+    with pytest.raises(TypeError):
+        sent.throw(3)  # type: ignore[arg-type]
+    assert sent.close() is None
+    with pytest.raises(TypeError):
+        type(sent)()
+
+    async def use() -> list[Any]:
+        results = [await sent, await asyncio.create_task(sent)]
+        results.append(await asyncio.wait_for(sent, 1))
+        results.extend(await asyncio.gather(sent, sent))
+        return results
+
+    assert asyncio.run(use()) == [None] * 5
+
+
+async def _spawning_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Hands its send() calls to tasks, as an app may: create_task, gather,
+    wait_for and anyio's start_soon, each with a message send() does at once."""
+    if scope["type"] != "http":
+        return
+    import anyio
+
+    start = {"type": "http.response.start", "status": 200, "headers": [(b"x-via", b"task")]}
+    how = scope["path"].strip("/")
+    body = {"type": "http.response.body", "body": how.encode()}
+    if how == "create_task":
+        await asyncio.create_task(send(start))
+        await asyncio.create_task(send(body))
+    elif how == "gather":
+        await asyncio.gather(send(start))
+        await asyncio.gather(send(body))
+    elif how == "wait_for":
+        await asyncio.wait_for(send(start), 5)
+        await asyncio.wait_for(send(body), 5)
+    else:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send, start)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send, body)
+
+
+@pytest.mark.parametrize("how", ["create_task", "gather", "wait_for", "start_soon"])
+async def test_an_app_may_hand_send_to_a_task(serve: Serve, how: str) -> None:
+    """Through a real socket, the C send()'s path: the response arrives
+    whole, twice on one connection."""
+    server = await serve(_spawning_app)
+    async with await connect(server) as client:
+        for _ in range(2):
+            r = await asyncio.wait_for(client.request("GET", f"/{how}"), 5)
+            assert r.status == 200 and r.body == how.encode()
+            assert r.header("x-via") == "task"

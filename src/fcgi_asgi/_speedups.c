@@ -44,6 +44,9 @@ typedef struct {
     /* RequestCore: its type, protocol/head.py's status lines (set_status_lines),
      * and the names it calls on the request, its connection and context. */
     PyObject *core_type, *status_lines, *empty_tuple, *zero_float;
+    /* RequestCore.send(): the finished awaitable it returns for a message done
+     * at once, its type, and the names it looks up. */
+    PyObject *sent, *sent_type, *k_send_fast, *k_asgi_send;
     PyObject *k_trailers, *k_status, *k_body, *k_more_body, *k_ctx, *k_pending_heads,
         *k_turn_end_due, *k_at_turn_end, *k_write_last, *k_request_ended, *k_wake, *k_loop, *k_time;
     PyObject *record_type; /* the record type parse_records last checked */
@@ -1336,10 +1339,11 @@ fail:
 
 /* ---- the access log ---------------------------------------------------------- */
 
-/* Appends the decimal text of an int (exact type) to buf; 0 when it does not
- * fit a long long. */
+/* Writes the decimal text of an int (exact type) to buf (at least 21 bytes);
+ * 0 when it does not fit a long long. By hand: snprintf's format machinery
+ * cost more than the rest of the line. */
 static int
-long_text(PyObject *n, char *buf, size_t size, Py_ssize_t *len)
+long_text(PyObject *n, char *buf, Py_ssize_t *len)
 {
     int overflow;
     long long v = PyLong_AsLongLongAndOverflow(n, &overflow);
@@ -1347,7 +1351,22 @@ long_text(PyObject *n, char *buf, size_t size, Py_ssize_t *len)
         PyErr_Clear();
         return 0;
     }
-    *len = (Py_ssize_t)snprintf(buf, size, "%lld", v);
+    /* Digits of the magnitude, as unsigned: -LLONG_MIN does not fit. */
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    char digits[20];
+    int nd = 0;
+    do {
+        digits[nd++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    Py_ssize_t k = 0;
+    if (v < 0) {
+        buf[k++] = '-';
+    }
+    while (nd) {
+        buf[k++] = digits[--nd];
+    }
+    *len = k;
     return 1;
 }
 
@@ -1373,23 +1392,18 @@ ascii_bytes(PyObject *b)
  * the status an int), not ASCII, or a key is missing: an app may replace scope values, and the caller then renders
  * the line in Python (accesslog.render_default_py), which formats anything. */
 static PyObject *
-access_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+render_access_line(speedups_state *st, PyObject *scope, PyObject *status_code)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "access_line(scope: dict, status: int)");
-        return NULL;
-    }
-    if (!PyDict_Check(args[0]) || !PyLong_CheckExact(args[1])) {
+    if (!PyDict_Check(scope) || !PyLong_CheckExact(status_code)) {
         Py_RETURN_NONE;
     }
-    speedups_state *st = get_state(module);
     PyObject *keys[5] = {st->k_client, st->k_method, st->k_raw_path, st->k_query_string,
                          st->k_http_version};
     PyObject *v[5] = {NULL, NULL, NULL, NULL, NULL};
     PyObject *result = NULL;
     for (int i = 0; i < 5; i++) {
         /* Owned at once: a later lookup may run a key's __eq__. */
-        PyObject *x = PyDict_GetItemWithError(args[0], keys[i]);
+        PyObject *x = PyDict_GetItemWithError(scope, keys[i]);
         if (x == NULL) {
             if (PyErr_Occurred()) {
                 goto done;
@@ -1406,7 +1420,7 @@ access_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (!PyTuple_CheckExact(client) || PyTuple_GET_SIZE(client) != 2 ||
             !ASCII_STR(PyTuple_GET_ITEM(client, 0)) ||
             !PyLong_CheckExact(PyTuple_GET_ITEM(client, 1)) ||
-            !long_text(PyTuple_GET_ITEM(client, 1), port, sizeof(port), &port_len)) {
+            !long_text(PyTuple_GET_ITEM(client, 1), port, &port_len)) {
             goto python;
         }
         host = (const char *)PyUnicode_DATA(PyTuple_GET_ITEM(client, 0));
@@ -1414,7 +1428,7 @@ access_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (!ASCII_STR(method) || !ASCII_STR(version) || !PyBytes_CheckExact(raw) ||
         !PyBytes_CheckExact(qs) || !ascii_bytes(raw) || !ascii_bytes(qs) ||
-        !long_text(args[1], status, sizeof(status), &status_len)) {
+        !long_text(status_code, status, &status_len)) {
         goto python;
     }
     Py_ssize_t method_len = PyUnicode_GET_LENGTH(method), version_len = PyUnicode_GET_LENGTH(version);
@@ -1454,6 +1468,91 @@ done:
         Py_XDECREF(v[i]);
     }
     return result;
+}
+
+static PyObject *
+access_line(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "access_line(scope: dict, status: int)");
+        return NULL;
+    }
+    return render_access_line(get_state(module), args[0], args[1]);
+}
+
+/* The access logger's fixed parts, a tuple: the handler's pending lines (a
+ * list), grew(n), the Python log for lines C does not render, the largest
+ * batch, and this module (for its state). */
+enum { AL_PENDING, AL_GREW, AL_FALLBACK, AL_MAX, AL_MODULE, AL_SIZE };
+
+/* log(scope, status, sent, duration, request_id): the default line rendered
+ * and queued in the handler's pending list, and grew(n) called when the list
+ * becomes a batch (n == 1: schedule its write) or full (n >= the largest: write
+ * now), as BufferedLineHandler._add does; a line C does not render goes to the
+ * Python log with all five arguments. One C call where Python made two. */
+static PyObject *
+access_log_call(PyObject *parts, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "log(scope, status, sent, duration, request_id)");
+        return NULL;
+    }
+    PyObject *module = PyTuple_GET_ITEM(parts, AL_MODULE);
+    PyObject *line = render_access_line(get_state(module), args[0], args[1]);
+    if (line == NULL) {
+        return NULL;
+    }
+    if (line == Py_None) {
+        Py_DECREF(line);
+        return PyObject_Vectorcall(PyTuple_GET_ITEM(parts, AL_FALLBACK), args, (size_t)nargs, NULL);
+    }
+    PyObject *pending = PyTuple_GET_ITEM(parts, AL_PENDING);
+    int rc = PyList_Append(pending, line);
+    Py_DECREF(line);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(pending);
+    if (n == 1 || n >= PyLong_AsSsize_t(PyTuple_GET_ITEM(parts, AL_MAX))) {
+        PyObject *count = PyLong_FromSsize_t(n);
+        PyObject *r = count ? PyObject_CallOneArg(PyTuple_GET_ITEM(parts, AL_GREW), count) : NULL;
+        Py_XDECREF(count);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef access_log_def = {
+    "log", (PyCFunction)(void (*)(void))access_log_call, METH_FASTCALL,
+    "log(scope, status, sent, duration, request_id): queue the request's default access line."};
+
+/* access_logger(pending, grew, fallback, max_pending) -> log */
+static PyObject *
+access_logger(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyList_CheckExact(args[0]) || !PyCallable_Check(args[1]) ||
+        !PyCallable_Check(args[2]) || !PyLong_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "access_logger(pending: list, grew, fallback, max_pending: int)");
+        return NULL;
+    }
+    Py_ssize_t max = PyLong_AsSsize_t(args[3]);
+    if (max < 1) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "max_pending must be at least 1");
+        }
+        return NULL;
+    }
+    PyObject *parts = PyTuple_Pack(AL_SIZE, args[0], args[1], args[2], args[3], module);
+    if (parts == NULL) {
+        return NULL;
+    }
+    PyObject *log = PyCFunction_NewEx(&access_log_def, parts, NULL);
+    Py_DECREF(parts);
+    return log;
 }
 
 /* ---- RequestCore: a request's state, and the fast path of its response ----- */
@@ -1830,12 +1929,33 @@ out:
     return done;
 }
 
+/* The message, if send_fast() takes it, done: 1 done, 0 not taken, -1 error. */
+static int
+core_fast(RequestCore *self, speedups_state *st, PyObject *message)
+{
+    if (!PyDict_CheckExact(message)) {
+        return 0;
+    }
+    PyObject *mtype = get_owned(message, st->k_type);
+    if (mtype == NULL) {
+        return 0;
+    }
+    int done = 0;
+    if (str_is(mtype, "http.response.body", 18)) {
+        done = core_body(self, st, message);
+    } else if (str_is(mtype, "http.response.start", 19)) {
+        done = core_start(self, st, message);
+    }
+    Py_DECREF(mtype);
+    return done;
+}
+
 /* send_fast(message) -> bool: the ASGI send() of a plain response start, or of
  * the last body of a small response (with its head, the empty STDOUT and
  * END_REQUEST, in one write), done here; False, with nothing done, for any
- * other message or state: the caller (ASGIRequest.send) then takes the Python
- * path, which also raises every error. An error from the connection's own
- * methods, called as the Python path calls them, propagates. */
+ * other message or state: the caller then takes the Python path
+ * (ASGIRequest.asgi_send), which also raises every error. An error from the
+ * connection's own methods, called as the Python path calls them, propagates. */
 static PyObject *
 core_send_fast(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
                Py_ssize_t nargs, PyObject *kwnames)
@@ -1845,32 +1965,62 @@ core_send_fast(PyObject *op, PyTypeObject *defining_class, PyObject *const *args
         return NULL;
     }
     speedups_state *st = (speedups_state *)PyType_GetModuleState(defining_class);
-    PyObject *message = args[0];
-    if (st == NULL || !PyDict_CheckExact(message)) {
+    if (st == NULL) {
         Py_RETURN_FALSE;
     }
-    PyObject *mtype = get_owned(message, st->k_type);
-    if (mtype == NULL) {
-        Py_RETURN_FALSE;
-    }
-    int done = 0;
-    if (str_is(mtype, "http.response.body", 18)) {
-        done = core_body((RequestCore *)op, st, message);
-    }
-    else if (str_is(mtype, "http.response.start", 19)) {
-        done = core_start((RequestCore *)op, st, message);
-    }
-    Py_DECREF(mtype);
+    int done = core_fast((RequestCore *)op, st, args[0]);
     if (done < 0) {
         return NULL;
     }
     return PyBool_FromLong(done);
 }
 
+/* 1 when type(op).send_fast is RequestCore's own: a subclass that overrides
+ * it (an authorizer's, which rewrites headers) declines the fast path. */
+static int
+core_fast_path_allowed(PyObject *op, speedups_state *st)
+{
+    /* The type attribute cache answers this lookup without a dict probe. */
+    PyObject *own = _PyType_Lookup((PyTypeObject *)st->core_type, st->k_send_fast);
+    return own != NULL && _PyType_Lookup(Py_TYPE(op), st->k_send_fast) == own;
+}
+
+/* send(message) -> awaitable: the ASGI send. A message send_fast() takes is
+ * done now, and a finished awaitable comes back (no coroutine is made, run
+ * and freed); any other goes to self.asgi_send(message), the coroutine of the
+ * Python path. An error from the fast path is raised here, at the call. */
+static PyObject *
+core_send(PyObject *op, PyTypeObject *defining_class, PyObject *const *args, Py_ssize_t nargs,
+          PyObject *kwnames)
+{
+    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "send(message)");
+        return NULL;
+    }
+    speedups_state *st = (speedups_state *)PyType_GetModuleState(defining_class);
+    if (st == NULL) {
+        return NULL;
+    }
+    PyObject *message = args[0];
+    if (core_fast_path_allowed(op, st)) {
+        int done = core_fast((RequestCore *)op, st, message);
+        if (done < 0) {
+            return NULL;
+        }
+        if (done) {
+            return Py_NewRef(st->sent);
+        }
+    }
+    return PyObject_CallMethodOneArg(op, st->k_asgi_send, message);
+}
+
 static PyMethodDef core_methods[] = {
     {"send_fast", (PyCFunction)(void (*)(void))core_send_fast,
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
      "Send a plain response start or a small response's last body here; False if not taken."},
+    {"send", (PyCFunction)(void (*)(void))core_send, METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
+     "ASGI send: a message send_fast() takes is done now and a finished awaitable returned; "
+     "any other returns self.asgi_send(message)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1890,6 +2040,87 @@ static PyType_Spec core_spec = {
     .basicsize = sizeof(RequestCore),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .slots = core_slots,
+};
+
+/* ---- Sent: an awaitable already finished ------------------------------------ */
+
+/* What RequestCore.send() returns for a message it has done: awaiting it
+ * gives None at once. It is its own iterator, and has send(), throw() and
+ * close(), so it is a collections.abc.Coroutine too: asyncio.create_task(),
+ * ensure_future() and anyio's start_soon() take it. It holds no state, so one
+ * object serves every request. */
+static PyObject *
+sent_self(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *
+sent_next(PyObject *self)
+{
+    return NULL; /* no error set: StopIteration(None) */
+}
+
+static PyObject *
+sent_send(PyObject *self, PyObject *value)
+{
+    PyErr_SetNone(PyExc_StopIteration);
+    return NULL;
+}
+
+/* throw(exc) or throw(type[, value[, tb]]): raised, as a finished coroutine does. */
+static PyObject *
+sent_throw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw(exc) or throw(type[, value[, tb]])");
+        return NULL;
+    }
+    PyObject *typ = args[0], *val = nargs > 1 ? args[1] : Py_None;
+    if (PyExceptionInstance_Check(typ)) {
+        if (val != Py_None) {
+            PyErr_SetString(PyExc_TypeError, "instance exception may not have a separate value");
+            return NULL;
+        }
+        PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
+        return NULL;
+    }
+    if (PyExceptionClass_Check(typ)) {
+        PyErr_SetObject(typ, val == Py_None ? NULL : val);
+        return NULL;
+    }
+    PyErr_Format(PyExc_TypeError, "exceptions must be classes or instances deriving from "
+                                  "BaseException, not %s", Py_TYPE(typ)->tp_name);
+    return NULL;
+}
+
+static PyObject *
+sent_close(PyObject *self, PyObject *unused)
+{
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef sent_methods[] = {
+    {"send", sent_send, METH_O, "Raise StopIteration: the awaitable is finished."},
+    {"throw", (PyCFunction)(void (*)(void))sent_throw, METH_FASTCALL, "Raise the exception."},
+    {"close", sent_close, METH_NOARGS, "Nothing to close."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot sent_slots[] = {
+    {Py_tp_doc, "An awaitable already finished: RequestCore.send()'s result for a message done."},
+    {Py_am_await, sent_self},
+    {Py_tp_iter, sent_self},
+    {Py_tp_iternext, sent_next},
+    {Py_tp_methods, sent_methods},
+    {0, NULL},
+};
+
+static PyType_Spec sent_spec = {
+    .name = "fcgi_asgi._speedups.Sent",
+    .basicsize = sizeof(PyObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = sent_slots,
 };
 
 /* set_status_lines(lines): protocol/head.py's {status: b"Status: ...\r\n"}. */
@@ -1937,6 +2168,8 @@ static PyMethodDef methods[] = {
      "The ASGI scope straight from PARAMS data in the common case, else None."},
     {"access_line", (PyCFunction)(void (*)(void))access_line, METH_FASTCALL,
      "The default access-log line of a scope and status, or None (render it in Python)."},
+    {"access_logger", (PyCFunction)(void (*)(void))access_logger, METH_FASTCALL,
+     "access_logger(pending, grew, fallback, max_pending) -> log: the default access line queued in C."},
     {"set_status_lines", set_status_lines, METH_O,
      "Give RequestCore.send_fast protocol/head.py's status lines."},
     {"decode_params", decode_params, METH_O,
@@ -2010,6 +2243,8 @@ speedups_exec(PyObject *module)
         S(k_wake, "wake"),
         S(k_loop, "loop"),
         S(k_time, "time"),
+        S(k_send_fast, "send_fast"),
+        S(k_asgi_send, "asgi_send"),
         S(s_http, "http"),
         S(s_https, "https"),
         S(s_empty, ""),
@@ -2057,6 +2292,12 @@ speedups_exec(PyObject *module)
     st->core_type = PyType_FromModuleAndSpec(module, &core_spec, NULL);
     if (st->core_type == NULL || PyModule_AddObjectRef(module, "RequestCore", st->core_type) < 0 ||
         PyModule_AddIntConstant(module, "WHOLE_BODY_LIMIT", WHOLE_BODY_LIMIT) < 0) {
+        return -1;
+    }
+    st->sent_type = PyType_FromModuleAndSpec(module, &sent_spec, NULL);
+    if (st->sent_type == NULL ||
+        (st->sent = PyType_GenericAlloc((PyTypeObject *)st->sent_type, 0)) == NULL ||
+        PyModule_AddObjectRef(module, "SENT", st->sent) < 0) {
         return -1;
     }
     PyObject *keys[] = {st->k_type,       st->k_asgi,         st->k_http_version, st->k_method,

@@ -1,5 +1,8 @@
 # Each function also takes what the Python version takes (anything bytes() copies);
 # these are the types the gateway passes.
+from collections.abc import Callable, Coroutine
+from typing import Any
+
 def decode_params(data: bytes | bytearray | memoryview, /) -> dict[bytes, bytes]: ...
 def decode_params_latin1(data: bytes | bytearray | memoryview, /) -> dict[str, str]: ...
 def request_headers(params: dict[bytes, bytes], /) -> list[tuple[bytes, bytes]]: ...
@@ -19,9 +22,19 @@ def scope_from_params(
     /,
 ) -> dict[str, object] | None: ...
 def access_line(scope: dict[str, object], status: int, /) -> str | None: ...
+def access_logger(
+    pending: list[str],
+    grew: Callable[[int], None],
+    fallback: Callable[[dict[str, Any], int, int, float, int], None],
+    max_pending: int,
+    /,
+) -> Callable[[dict[str, Any], int, int, float, int], None]: ...
 def set_status_lines(lines: dict[int, bytes], /) -> None: ...
 
 WHOLE_BODY_LIMIT: int
+#: RequestCore.send()'s result for a message done at once: an awaitable already
+#: finished (and a collections.abc.Coroutine).
+SENT: Coroutine[Any, Any, None]
 
 # RequestCore, the C base type of protocol/request.py's Request, is typed as
-# protocol/core.py's RequestCorePy (the same fields, __init__ and send_fast).
+# protocol/core.py's RequestCorePy (the same fields, __init__, send_fast and send).

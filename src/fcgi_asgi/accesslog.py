@@ -38,12 +38,14 @@ from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from .config import ConfigError
-from .logbuffer import BufferedLineHandler
+from .logbuffer import MAX_PENDING_LINES, BufferedLineHandler
 
 try:
     from ._speedups import access_line as _c_access_line
+    from ._speedups import access_logger as _c_access_logger
 except ImportError:  # not built: the Python renderers alone
     _c_access_line = None  # type: ignore[assignment]
+    _c_access_logger = None  # type: ignore[assignment]
 
 __all__ = ["DEFAULT_FORMAT", "FIELDS", "JSON_FORMAT", "AccessLog", "AccessLogFormat"]
 
@@ -265,24 +267,22 @@ class AccessLog:
     def __init__(self, fmt: AccessLogFormat, logger: logging.Logger = access_logger) -> None:
         self.format = fmt
         self.logger = logger
-        direct = _direct_writer(logger)
+        handler = _direct_handler(logger)
+        direct = handler.message_writer() if handler is not None else None
         self.direct = direct is not None
         render = fmt.render
-        if direct is not None and render is render_default and _c_access_line is not None:
-            c_line = _c_access_line
-
-            # render_default inline: one Python call fewer per request.
-            def log(scope: Scope, status: int, sent: int, duration: float, rid: int) -> None:
-                line = c_line(scope, status)
-                direct(line if line is not None else render(scope, status, sent, duration, rid))
-
-            self.log = log
-        elif direct is not None:
+        if direct is not None:
 
             def log(scope: Scope, status: int, sent: int, duration: float, rid: int) -> None:
                 direct(render(scope, status, sent, duration, rid))
 
             self.log = log
+            queue = handler.line_queue() if handler is not None else None
+            if render is render_default and _c_access_logger is not None and queue is not None:
+                # The default line rendered and queued in one C call; this
+                # log() takes the lines C does not render (accesslog.render_default).
+                pending, grew = queue
+                self.log = _c_access_logger(pending, grew, log, MAX_PENDING_LINES)
         else:
             self.log = self._log_record
 
@@ -301,7 +301,9 @@ class AccessLog:
                 handler.flush_or_report()
 
 
-def _direct_writer(logger: logging.Logger) -> Callable[[str], None] | None:
+def _direct_handler(logger: logging.Logger) -> BufferedLineHandler | None:
+    """The logger's one handler if lines may skip the LogRecord and go
+    straight to it: a BufferedLineHandler, nothing filtering or propagating."""
     handlers = logger.handlers
     if len(handlers) != 1 or logger.propagate or logger.filters or logger.disabled:
         return None
@@ -310,4 +312,4 @@ def _direct_writer(logger: logging.Logger) -> Callable[[str], None] | None:
         return None
     if not logger.isEnabledFor(logging.INFO) or handler.level > logging.INFO:
         return None
-    return handler.message_writer()
+    return handler

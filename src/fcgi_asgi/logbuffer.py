@@ -103,10 +103,25 @@ class BufferedLineHandler(logging.StreamHandler[TextIO]):
         print it, or None if the formatter is not one it can stand in for."""
         return self._add if self._stands_in is not None else None
 
+    def line_queue(self) -> tuple[list[str], Callable[[int], None]] | None:
+        """What :meth:`message_writer`'s function does, in two parts, for a
+        caller that appends itself (the access log's C logger): the list of
+        pending messages, and the function to call with its new length when
+        that is 1 or at least :data:`MAX_PENDING_LINES`. None as for
+        :meth:`message_writer`. The list stays the same object for the
+        handler's life."""
+        return (self._pending, self._grew) if self._stands_in is not None else None
+
     def _add(self, line: str) -> None:
         pending = self._pending
         pending.append(line)
         n = len(pending)
+        if n == 1 or n >= MAX_PENDING_LINES:
+            self._grew(n)
+
+    def _grew(self, n: int) -> None:
+        """``n`` lines wait now: the first of a batch has its write scheduled,
+        a full batch is written at once."""
         if n == 1:
             try:
                 loop = asyncio.get_running_loop()

@@ -93,10 +93,13 @@ class ASGIRequest(Request):
                 return {"type": "http.request", "body": b"", "more_body": False}
             await self.wait()
 
-    async def send(self, message: Any) -> None:
-        """ASGI ``send``: response start, body, pathsend and trailers."""
-        if self.send_fast(message):
-            return  # a plain start, or a small response's whole body (protocol/core.py)
+    async def asgi_send(self, message: Any) -> None:
+        """ASGI ``send`` in Python: response start, body, pathsend and trailers.
+
+        The app's ``send`` is :meth:`RequestCore.send`, which does a plain
+        start and a small response's whole body itself (protocol/core.py)
+        and hands every other message here.
+        """
         mtype = message["type"]
         if mtype == "http.response.body":
             # _send_body() inline: one coroutine fewer per body message.
