@@ -258,7 +258,7 @@ class _Context:
         self.pending_heads: list[Any] = []
         self.turn_end_due = False
 
-    def at_turn_end(self) -> None:
+    def at_turn_end(self, loop: Any) -> None:
         self.turn_end_due = True
 
 

@@ -104,7 +104,7 @@ class StubContext:
         self.pending_heads: list[Any] = []
         self.turn_end_due = False
 
-    def at_turn_end(self) -> None:
+    def at_turn_end(self, loop: Any) -> None:
         self.pending_heads.clear()
 
 

@@ -1810,7 +1810,7 @@ core_start(RequestCore *self, speedups_state *st, PyObject *message)
     set_field(&self->response_started, Py_True);
     done = 1;
     /* Written at the end of the loop turn unless a body comes first:
-     * ctx.pending_heads.append(self), and ctx.at_turn_end() once a turn. */
+     * ctx.pending_heads.append(self), and ctx.at_turn_end(conn.loop) once a turn. */
     if ((ctx = PyObject_GetAttr(conn, st->k_ctx)) == NULL ||
         (pending = PyObject_GetAttr(ctx, st->k_pending_heads)) == NULL) {
         done = -1;
@@ -1827,7 +1827,9 @@ core_start(RequestCore *self, speedups_state *st, PyObject *message)
         goto out;
     }
     if (due != Py_True) {
-        PyObject *r = PyObject_CallMethodNoArgs(ctx, st->k_at_turn_end);
+        PyObject *loop = PyObject_GetAttr(conn, st->k_loop);
+        PyObject *r = loop ? PyObject_CallMethodOneArg(ctx, st->k_at_turn_end, loop) : NULL;
+        Py_XDECREF(loop);
         if (r == NULL) {
             done = -1;
             goto out;

@@ -536,7 +536,7 @@ class FastCGIConnection(asyncio.Protocol):
                 ctx = self.ctx
                 ctx.held_writes.append(self)
                 if not ctx.turn_end_due:
-                    ctx.at_turn_end()
+                    ctx.at_turn_end(self.loop)
             held.append(data)
             self._held_size = size
             return

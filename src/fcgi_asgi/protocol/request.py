@@ -244,10 +244,11 @@ class Request(RequestCore):
             raise ClientDisconnected(GONE)
         # If the app yields before its first body, the head is written on its
         # own at the end of the loop turn.
-        ctx = self.conn.ctx
+        conn = self.conn
+        ctx = conn.ctx
         ctx.pending_heads.append(self)
         if not ctx.turn_end_due:
-            ctx.at_turn_end()
+            ctx.at_turn_end(conn.loop)
 
     def flush_head(self) -> None:
         """Write the response head now if it is still waiting for a body."""
