@@ -364,3 +364,36 @@ async def test_an_app_may_hand_send_to_a_task(serve: Serve, how: str) -> None:
             r = await asyncio.wait_for(client.request("GET", f"/{how}"), 5)
             assert r.status == 200 and r.body == how.encode()
             assert r.header("x-via") == "task"
+
+
+async def _threaded_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Calls send() in a worker thread and has the loop run what it returns
+    (run_coroutine_threadsafe); the body says what send() returned there."""
+    if scope["type"] != "http":
+        return
+    import inspect
+
+    loop = asyncio.get_running_loop()
+    start = {"type": "http.response.start", "status": 200, "headers": []}
+
+    def in_thread() -> None:
+        kinds = []
+        for message in (start, None):
+            if message is None:
+                message = {"type": "http.response.body", "body": " ".join(kinds).encode()}
+            result = send(message)
+            kinds.append("coroutine" if inspect.iscoroutine(result) else type(result).__name__)
+            asyncio.run_coroutine_threadsafe(result, loop).result(5)
+
+    await loop.run_in_executor(None, in_thread)
+
+
+async def test_send_from_another_thread_runs_on_the_loop(serve: Serve) -> None:
+    """send() called outside the loop's thread does nothing there: it returns
+    the Python coroutine, which the loop then runs (the fast path would
+    write to the transport from the wrong thread)."""
+    server = await serve(_threaded_app)
+    async with await connect(server) as client:
+        r = await asyncio.wait_for(client.request("GET", "/"), 10)
+    assert r.status == 200
+    assert r.body == b"coroutine"  # the start's; the body's own is not in it

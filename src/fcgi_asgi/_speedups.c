@@ -1571,6 +1571,10 @@ static struct PyModuleDef module_def;
  * (traverse and clear walk them as an array). */
 typedef struct {
     PyObject_HEAD
+    /* The thread that opened the request: its loop's. send() does the fast
+     * path only there (an app may call send() in another thread and hand the
+     * result to run_coroutine_threadsafe). Not an object: before conn. */
+    unsigned long loop_thread;
     PyObject *conn, *request_id, *unsent_head, *status, *bytes_sent, *response_started,
         *response_complete, *disconnected, *head_only, *stdin_done, *end_held, *stdout_sent,
         *waiters;
@@ -1693,6 +1697,7 @@ core_init(PyObject *op, PyObject *args, PyObject *kwargs)
     PyObject *old[N_CORE_FIELDS];
     PyObject **fields = core_fields(self);
     memcpy(old, fields, sizeof(old));
+    self->loop_thread = PyThread_get_thread_ident();
     PyObject *no = Py_False, *none = Py_None, *zero = st->zero, *zero_f = st->zero_float;
     self->conn = Py_NewRef(conn);
     self->request_id = Py_NewRef(request_id);
@@ -1990,7 +1995,9 @@ core_fast_path_allowed(PyObject *op, speedups_state *st)
 /* send(message) -> awaitable: the ASGI send. A message send_fast() takes is
  * done now, and a finished awaitable comes back (no coroutine is made, run
  * and freed); any other goes to self.asgi_send(message), the coroutine of the
- * Python path. An error from the fast path is raised here, at the call. */
+ * Python path, as does every message sent from a thread other than the
+ * loop's: the coroutine then runs where it is awaited. An error from the fast
+ * path is raised here, at the call. */
 static PyObject *
 core_send(PyObject *op, PyTypeObject *defining_class, PyObject *const *args, Py_ssize_t nargs,
           PyObject *kwnames)
@@ -2004,7 +2011,8 @@ core_send(PyObject *op, PyTypeObject *defining_class, PyObject *const *args, Py_
         return NULL;
     }
     PyObject *message = args[0];
-    if (core_fast_path_allowed(op, st)) {
+    if (((RequestCore *)op)->loop_thread == PyThread_get_thread_ident() &&
+        core_fast_path_allowed(op, st)) {
         int done = core_fast((RequestCore *)op, st, message);
         if (done < 0) {
             return NULL;
