@@ -1,9 +1,10 @@
 """A backend's CPU per request split into user and system time, behind nginx.
 
-    python3 benchmarks/cpu_split.py [--rounds N] [--seconds S] [BACKEND ...]
+    python3 benchmarks/cpu_split.py [--rounds N] [--seconds S] [--scenario NAME] [BACKEND ...]
 
 For each backend of ``run.py`` (default: fcgi-asgi-raw and uvicorn-raw,
-alternating), starts it and nginx, warms up, runs wrk on the hello scenario
+alternating), starts it and nginx, warms up, runs wrk on a scenario of
+``run.py`` (default hello; ``post`` and ``wsgi-post`` send 64 KiB bodies)
 and reads the backend's /proc counters around the run: user and system CPU
 per request, and how many requests it served per blocking wait of its loop
 (voluntary context switches), which says how many requests a loop turn
@@ -43,9 +44,9 @@ def counters(pids: set[int]) -> tuple[int, int, int]:
     return user, system, waits
 
 
-def measure(name: str, seconds: int, port: int) -> str:
+def measure(name: str, seconds: int, port: int, scenario_name: str = "hello") -> str:
     backend = h.backends([])[name]
-    scenario = h.SCENARIOS["hello"]
+    scenario = h.SCENARIOS[scenario_name]
     for sub in ("run", "logs"):
         os.makedirs(os.path.join(h.WORK, sub), exist_ok=True)
     sock = os.path.join(h.WORK, "run", f"{name}.sock")
@@ -60,17 +61,21 @@ def measure(name: str, seconds: int, port: int) -> str:
         ngx, _ = h.start_nginx(backend, sock, port, backend.keepalive)
         if err := h.check_response(port, scenario):
             return f"{name}: check failed: {err}"
-        warm = h.wrk_command(port, scenario, 2, 32, "")
+        script = os.path.join(h.WORK, "post.lua")  # wrk's body for a POST scenario
+        h.write_post_script(script)
+        warm = h.wrk_command(port, scenario, 2, 32, script)
         subprocess.run(warm, capture_output=True, timeout=40)
         pids = be.tree()
         u0, s0, w0 = counters(pids)
-        cmd = h.wrk_command(port, scenario, seconds, 32, "")
+        cmd = h.wrk_command(port, scenario, seconds, 32, script)
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30)
         u1, s1, w1 = counters(pids)
         res = h.parse_wrk(out.stdout)
         n = res["requests"]
         if not n:
             return f"{name}: no requests: {out.stderr.strip()[:200]}"
+        if res["non2xx"] or res["errors"]:
+            return f"{name}: {res['non2xx']} non-2xx responses, {res['errors']} socket errors"
         tick = 1e6 / h.CLK_TCK
         user, system = (u1 - u0) * tick / n, (s1 - s0) * tick / n
         turns = n / max(1, w1 - w0)
@@ -91,11 +96,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--port", type=int, default=18080)
+    ap.add_argument("--scenario", default="hello", choices=sorted(h.SCENARIOS))
     args = ap.parse_args()
     for rnd in range(1, args.rounds + 1):
         print(f"-- round {rnd}/{args.rounds}", flush=True)
         for name in args.backends:
-            print(measure(name, args.seconds, args.port), flush=True)
+            print(measure(name, args.seconds, args.port, args.scenario), flush=True)
 
 
 if __name__ == "__main__":

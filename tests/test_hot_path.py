@@ -106,6 +106,25 @@ def test_decode_params_latin1_is_decode_params_as_str(decode, pairs, data) -> No
         assert all(type(k) is str and type(v) is str for k, v in got.items())
 
 
+def test_decode_params_latin1_kept_names_and_values_never_go_stale() -> None:
+    """The C decoder keeps recent names and values as str (a small cache by
+    name): a name sent again with another value, 300 names sharing 128
+    slots, names and values too long to keep, bytes above 0x7f, all decode
+    as the Python version does, call after call."""
+    for i in range(900):
+        pairs = [
+            (b"REQUEST_URI", b"/p%d" % (i % 7)),
+            (b"HTTP_X_%d" % (i % 300), b"v" * (i % 5)),
+            (b"N" * 300, b"x%d" % i),
+            (b"SERVER_SOFTWARE", b"nginx" if i % 2 else b"nginx\xe9"),
+            (b"HTTP_\xff", b"y" * (250 + i % 10)),  # values either side of the kept size
+        ]
+        data = encode_pairs(pairs)
+        got = records.decode_params_latin1(data)
+        assert got == decode_params_latin1_py(data), i
+        assert list(got) == [k.decode("latin-1") for k, _ in pairs]
+
+
 @given(st.lists(st.tuples(st.integers(1, 11), st.integers(0, 65535), st.binary(max_size=200))))
 def test_reader_in_any_chunking(records: list[tuple[int, int, bytes]]) -> None:
     blob = b"".join(encode_record(*r) for r in records)

@@ -37,6 +37,8 @@ static const char *method_names[N_METHODS] = {"GET",    "HEAD",  "POST",   "PUT"
                                               "DELETE", "PATCH", "OPTIONS"};
 
 #define HNAME_SLOTS 64 /* a power of two */
+#define PARAM_SLOTS 128 /* a power of two */
+#define PARAM_CACHE_MAX 256 /* longer names and values are not kept */
 
 /* Every member is a PyObject * (traverse and clear walk them as an array). */
 typedef struct {
@@ -67,6 +69,10 @@ typedef struct {
     PyObject *client_host_raw, *client_host;
     /* Header names seen lately: HTTP_USER_AGENT -> b"user-agent", direct-mapped. */
     PyObject *hname_raw[HNAME_SLOTS], *hname[HNAME_SLOTS];
+    /* decode_params_latin1: param names and values seen lately, as latin-1
+     * str, direct-mapped by the name (a value kept in its name's slot). */
+    PyObject *pname_raw[PARAM_SLOTS], *pname[PARAM_SLOTS];
+    PyObject *pvalue_raw[PARAM_SLOTS], *pvalue[PARAM_SLOTS];
 } speedups_state;
 
 #define N_STATE_REFS (sizeof(speedups_state) / sizeof(PyObject *))
@@ -177,8 +183,36 @@ read_length(const unsigned char *buf, Py_ssize_t end, Py_ssize_t *pos)
 
 /* A dict of bytes (decode_params) or of latin-1 str (decode_params_latin1:
  * what a WSGI environ holds, without a bytes object per name and value). */
+/* The latin-1 str of the n bytes at p: the one kept in slot idx when it is of
+ * those bytes, else a new one, kept there if short. nginx sends the same
+ * names and most of the same values request after request: a kept name's
+ * hash is already computed, so the dict insert skips hashing it too. Only
+ * bytes and str are dropped, so no Python code runs. */
 static PyObject *
-decode_params_as(PyObject *arg, int as_str)
+latin1_kept(PyObject **raw_slots, PyObject **str_slots, unsigned idx, const char *p,
+            Py_ssize_t n)
+{
+    PyObject *raw = raw_slots[idx];
+    if (raw != NULL && PyBytes_GET_SIZE(raw) == n && memcmp(PyBytes_AS_STRING(raw), p, n) == 0) {
+        return Py_NewRef(str_slots[idx]);
+    }
+    PyObject *text = PyUnicode_DecodeLatin1(p, n, NULL);
+    if (text != NULL && n <= PARAM_CACHE_MAX) {
+        PyObject *copy = PyBytes_FromStringAndSize(p, n);
+        if (copy == NULL) {
+            Py_DECREF(text);
+            return NULL;
+        }
+        Py_XSETREF(raw_slots[idx], copy);
+        Py_XSETREF(str_slots[idx], Py_NewRef(text));
+    }
+    return text;
+}
+
+/* The params dict of PARAMS data: names and values as bytes, or with st as
+ * latin-1 str from st's cache (decode_params_latin1). */
+static PyObject *
+decode_params_as(PyObject *arg, speedups_state *st)
 {
     input in;
     if (input_open(arg, &in) < 0) {
@@ -205,9 +239,14 @@ decode_params_as(PyObject *arg, int as_str)
         }
         const char *at = (const char *)buf + pos;
         PyObject *name, *value;
-        if (as_str) {
-            name = PyUnicode_DecodeLatin1(at, nlen, NULL);
-            value = name ? PyUnicode_DecodeLatin1(at + nlen, vlen, NULL) : NULL;
+        if (st != NULL) {
+            uint32_t hash = 2166136261u; /* FNV-1a */
+            for (Py_ssize_t j = 0; j < nlen; j++) {
+                hash = (hash ^ (unsigned char)at[j]) * 16777619u;
+            }
+            unsigned idx = hash & (PARAM_SLOTS - 1);
+            name = latin1_kept(st->pname_raw, st->pname, idx, at, nlen);
+            value = name ? latin1_kept(st->pvalue_raw, st->pvalue, idx, at + nlen, vlen) : NULL;
         } else {
             name = PyBytes_FromStringAndSize(at, nlen);
             value = name ? PyBytes_FromStringAndSize(at + nlen, vlen) : NULL;
@@ -232,13 +271,13 @@ fail:
 static PyObject *
 decode_params(PyObject *module, PyObject *arg)
 {
-    return decode_params_as(arg, 0);
+    return decode_params_as(arg, NULL);
 }
 
 static PyObject *
 decode_params_latin1(PyObject *module, PyObject *arg)
 {
-    return decode_params_as(arg, 1);
+    return decode_params_as(arg, get_state(module));
 }
 
 /* ---- parse_records: whole records out of a buffer ------------------------- */
