@@ -125,15 +125,18 @@ def check_parse_records(fdp: atheris.FuzzedDataProvider) -> None:
 
 
 def check_request_packets(fdp: atheris.FuzzedDataProvider) -> None:
-    """Mostly whole bodiless requests back to back (1-3; their ids often
-    repeat), each field sometimes off (type, id, version, role, lengths,
-    padding, a tail)."""
+    """Mostly whole requests back to back (1-3; their ids often repeat; a
+    body in 0-3 STDIN records), each field sometimes off (type, id, version,
+    role, lengths, padding, a tail)."""
     blob = bytearray()
     for _ in range(fdp.ConsumeIntInRange(1, 3)):
         rid = fdp.ConsumeIntInRange(1, 3) if fdp.ConsumeBool() else fdp.ConsumeIntInRange(0, 65535)
-        shape = (1, 4, 4, 5)[: 4 - fdp.ConsumeIntInRange(0, 7) // 4] + (5,) * (
+        body = fdp.ConsumeIntInRange(0, 3) if fdp.ConsumeBool() else 0
+        shape = (1, 4, 4) + (5,) * (body + 1)
+        shape = shape[: len(shape) - fdp.ConsumeIntInRange(0, 7) // 4] + (5,) * (
             fdp.ConsumeIntInRange(0, 7) // 7
         )
+        ends = (2, 3 + body)  # the empty PARAMS and the empty STDIN
         for i, rtype in enumerate(shape):
             if fdp.ConsumeIntInRange(0, 15) == 0:
                 rtype = fdp.ConsumeIntInRange(0, 255)
@@ -141,7 +144,7 @@ def check_request_packets(fdp: atheris.FuzzedDataProvider) -> None:
             if rtype == 1 and fdp.ConsumeIntInRange(0, 7):
                 role = 1 if fdp.ConsumeIntInRange(0, 7) else fdp.ConsumeIntInRange(0, 65535)
                 content = bytes((role >> 8, role & 255)) + fdp.ConsumeBytes(6).ljust(6, b"\0")
-            elif i >= 2 and fdp.ConsumeIntInRange(0, 7):  # the ends of PARAMS and STDIN
+            elif (i in ends or i > ends[1]) and fdp.ConsumeIntInRange(0, 7):
                 content = b""
             else:
                 content = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 300))

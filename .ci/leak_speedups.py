@@ -74,6 +74,10 @@ def whole_get(rid: int) -> bytes:
 
 
 PACKET = whole_get(1)
+# nginx's POST: the body in two STDIN records before the empty one.
+POSTED = (
+    PACKET[:-8] + encode_record(5, 1, b"b" * 40000) + encode_record(5, 1, b"c" * 9) + PACKET[-8:]
+)
 # Two requests from different clients, servers and header names, in turn:
 # the scope's caches replace their entries on every call.
 CHURN = [
@@ -223,6 +227,8 @@ CASES: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
     (_speedups.request_packets, (PACKET,)),
     (_speedups.request_packets, (bytearray(PACKET),)),
     (_speedups.request_packets, (PACKET + whole_get(2),)),  # two requests
+    (_speedups.request_packets, (POSTED + whole_get(2),)),  # a body, joined
+    (_speedups.request_packets, (POSTED[:-1],)),  # None, after a body
     (_speedups.request_packets, (PACKET[:-1],)),  # None
     (_speedups.request_packets, (memoryview(PACKET + PACKET)[::2],)),  # copied: None
     (_speedups.request_packets, (0,)),  # TypeError

@@ -278,34 +278,45 @@ def _packet(records: list[tuple[int, int, int, bytes, int]]) -> bytes:
 _BEGIN = b"\x00\x01\x01\x00\x00\x00\x00\x00"  # RESPONDER, KEEP_CONN
 
 
-def _whole_get(rid: int = 1, params: bytes = b"\x01\x01ab", pad: int = 0) -> list[Any]:
+def _whole_get(
+    rid: int = 1, params: bytes = b"\x01\x01ab", pad: int = 0, body: tuple[bytes, ...] = ()
+) -> list[Any]:
+    """A whole request's records; ``body`` gives its STDIN records' contents."""
     return [
         (1, 1, rid, _BEGIN, pad),
         (1, 4, rid, params, pad),
         (1, 4, rid, b"", pad),
+        *[(1, 5, rid, piece, pad) for piece in body],
         (1, 5, rid, b"", pad),
     ]
 
 
-def test_request_packets_take_only_whole_bodiless_responder_requests() -> None:
-    """Each way a read can differ from nginx's GET in one write (or HAProxy's
-    GETs back to back) goes the record-by-record way (None), in C and in Python."""
+def test_request_packets_take_only_whole_responder_requests() -> None:
+    """Each way a read can differ from nginx's request in one write (or
+    HAProxy's GETs back to back) goes the record-by-record way (None), in C
+    and in Python; a body in any number of STDIN records comes back joined."""
     impls = [records.request_packets_py]
     if records.request_packets is not None:
         impls.append(records.request_packets)
     elif not os.environ.get("FCGI_ASGI_NO_EXTENSIONS"):
         pytest.fail("the C request_packets is not built")
     limit = records.MAX_PACKET_REQUESTS
+    big = bytes(range(256)) * 256  # 64 KiB: more than one record holds
     for impl in impls:
-        assert impl(_packet(_whole_get())) == [(1, 1, b"\x01\x01ab")]
-        assert impl(_packet(_whole_get(rid=65535, pad=7))) == [(65535, 1, b"\x01\x01ab")]
+        assert impl(_packet(_whole_get())) == [(1, 1, b"\x01\x01ab", b"")]
+        assert impl(_packet(_whole_get(rid=65535, pad=7))) == [(65535, 1, b"\x01\x01ab", b"")]
         other = [(1, 1, 3, b"\x00\x01\x00\x00\x00\x00\x00\x00", 0), *_whole_get(3)[1:]]
-        assert impl(bytearray(_packet(other))) == [(3, 0, b"\x01\x01ab")]
-        three = _whole_get(5) + other + _whole_get(9, b"\x01\x01cd", 3)
+        assert impl(bytearray(_packet(other))) == [(3, 0, b"\x01\x01ab", b"")]
+        posted = _whole_get(4, body=(b"x=1",))
+        assert impl(_packet(posted)) == [(4, 1, b"\x01\x01ab", b"x=1")]
+        # nginx's 64 KiB POST: the body in two records, padded, joined in order.
+        halves = (big[:32768], big[32768:-5], big[-5:])
+        assert impl(_packet(_whole_get(2, pad=3, body=halves))) == [(2, 1, b"\x01\x01ab", big)]
+        three = _whole_get(5) + other + _whole_get(9, b"\x01\x01cd", 3, (b"a", b"bc"))
         assert impl(_packet(three)) == [
-            (5, 1, b"\x01\x01ab"),
-            (3, 0, b"\x01\x01ab"),
-            (9, 1, b"\x01\x01cd"),
+            (5, 1, b"\x01\x01ab", b""),
+            (3, 0, b"\x01\x01ab", b""),
+            (9, 1, b"\x01\x01cd", b"abc"),
         ]
         many = [r for rid in range(1, limit + 1) for r in _whole_get(rid)]
         assert len(impl(_packet(many)) or []) == limit
@@ -313,15 +324,20 @@ def test_request_packets_take_only_whole_bodiless_responder_requests() -> None:
         whole = _whole_get()
         for variant in (
             whole[:3],  # STDIN not here yet
+            posted[:4],  # the body, not its end
             [*whole, (1, 5, 1, b"", 0)],  # a record after it
+            [*whole, (1, 5, 1, b"late", 0)],  # body after the end of STDIN
             [(1, 1, 0, _BEGIN, 0)] + [(1, t, 0, c, p) for _, t, _, c, p in whole[1:]],  # id 0
             [*whole[:1], (1, 4, 2, b"\x01\x01ab", 0), *whole[2:]],  # another id
             [*whole[:1], (1, 4, 1, b"", 0), *whole[2:]],  # no params
             whole[:2] + whole[1:],  # params in two records
-            [*whole[:3], (1, 5, 1, b"body", 0)],  # a body
+            [*posted[:3], (1, 5, 7, b"x=1", 0), posted[4]],  # the body for another id
+            [*posted[:3], (1, 8, 4, b"x=1", 0), posted[4]],  # DATA, not STDIN
+            [*posted[:3], (1, 2, 4, b"", 0), *posted[3:]],  # ABORT_REQUEST amid it
             [(1, 1, 1, b"\x00\x02\x01\x00\x00\x00\x00\x00", 0), *whole[1:]],  # AUTHORIZER
             [(1, 1, 1, _BEGIN + b"\x00", 0), *whole[1:]],  # a 9-byte BEGIN_REQUEST body
             [*whole[:3], (2, 5, 1, b"", 0)],  # version 2
+            [*posted[:3], (2, 5, 4, b"x=1", 0), posted[4]],  # version 2 in the body
             whole + _whole_get(2)[:3],  # the second request not whole
             whole + whole,  # one id twice
             _whole_get(2)[:2] + whole + _whole_get(2)[2:],  # interleaved
@@ -329,6 +345,7 @@ def test_request_packets_take_only_whole_bodiless_responder_requests() -> None:
         ):
             assert impl(_packet(variant)) is None, variant
         assert impl(_packet(whole)[:-1]) is None  # cut short
+        assert impl(_packet(posted)[:-9]) is None  # cut inside the body
         assert impl(_packet(whole) + b"\x01") is None  # a partial record after it
 
 
@@ -344,12 +361,13 @@ _whole_packet = st.builds(
     st.sampled_from([1, 2, 3]) | st.integers(0, 65535),
     st.binary(max_size=300),
     st.integers(0, 255),
+    st.lists(st.binary(min_size=1, max_size=40), max_size=3).map(tuple),
 )
 _whole_packets = st.lists(_whole_packet, min_size=1, max_size=5).map(
     lambda groups: [r for group in groups for r in group]
 )
 # Whole requests with one record swapped for another (type, id, version...).
-_one_off = st.tuples(_whole_packets, st.integers(0, 19), _packet_record).map(
+_one_off = st.tuples(_whole_packets, st.integers(0, 29), _packet_record).map(
     lambda t: [*t[0][: t[1]], t[2], *t[0][t[1] + 1 :]]
 )
 

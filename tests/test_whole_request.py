@@ -1,12 +1,13 @@
-"""A read made of whole bodiless requests (nginx's GET in one write,
-HAProxy's GETs back to back) takes a shorter way through the connection
-(records.request_packets): it must answer as the records one by one would,
-keep every protocol check, and never take bytes that belong to a partial
-record for a request."""
+"""A read made of whole requests (nginx's GET in one write, its POST with
+the body it buffered, HAProxy's GETs back to back) takes a shorter way
+through the connection (records.request_packets): it must answer as the
+records one by one would, keep every protocol check, and never take bytes
+that belong to a partial record for a request."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import sys
@@ -42,6 +43,20 @@ def whole_get(rid: int, path: str, keep_conn: bool = True, **headers: str) -> by
         encode_begin_request(rid, RESPONDER, KEEP_CONN if keep_conn else 0)
         + encode_record(PARAMS, rid, params)
         + encode_record(PARAMS, rid)
+        + encode_record(STDIN, rid)
+    )
+
+
+def whole_post(rid: int, path: str, pieces: list[bytes], keep_conn: bool = True) -> bytes:
+    """A request with its body in one write, the body in one STDIN record a piece."""
+    params = encode_pairs(
+        build_params("POST", path, headers={"content-length": str(sum(map(len, pieces)))})
+    )
+    return (
+        encode_begin_request(rid, RESPONDER, KEEP_CONN if keep_conn else 0)
+        + encode_record(PARAMS, rid, params)
+        + encode_record(PARAMS, rid)
+        + b"".join(encode_record(STDIN, rid, piece) for piece in pieces)
         + encode_record(STDIN, rid)
     )
 
@@ -94,6 +109,58 @@ async def test_the_app_sees_the_empty_body_end_at_once(serve: Serve, interface: 
             assert r.body == expected
         else:
             assert r.body.endswith(b" 0")  # the thread's name, then 0 bytes read
+
+
+@pytest.mark.parametrize("interface", ["asgi", "wsgi-threads", "wsgi-on-loop"])
+async def test_a_whole_post_reaches_the_app_whole_and_is_not_left_counted(
+    serve: Serve, interface: str
+) -> None:
+    """nginx's POST in one write, its body in several STDIN records: the app
+    reads all of it once, in order, and the connection's count of unread body
+    goes back to 0 (else it would stop reading for good at some point)."""
+    pieces = [bytes([i]) * 30000 for i in range(1, 4)] + [b"tail"]
+    if interface == "asgi":
+        server = await serve(apps.app)
+        path, expected = "/echo", b"".join(pieces)
+    else:
+        threads = 2 if interface == "wsgi-threads" else 0
+        server = await serve(wsgi_apps.plain_app, interface="wsgi", threads=threads)
+        path, expected = "/digest", None
+    async with await connect(server) as client:
+        for rid in (1, 2, 1):
+            req = expect(client, rid)
+            await client.send_raw(whole_post(rid, path, pieces))
+            r = await asyncio.wait_for(req.response(), 5)
+            assert r.status == 200 and r.protocol_status == 0
+            if expected is not None:
+                assert r.body == expected
+            else:
+                digest = hashlib.sha256(b"".join(pieces)).hexdigest()
+                assert r.body == f"{90004} {digest}".encode()
+        (conn,) = server.ctx.connections
+        assert conn._body_buffered == 0 and not conn.requests
+        # Record by record on the same connection still works.
+        r = await asyncio.wait_for(client.request("POST", path, body=b"abc"), 5)
+        assert r.status == 200
+
+
+async def test_a_whole_post_answered_without_the_app_drops_its_body(serve: Serve) -> None:
+    """The gateway's own page answers at start(), before the body is fed: the
+    body is dropped, not counted as unread; without FCGI_KEEP_CONN the
+    connection then closes, as it would once the STDIN records came."""
+    server = await serve(apps.app, ping_path="/ping")
+    async with await connect(server) as client:
+        req = expect(client, 1)
+        await client.send_raw(whole_post(1, "/ping", [b"x" * 40000, b"y" * 40000]))
+        r = await asyncio.wait_for(req.response(), 5)
+        assert r.status == 200 and r.body == b"pong"
+        (conn,) = server.ctx.connections
+        assert conn._body_buffered == 0 and not conn.requests
+        req = expect(client, 2)
+        await client.send_raw(whole_post(2, "/ping", [b"z" * 100], keep_conn=False))
+        r = await asyncio.wait_for(req.response(), 5)
+        assert r.body == b"pong"
+        await asyncio.wait_for(client.closed.wait(), 5)
 
 
 async def test_oversized_params_in_a_whole_request_close_the_connection(

@@ -318,11 +318,12 @@ MAX_PACKET_REQUESTS = 128
 
 def request_packets_py(
     data: bytes | bytearray | memoryview,
-) -> list[tuple[int, int, bytes]] | None:
-    """``[(request_id, flags, params), ...]`` when ``data`` is exactly one or
-    more RESPONDER requests without a body, each as nginx sends a GET in one
-    write (HAProxy sends several in one): BEGIN_REQUEST, one non-empty PARAMS
-    record, the empty PARAMS, the empty STDIN, all four for one non-zero
+) -> list[tuple[int, int, bytes, bytes]] | None:
+    """``[(request_id, flags, params, body), ...]`` when ``data`` is exactly
+    one or more whole RESPONDER requests, each as nginx sends a request in one
+    write (HAProxy sends several GETs in one): BEGIN_REQUEST, one non-empty
+    PARAMS record, the empty PARAMS, any non-empty STDIN records (the body,
+    joined; b"" when there are none) and the empty STDIN, all for one non-zero
     request id, no id twice, at most :data:`MAX_PACKET_REQUESTS`. Anything
     else, malformed data included, is None (the records are then read one by
     one). The C version is :data:`request_packets`; this one states the rule
@@ -333,30 +334,38 @@ def request_packets_py(
         records = reader._feed_py(bytes(data))
     except UnsupportedVersion:
         return None
-    if reader.buffered or not records or len(records) % 4:
+    if reader.buffered or not records:
         return None
-    if len(records) > 4 * MAX_PACKET_REQUESTS:
-        return None
-    found: list[tuple[int, int, bytes]] = []
-    for i in range(0, len(records), 4):
-        begin, params, params_end, stdin_end = records[i : i + 4]
+    found: list[tuple[int, int, bytes, bytes]] = []
+    i, end = 0, len(records)
+    while i < end:
+        if len(found) == MAX_PACKET_REQUESTS or end - i < 4:
+            return None
+        begin, params, params_end = records[i : i + 3]
         rid = begin.request_id
         if (
             rid == 0
-            or any(r.request_id != rid for r in records[i : i + 4])
-            or [begin.type, params.type, params_end.type, stdin_end.type]
-            != [BEGIN_REQUEST, PARAMS, PARAMS, STDIN]
+            or any(r.request_id != rid for r in records[i : i + 3])
+            or [begin.type, params.type, params_end.type] != [BEGIN_REQUEST, PARAMS, PARAMS]
             or len(begin.content) != _BEGIN_BODY.size
             or not params.content
             or params_end.content
-            or stdin_end.content
-            or any(rid == seen for seen, _, _ in found)
+            or any(rid == seen for seen, _, _, _ in found)
         ):
             return None
         role, flags = _BEGIN_BODY.unpack(begin.content)
         if role != RESPONDER:
             return None
-        found.append((rid, flags, params.content))
+        i += 3
+        body: list[bytes] = []
+        while True:  # the body's STDIN records, then the empty one
+            if i == end or records[i].type != STDIN or records[i].request_id != rid:
+                return None
+            i += 1
+            if not records[i - 1].content:
+                break
+            body.append(records[i - 1].content)
+        found.append((rid, flags, params.content, b"".join(body)))
     return found
 
 
