@@ -145,9 +145,9 @@ async def test_a_whole_post_reaches_the_app_whole_and_is_not_left_counted(
 
 
 async def test_a_whole_post_answered_without_the_app_drops_its_body(serve: Serve) -> None:
-    """The gateway's own page answers at start(), before the body is fed: the
-    body is dropped, not counted as unread; without FCGI_KEEP_CONN the
-    connection then closes, as it would once the STDIN records came."""
+    """The gateway's own page answers at start(), the whole body already fed:
+    the body is dropped, not left counted as unread; without FCGI_KEEP_CONN
+    the connection then closes."""
     server = await serve(apps.app, ping_path="/ping")
     async with await connect(server) as client:
         req = expect(client, 1)
@@ -161,6 +161,35 @@ async def test_a_whole_post_answered_without_the_app_drops_its_body(serve: Serve
         r = await asyncio.wait_for(req.response(), 5)
         assert r.body == b"pong"
         await asyncio.wait_for(client.closed.wait(), 5)
+
+
+async def test_a_whole_post_refused_503_drops_its_body(serve: Serve) -> None:
+    """--max-concurrent-requests full: the whole POST is answered 503 at
+    start() and its body, fed with it, is not left counted as unread."""
+    release = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await asyncio.wait_for(release.wait(), 10)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    server = await serve(app, max_concurrent_requests=1)
+    async with await connect(server) as held, await connect(server) as other:
+        first = asyncio.ensure_future(held.request("GET", "/"))
+        for _ in range(200):  # bounded: until the first request runs
+            if server.ctx.tasks:
+                break
+            await asyncio.sleep(0.01)
+        req = expect(other, 1)
+        await other.send_raw(whole_post(1, "/", [b"p" * 50000, b"q" * 50000]))
+        r = await asyncio.wait_for(req.response(), 5)
+        assert r.status == 503
+        busy = [c for c in server.ctx.connections if not c.requests]
+        assert len(busy) == 1 and busy[0]._body_buffered == 0
+        release.set()
+        assert (await asyncio.wait_for(first, 5)).body == b"done"
 
 
 async def test_oversized_params_in_a_whole_request_close_the_connection(
@@ -255,6 +284,33 @@ async def test_a_whole_request_starts_its_app_at_once_where_python_can(serve: Se
         await req.end_body()
         seen = json.loads((await asyncio.wait_for(req.response(), 5)).body)
         assert seen == {"inside": False, "task": True}
+
+
+async def reads_then_where_am_i(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Reads its body first, then answers where it is as where_am_i does."""
+    if scope["type"] != "http":
+        return
+    message = await receive()
+    frame, inside = sys._getframe(), False
+    while frame is not None:
+        inside = inside or frame.f_code.co_name == "data_received"
+        frame = frame.f_back  # type: ignore[assignment]
+    body = json.dumps({"inside": inside, "body": len(message["body"])})
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body.encode()})
+
+
+async def test_a_whole_post_is_read_at_once_where_python_starts_the_app_at_once(
+    serve: Serve,
+) -> None:
+    """The body came in the same read: Python 3.12+ starts the app inside
+    it, and its receive() returns the whole body without waiting a turn."""
+    server = await serve(reads_then_where_am_i)
+    async with await connect(server) as client:
+        req = expect(client, 1)
+        await client.send_raw(whole_post(1, "/", [b"a" * 40000, b"b" * 30000]))
+        seen = json.loads((await asyncio.wait_for(req.response(), 5)).body)
+        assert seen == {"inside": sys.version_info >= (3, 12), "body": 70000}
 
 
 async def test_a_task_factory_set_by_the_app_is_used(serve: Serve) -> None:

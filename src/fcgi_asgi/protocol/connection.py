@@ -251,20 +251,16 @@ class FastCGIConnection(asyncio.Protocol):
                     rid, flags, params, body = packets[0]
                     if (cycle := self._open_whole(rid, flags, params, body)) is not None:
                         cycle.start(params)
-                        if body:
-                            self._stdin_whole(rid, body)
                 else:
                     # All opened before any app runs (its first step may run
                     # now, Python 3.12+): the connection knows it is shared.
                     opened = [
-                        (cycle, params, body)
+                        (cycle, params)
                         for rid, flags, params, body in packets
                         if (cycle := self._open_whole(rid, flags, params, body)) is not None
                     ]
-                    for cycle, params, body in opened:
+                    for cycle, params in opened:
                         cycle.start(params)
-                        if body:
-                            self._stdin_whole(cycle.request_id, body)
                 records: list[Record] = []
             else:
                 records = self._reader.feed(data)
@@ -340,9 +336,9 @@ class FastCGIConnection(asyncio.Protocol):
     def _open_whole(self, rid: int, flags: int, params: bytes, body: bytes) -> Request | None:
         """BEGIN_REQUEST, PARAMS and the whole STDIN, read at once
         (records.request_packets): the request, ready to start with
-        ``params``, as the records one by one would open it; None when
-        refused. An empty ``body`` is known to be over; a body is fed after
-        start() (_stdin_whole), where its records would come."""
+        ``params``, its whole ``body`` already fed (so an app started at
+        once, Python 3.12+, reads it without waiting), as the records one by
+        one would open it; None when refused."""
         requests = self.requests
         if (
             not requests
@@ -358,7 +354,9 @@ class FastCGIConnection(asyncio.Protocol):
             requests[rid] = lone = self.ctx.request_class(self, rid, keep_conn)
             self._idle_since = None
             lone.params = None
-            lone.stdin_done = not body
+            if body:
+                lone.feed_body(body)
+            lone.stdin_done = True
             return lone
         cycle = self._open(rid, RESPONDER, flags)
         if cycle is None:
@@ -370,19 +368,10 @@ class FastCGIConnection(asyncio.Protocol):
         if self._params_buffered + len(params) > self.config.max_params_size:
             raise self._params_too_large(rid, bool(self._params_buffered))
         cycle.params = None
-        cycle.stdin_done = not body
+        if body:
+            cycle.feed_body(body)
+        cycle.stdin_done = True
         return cycle
-
-    def _stdin_whole(self, rid: int, body: bytes) -> None:
-        """A whole request's body and the end of its STDIN, as those records
-        one by one would go (the request may have ended at its start)."""
-        cycle = self.requests.get(rid)
-        if cycle is None:
-            if rid == self._linger_id:
-                self._close()
-            return
-        cycle.feed_body(body)
-        cycle.end_body()
 
     def _params_too_large(self, rid: int, with_others: bool) -> ParamsTooLarge:
         """The error for request ``rid``'s PARAMS over the limit, ``with_others``

@@ -398,6 +398,7 @@ class Request(RequestCore):
 
     def answer_internal(self) -> None:
         """Answer the gateway's own ping or status path, without the app."""
+        self.drop_body()  # a whole request's body came with it (_open_whole)
         conn = self.conn
         assert self.scope is not None
         path = self.scope["path"]
@@ -420,6 +421,7 @@ class Request(RequestCore):
 
     def answer_unavailable(self) -> None:
         """Answer 503 with Retry-After, without the app (--max-concurrent-requests)."""
+        self.drop_body()  # a whole request's body came with it (_open_whole)
         self.status = 503
         self.response_started = self.response_complete = True
         self.finish([encode_record(STDOUT, self.request_id, _ERROR_PAGES[503])])
