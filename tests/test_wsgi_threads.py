@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import threading
 import time
 from typing import Any
 
 import pytest
 
+from fcgi_asgi.wsgi import threads as threads_module
 from fcgi_asgi.wsgi.threads import WSGIThreads
 
 pytestmark = pytest.mark.timeout(60)
@@ -131,3 +133,47 @@ async def test_shutdown_drops_queued_jobs_and_lets_every_thread_go() -> None:
     assert not any(t.is_alive() for t in pool._threads)
     with pytest.raises(RuntimeError, match="shut down"):
         pool.run(block, (9,), lambda _: None)
+
+
+async def test_a_result_posted_while_the_loop_yields_is_taken_without_a_wakeup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """_wake() gives the GIL to the thread; a result the thread posts in that
+    time is taken by _wake() itself once it has the GIL back, without a write
+    to the loop's self-pipe (which would also hand the GIL back mid-batch)."""
+    loop = asyncio.get_running_loop()
+    pool = WSGIThreads(loop, 1)
+    posted = threading.Event()
+    post = pool.post
+
+    def post_and_tell(callback: Any, arg: Any) -> None:
+        post(callback, arg)
+        posted.set()
+
+    class HeldYield:
+        """_wake()'s time.sleep(0), held until the thread has posted."""
+
+        @staticmethod
+        def sleep(_: float) -> None:
+            assert posted.wait(5), "the thread never posted its result"
+
+    monkeypatch.setattr(pool, "post", post_and_tell)
+    monkeypatch.setattr(threads_module, "time", HeldYield)
+    got: list[tuple[Any, bool]] = []
+    delivered = asyncio.Event()
+
+    def then(result: Any) -> None:
+        frame, inside_wake = sys._getframe(), False
+        while frame is not None:
+            inside_wake = inside_wake or frame.f_code.co_name == "_wake"
+            frame = frame.f_back  # type: ignore[assignment]
+        got.append((result, inside_wake))
+        delivered.set()
+
+    try:
+        pool.run(lambda: "answer", (), then)
+        await asyncio.wait_for(delivered.wait(), 5)
+        assert got == [("answer", True)]
+        assert not pool._scheduled  # no wakeup of the loop was asked for
+    finally:
+        pool.shutdown(wait=True)

@@ -390,7 +390,13 @@ class WSGIRequest(Request):
     def _stderr_from_thread(self, text: str) -> None:
         """A ``wsgi.errors`` line for FCGI_STDERR; queued on the loop before
         anything the thread sends later, so it precedes END_REQUEST."""
-        self.conn.loop.call_soon_threadsafe(self.send_stderr, text)
+        pool = self.conn.ctx.executor
+        if pool is not None and not self._on_loop_now:
+            # In the pool's inbox, in order with the thread's results (the
+            # loop may take those without a loop callback: WSGIThreads._wake).
+            pool.post(self.send_stderr, text)
+        else:
+            self.conn.loop.call_soon_threadsafe(self.send_stderr, text)
 
     def _fetch_body(self) -> bytes:
         """The next piece of the request body, b"" at its end (for wsgi.input).

@@ -62,6 +62,10 @@ class WSGIThreads:
         self._inbox: deque[tuple[Callable[[Any], None], Any]] = deque()
         self._scheduled = False
         self._wake_scheduled = False
+        # True while the loop has given the GIL away in _wake(): it empties
+        # the inbox as soon as it has the GIL back, so a result posted then
+        # needs no wakeup of the loop.
+        self._loop_yielding = False
         #: Called on the loop after each batch of results is handed over.
         self.after_delivery: Callable[[], None] | None = None
         # Daemon threads, joined at exit: the process waits for apps still
@@ -116,7 +120,13 @@ class WSGIThreads:
         with self._idle:
             if self._jobs and self._waiting and not self._waking:
                 self._notify()
+        self._loop_yielding = True
         time.sleep(0)
+        # Cleared before the inbox is read: a result appended after this
+        # line sees False and wakes the loop itself (post()).
+        self._loop_yielding = False
+        if self._inbox:
+            self._deliver()
 
     def _take(self) -> _Job | None:
         """The next job, waiting while there is none; None once shut down.
@@ -204,7 +214,11 @@ class WSGIThreads:
         is closed.
         """
         self._inbox.append((callback, arg))
-        if not self._scheduled:
+        # Read after the append: if the loop is still yielding in _wake(), it
+        # empties the inbox once it has the GIL back. The wakeup it saves
+        # is a write to the loop's self-pipe, and that system call would
+        # hand the GIL to the loop in the middle of this thread's jobs.
+        if not self._scheduled and not self._loop_yielding:
             self._scheduled = True
             self.loop.call_soon_threadsafe(self._deliver)
 
