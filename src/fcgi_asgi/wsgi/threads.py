@@ -8,7 +8,8 @@ loop's work on a WSGI hello request (py-spy, ``benchmarks/hotpath.py wsgi``).
 
 Results come back through :meth:`WSGIThreads.post`: under load many
 requests finish while the loop is busy, and one ``call_soon_threadsafe``
-(one wakeup of the loop) then delivers all of them, not one each.
+(one wakeup of the loop) then delivers all of them, not one each; those
+that finish while the loop lends the threads its GIL need no wakeup at all.
 """
 
 from __future__ import annotations
