@@ -361,10 +361,11 @@ def request_packets_py(
         while True:  # the body's STDIN records, then the empty one
             if i == end or records[i].type != STDIN or records[i].request_id != rid:
                 return None
+            content = records[i].content
             i += 1
-            if not records[i - 1].content:
+            if not content:
                 break
-            body.append(records[i - 1].content)
+            body.append(content)
         found.append((rid, flags, params.content, b"".join(body)))
     return found
 
