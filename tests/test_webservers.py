@@ -932,3 +932,59 @@ def test_haproxy_small_requests_pass_beside_slow_streams(workdir: Path) -> None:
         # (HAProxy's, the sockets', the gateway's 32 KiB): far from the 30 s of
         # 64 KiB chunks an unheld app would have pushed.
         assert r - 1024 < s < r + (4 << 20), (sent, received)  # 1024: the response head
+
+
+async def test_haproxy_split_keeps_stalled_downloads_off_the_shared_connections(
+    workdir: Path,
+) -> None:
+    """examples/haproxy/split.conf: four clients that read nothing of their
+    downloads hold a FastCGI connection each, and 40 concurrent small requests
+    still all complete, sharing connections. On site.conf, where downloads are
+    multiplexed too, a stalled download holds up its connection's other requests."""
+    extra = ("--status-path", "/fcgi-status", "--max-requests-per-connection", "16")
+    gw = Gateway("tests.webapp:starlette_app", workdir, name="split", extra=extra)
+    start_gateways(gw)
+    stalled: list[socket.socket] = []
+    try:
+        ws = start_webserver("haproxy", "split", workdir, socket=gw.socket)
+        try:
+            for _ in range(4):
+                s = socket.socket()
+                # A small receive buffer: the download really stops moving.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.settimeout(10)
+                s.connect(("127.0.0.1", ws.port))
+                s.sendall(b"GET /download/33554432 HTTP/1.1\r\nHost: x\r\n\r\n")
+                stalled.append(s)
+            async with httpx.AsyncClient(base_url=ws.base_url, timeout=30) as c:
+
+                async def active() -> int:
+                    # The gateway answers its status page itself: not counted.
+                    r = await c.get("/fcgi-status?json")
+                    return int(r.json()["active requests"])
+
+                for _ in range(200):  # bounded: up to 10 s for the four to start
+                    if await active() >= 4:
+                        break
+                    await asyncio.sleep(0.05)
+                before = (await c.get("/fcgi-status?json")).json()
+                assert before["active requests"] == 4, before
+                limits = httpx.Limits(max_connections=40)
+                async with httpx.AsyncClient(
+                    base_url=ws.base_url, timeout=10, limits=limits
+                ) as small:
+                    rs = await asyncio.gather(*(small.get(f"/sleep/{i}?s=0.3") for i in range(40)))
+                after = (await c.get("/fcgi-status?json")).json()
+        finally:
+            for s in stalled:
+                s.close()
+            ws.stop()
+    finally:
+        gw.stop()
+    assert [r.status_code for r in rs] == [200] * 40, ws.logs()
+    assert [r.json()["n"] for r in rs] == list(range(40))
+    # The small requests shared connections (HAProxy opens several before it
+    # reuses one: 24 for 40 here), while each stalled download has its own.
+    new = after["accepted conn"] - before["accepted conn"]
+    assert new <= 30, (before, after)
+    assert before["accepted conn"] >= 4 + 1, before  # + 1: the status page's
