@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import logging
 import os
 import socket
 import time
+import weakref
 
 import pytest
 
@@ -653,3 +655,45 @@ async def test_head_response_keeps_its_head_but_no_body(serve, caplog, method):
     # Not sent, so not counted as sent in the access log.
     lines = [rec.getMessage() for rec in caplog.records if rec.name == "fcgi_asgi.access"]
     assert lines == [f"{method} {len(sent)}"]
+
+
+@pytest.mark.parametrize(
+    ("interface", "threads", "tcp"),
+    [("asgi", 16, False), ("asgi", 16, True), ("wsgi", 16, False), ("wsgi", 0, False)],
+    ids=["asgi-unix", "asgi-tcp", "wsgi-threads", "wsgi-loop"],
+)
+async def test_a_closed_connection_is_freed_by_reference_counting(
+    serve, interface: str, threads: int, tcp: bool
+) -> None:
+    """Nothing of a connection's stays in a reference cycle once it closes:
+    it is freed at once, not at the cyclic garbage collector's next pass
+    (with a connection per request, nginx's default, closed connections
+    would pile up for it, and each pass would cost the time to scan them)."""
+    from tests import wsgi_apps
+
+    if interface == "asgi":
+        server = await serve(apps.app, tcp=tcp)
+        path = "/scope"
+    else:
+        server = await serve(wsgi_apps.plain_app, interface="wsgi", threads=threads)
+        path = "/hello"
+    ctx = server.ctx
+    assert ctx is not None
+    gc.collect()
+    gc.disable()
+    try:
+        closed = []
+        for _ in range(3):
+            async with await connect(server) as client:
+                r = await client.request("GET", path)
+                assert r.status == 200, r.body
+                [conn] = ctx.connections
+                closed.append(weakref.ref(conn))
+                del conn
+            await until(lambda: not ctx.connections, 200, 0.01)
+            assert not ctx.connections
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert [ref() for ref in closed] == [None, None, None]
+    finally:
+        gc.enable()

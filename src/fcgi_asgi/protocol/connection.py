@@ -102,7 +102,7 @@ class FastCGIConnection(asyncio.Protocol):
         self._held: list[bytes] = []
         self._held_size = 0
         #: Streaming responses' chunks waiting for the peer to read, in turns.
-        self.scheduler = WriteScheduler(self)
+        self.scheduler = WriteScheduler()
         # Reading pauses for either of two reasons: too much unread request body,
         # or a peer that keeps sending while it reads none of what we write
         # (replies to GET_VALUES or refused requests must not pile up).
@@ -226,7 +226,7 @@ class FastCGIConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         if self.scheduler:
-            self.scheduler.run()
+            self.scheduler.run(self)
         if self._paused_for_write:
             self._paused_for_write = False
             self._update_reading()

@@ -61,12 +61,16 @@ def _split(pieces: Pieces, limit: int) -> tuple[Pieces, Pieces]:
 
 
 class WriteScheduler:
-    """The queue of stream chunks waiting for a connection's peer to read."""
+    """The queue of stream chunks waiting for a connection's peer to read.
 
-    __slots__ = ("_conn", "_queue")
+    Its methods take the connection from their caller rather than keeping it:
+    a reference back would make a cycle, and then every connection, once
+    closed, would wait for the cyclic garbage collector to be freed.
+    """
 
-    def __init__(self, conn: FastCGIConnection) -> None:
-        self._conn = conn
+    __slots__ = ("_queue",)
+
+    def __init__(self) -> None:
         self._queue: deque[Pending] = deque()
 
     def __bool__(self) -> bool:
@@ -84,10 +88,10 @@ class WriteScheduler:
         for item in self._queue:
             item.since = now
 
-    async def wait_turn(self, cycle: Request, pieces: Pieces) -> None:
-        """Queue ``pieces`` of ``cycle``'s response; return once they are in the
-        transport, or dropped because the request or connection is gone."""
-        loop = self._conn.loop
+    async def wait_turn(self, conn: FastCGIConnection, cycle: Request, pieces: Pieces) -> None:
+        """Queue ``pieces`` of ``cycle``'s response on ``conn``; return once they
+        are in the transport, or dropped because the request or connection is gone."""
+        loop = conn.loop
         future = loop.create_future()
         item = Pending(cycle, pieces, future, loop.time())
         self._queue.append(item)
@@ -104,9 +108,8 @@ class WriteScheduler:
         finally:
             cycle.drain_waiter = None
 
-    def run(self) -> None:
-        """Write queued chunks, a turn each, until the transport is full again."""
-        conn = self._conn
+    def run(self, conn: FastCGIConnection) -> None:
+        """Write queued chunks to ``conn``, a turn each, until its transport is full again."""
         queue = self._queue
         while queue and not conn.write_paused and conn.writable:
             item = queue.popleft()
