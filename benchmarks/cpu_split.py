@@ -58,7 +58,8 @@ def measure(name: str, seconds: int, port: int, scenario_name: str = "hello") ->
     try:
         if err := h.wait_unix(sock, be, 20):
             return f"{name}: did not start: {err}"
-        ngx, _ = h.start_nginx(backend, sock, port, backend.keepalive)
+        # As run.py: the noka scenario opens a new upstream connection per request.
+        ngx, _ = h.start_nginx(backend, sock, port, scenario.keepalive and backend.keepalive)
         if err := h.check_response(port, scenario):
             return f"{name}: check failed: {err}"
         script = os.path.join(h.WORK, "post.lua")  # wrk's body for a POST scenario
