@@ -169,10 +169,11 @@ class Handoff:
             return
         self.adopted += 1
 
-        def factory() -> FastCGIConnection:
-            return FastCGIConnection(ctx, adopted=carried)
-
         loop = asyncio.get_running_loop()
+
+        def factory() -> FastCGIConnection:
+            return FastCGIConnection(ctx, adopted=carried, loop=loop)
+
         task = loop.create_task(loop.connect_accepted_socket(factory, sock))
         task.add_done_callback(_adopted)
 

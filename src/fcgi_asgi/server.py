@@ -112,7 +112,7 @@ class FastCGIServer:
             ctx = self.ctx
 
             def factory() -> FastCGIConnection:
-                return FastCGIConnection(ctx)
+                return FastCGIConnection(ctx, loop=loop)
 
             backlog = effective_backlog(config.backlog)
             if listener.sock.family == socket.AF_UNIX:

@@ -82,10 +82,17 @@ _RECORD_NAMES = {
 class FastCGIConnection(asyncio.Protocol):
     """One connection from a web server, carrying one or many requests."""
 
-    def __init__(self, ctx: ServerContext, adopted: bytes | None = None) -> None:
+    def __init__(
+        self,
+        ctx: ServerContext,
+        adopted: bytes | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.ctx = ctx
         self.config = ctx.config
-        self.loop = asyncio.get_running_loop()
+        # The listener passes its loop: asyncio.get_running_loop() makes a
+        # getpid() system call on Python 3.11, once a connection.
+        self.loop = loop if loop is not None else asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer = "-"
         self.requests: dict[int, Request] = {}
