@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..logconfig import TRACE
 from ..scoreboard import REFUSED_ALLOW, REFUSED_PER_CONNECTION
+from .conn_core import ConnectionCore
 from .records import (
     ABORT_REQUEST,
     BEGIN_REQUEST,
@@ -36,7 +37,6 @@ from .records import (
     MalformedRecord,
     ParamsTooLarge,
     ProtocolError,
-    Record,
     RecordReader,
     decode_pairs,
     encode_end_request,
@@ -44,7 +44,6 @@ from .records import (
     encode_record,
     encode_unknown_type,
     parse_begin_request,
-    request_packets,
 )
 from .request import Request, end_records
 from .roles import ROLE_NAMES, FilterRequest
@@ -79,8 +78,12 @@ _RECORD_NAMES = {
 }
 
 
-class FastCGIConnection(asyncio.Protocol):
-    """One connection from a web server, carrying one or many requests."""
+class FastCGIConnection(ConnectionCore, asyncio.Protocol):
+    """One connection from a web server, carrying one or many requests.
+
+    Its per-request steps (``data_received``, ``write_last``,
+    ``request_ended``) and their fields are in :class:`~.conn_core.ConnectionCore`.
+    """
 
     def __init__(
         self,
@@ -93,20 +96,17 @@ class FastCGIConnection(asyncio.Protocol):
         # The listener passes its loop: asyncio.get_running_loop() makes a
         # getpid() system call on Python 3.11, once a connection.
         self.loop = loop if loop is not None else asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
+        self.transport = None
         self.peer = "-"
-        self.requests: dict[int, Request] = {}
-        #: BEGIN_REQUESTs seen; 0 means the web server has not sent a request yet.
+        self.requests = {}
         self.requests_begun = 0
         self.write_paused = False
         self.closing = False
         self._reader = RecordReader()
-        # Empty when no partial record waits: then a read may be a whole request.
         self._unparsed = self._reader.pending
         self._gather_writes = False
-        # Small writes wait for the end of the loop turn (see write()).
         self._hold = True
-        self._held: list[bytes] = []
+        self._held = []
         self._held_size = 0
         #: Streaming responses' chunks waiting for the peer to read, in turns.
         self.scheduler = WriteScheduler()
@@ -118,23 +118,19 @@ class FastCGIConnection(asyncio.Protocol):
         self._paused_for_write = False
         self._body_buffered = 0
         self._params_buffered = 0
-        # A finished request without FCGI_KEEP_CONN: the connection closes once
-        # that request's STDIN has ended (Apache answers 503 if we close early).
-        self._linger_id: int | None = None
+        self._max_params_size = self.config.max_params_size
+        self._linger_id = None
         self._linger_timer: asyncio.TimerHandle | None = None
-        # Set on server shutdown: close once idle (or pass it to _on_idle).
         self._close_when_idle = False
-        self._on_idle: Callable[[FastCGIConnection], None] | None = None
+        self._on_idle = None
         # Handed over by another worker (see handoff.py): already accepted,
         # with the bytes that worker had read but not parsed.
         self._adopted = adopted
         # Timeout bookkeeping, read by check_timeouts() about once a second:
-        # since when the connection has had no request, whether it has served
-        # any (keep-alive idle) and since when a BEGIN_REQUEST waits for PARAMS.
-        self._idle_since: float | None = self.loop.time()
+        # since when a BEGIN_REQUEST waits for PARAMS (and _idle_since).
+        self._idle_since = self.loop.time()
         self._served_any = False
         self._params_since: float | None = None
-        # Whether two requests have run at once here (see _start_multiplexing).
         self._multiplexed = False
         # Bytes in the write buffer at the last check_timeouts(), to see progress.
         self._unsent_at_check = 0
@@ -244,34 +240,34 @@ class FastCGIConnection(asyncio.Protocol):
         # request, and the transport closes (as Go's net/http/fcgi does).
         return None
 
-    def data_received(self, data: bytes) -> None:
+    def _packets_received(self, packets: list[tuple[int, int, bytes, bytes]]) -> None:
+        """Whole requests of one read (records.request_packets) that
+        data_received() does not start alone: HAProxy's several GETs on a
+        multiplexed connection, or one beside others."""
         try:
-            if (
-                request_packets is not None
-                and not self._unparsed
-                and (packets := request_packets(data)) is not None
-            ):
-                # The commonest reads: nginx's request (a GET, or a POST
-                # whose body nginx buffered), or HAProxy's GETs on a
-                # multiplexed connection, each a whole request.
-                if len(packets) == 1:
-                    rid, flags, params, body = packets[0]
-                    if (cycle := self._open_whole(rid, flags, params, body)) is not None:
-                        cycle.start(params)
-                else:
-                    # All opened before any app runs (its first step may run
-                    # now, Python 3.12+): the connection knows it is shared.
-                    opened = [
-                        (cycle, params)
-                        for rid, flags, params, body in packets
-                        if (cycle := self._open_whole(rid, flags, params, body)) is not None
-                    ]
-                    for cycle, params in opened:
-                        cycle.start(params)
-                records: list[Record] = []
+            if len(packets) == 1:
+                rid, flags, params, body = packets[0]
+                if (cycle := self._open_whole(rid, flags, params, body)) is not None:
+                    cycle.start(params)
             else:
-                records = self._reader.feed(data)
-            for rtype, rid, content in records:
+                # All opened before any app runs (its first step may run
+                # now, Python 3.12+): the connection knows it is shared.
+                opened = [
+                    (cycle, params)
+                    for rid, flags, params, body in packets
+                    if (cycle := self._open_whole(rid, flags, params, body)) is not None
+                ]
+                for cycle, params in opened:
+                    cycle.start(params)
+        except ProtocolError as exc:
+            self._protocol_failed(exc)
+            return
+        self._check_write_backlog()
+
+    def _records_received(self, data: bytes) -> None:
+        """A read that is not whole requests: its records one by one."""
+        try:
+            for rtype, rid, content in self._reader.feed(data):
                 if rid == 0:
                     self._management(rtype, content)
                     continue
@@ -305,8 +301,15 @@ class FastCGIConnection(asyncio.Protocol):
                     name = _RECORD_NAMES.get(rtype, f"type {rtype}")
                     raise ProtocolError(f"unexpected {name} record for request id {rid}")
         except ProtocolError as exc:
-            self.fail(f"FastCGI protocol error from {self.peer}: {exc}")
+            self._protocol_failed(exc)
             return
+        self._check_write_backlog()
+
+    def _protocol_failed(self, exc: ProtocolError) -> None:
+        self.fail(f"FastCGI protocol error from {self.peer}: {exc}")
+
+    def _check_write_backlog(self) -> None:
+        """After a read: stop reading from a peer that is not reading what we write."""
         # Streaming responses keep the write buffer near its high-water mark;
         # far above it, the peer is not reading: stop taking more work from it.
         # (Pausing at the mark itself would starve reads, and so ABORT_REQUEST,
@@ -557,20 +560,6 @@ class FastCGIConnection(asyncio.Protocol):
             self.release_held()
         transport.write(data)
 
-    def write_last(self, data: bytes) -> None:
-        """Write a request's last records (its END_REQUEST among them).
-
-        On a connection that never ran two requests at once and holds
-        nothing, no other write can join them in this loop turn: they go out
-        now instead of at the turn's end.
-        """
-        if self._multiplexed or self._held:
-            self.write([data])
-            return
-        transport = self.transport
-        if transport is not None and not self.closing:
-            transport.write(data)
-
     def release_held(self) -> None:
         """Write what :meth:`write` held back; close now if a close waited for it."""
         held = self._held
@@ -620,37 +609,13 @@ class FastCGIConnection(asyncio.Protocol):
         else:
             self.transport.resume_reading()
 
-    def request_ended(self, cycle: Request) -> None:
-        """The cycle wrote its END_REQUEST: free the id, close if not keep-conn."""
-        cycle.ended = True
-        # ctx.count_served(), inline: one call fewer a request.
-        ctx = self.ctx
-        stats = ctx.stats
-        stats.requests_served += 1
-        if stats.requests_served == ctx.retire_at and ctx.on_retire is not None:
-            ctx.on_retire()
-        requests = self.requests
-        rid = cycle.request_id
-        if requests.get(rid) is cycle:
-            del requests[rid]
-        if cycle.params is not None:  # aborted before its PARAMS ended
+    def _forget_params(self, cycle: Request) -> None:
+        """An ended request's PARAMS no longer count (request_ended())."""
+        if cycle.params is not None:
             self._params_buffered -= len(cycle.params)
             cycle.params = None
-            if all(c.params is None for c in requests.values()):
+            if all(c.params is None for c in self.requests.values()):
                 self._params_since = None
-        if not requests:
-            self._idle_since = self.loop.time()
-            self._served_any = True
-        if not cycle.keep_conn:
-            if cycle.stdin_done:
-                self._close()
-            else:
-                self._linger(rid)
-        elif self._close_when_idle and not requests:
-            if self._on_idle is not None:
-                self._on_idle(self)
-            else:
-                self._close()
 
     def request_failed(self, cycle: Request) -> None:
         """The app failed after part of the response was written.
