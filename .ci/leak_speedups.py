@@ -25,7 +25,7 @@ from typing import Any
 from fcgi_asgi import _speedups
 from fcgi_asgi.asgi.scope import ASGI_VERSION
 from fcgi_asgi.protocol import head  # noqa: F401  (gives send_fast its status lines)
-from fcgi_asgi.protocol.records import Record, encode_pairs, encode_record
+from fcgi_asgi.protocol.records import ProtocolError, Record, encode_pairs, encode_record
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MAX_BLOCKS = 2_000  # caches (the name cache is bounded at 4096 names) settle in the warm-up
@@ -206,6 +206,105 @@ def send_fast_cycle(conn: StubConnection, start: dict[str, Any], body: dict[str,
     conn.ctx.turn_end_due = False
 
 
+class StubStats:
+    requests_served = 0
+
+
+class StubServerContext:
+    """What ConnectionCore reads on its context."""
+
+    def __init__(self, start: str) -> None:
+        self.request_class = StepRequest
+        self.stats = StubStats()
+        self.retire_at = 2
+        self.on_retire = self.retired
+        self.start = start
+
+    def retired(self) -> None:
+        self.stats.requests_served = 0
+
+
+class StepRequest(Core):
+    """A request as ConnectionCore opens it: start() as the context says."""
+
+    __slots__ = ()
+
+    def feed_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def start(self, params: bytes) -> None:
+        how = self.conn.ctx.start
+        if how == "protocol error":
+            raise ProtocolError("bad params")
+        if how == "error":
+            raise RuntimeError("start failed")
+        self.conn.request_ended(self)
+
+
+class StubTransport:
+    def write(self, data: bytes) -> None:
+        pass
+
+
+class StepConnection(_speedups.ConnectionCore):  # type: ignore[misc]
+    """FastCGIConnection's fields and the methods ConnectionCore calls."""
+
+    def __init__(self, start: str = "", multiplexed: bool = False, linger: bool = False) -> None:
+        self.ctx = StubServerContext(start)
+        self.loop = StubLoop()
+        self.transport = StubTransport()
+        self.requests = {}
+        self.requests_begun = 0
+        self.write_paused = True
+        self.closing = False
+        self._unparsed = bytearray()
+        self._hold = True
+        self._held = []
+        self._multiplexed = multiplexed
+        self._linger_id = 9 if linger else None
+        self._params_buffered = 0
+        self._max_params_size = 1 << 20
+        self._idle_since = None
+        self._served_any = False
+        self._close_when_idle = True
+        self._on_idle = None
+
+    def _records_received(self, data: bytes) -> None:
+        self._unparsed.clear()
+
+    def _packets_received(self, packets: Any) -> None:
+        self.requests_begun += len(packets)
+
+    def _protocol_failed(self, exc: Exception) -> None:
+        self.closing = True
+
+    def _check_write_backlog(self) -> None:
+        pass
+
+    def _forget_params(self, cycle: Any) -> None:
+        cycle.params = None
+
+    def _close(self) -> None:
+        self.closing = True
+
+    def _linger(self, rid: int) -> None:
+        self._linger_id = rid
+
+    def write(self, pieces: list[Any]) -> None:
+        self._held.extend(pieces)
+
+
+def connection_cycle(data: bytes, start: str = "", **options: Any) -> None:
+    """A fresh connection's read, its last write and, through the request's
+    start(), its request's end."""
+    conn = StepConnection(start, **options)
+    if data[:1] == b"~":
+        conn._unparsed += b"x"  # a partial record waits
+    conn.data_received(data)
+    conn.write_last(b"end")
+    conn.write_last(b"end")
+
+
 START = {"type": "http.response.start", "status": 200, "headers": [(b"a", b"b")]}
 HEAD = [(b"content-type", b"text/plain"), (b"x-a", b"1"), [b"x-b", b"2"]]
 LINE = b"Status: 200 OK\r\n"
@@ -272,6 +371,17 @@ CASES: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
     (_access_log, ({**ACCESS_SCOPE, "raw_path": b"/\xe9"}, 200, 0, 0.0, 1)),  # fallback
     (_access_log, (ACCESS_SCOPE, 200)),  # TypeError
     (_access_log_failing, (ACCESS_SCOPE, 200, 0, 0.0, 1)),  # RuntimeError
+    (connection_cycle, (PACKET,)),  # opened, started, ended, closed or kept
+    (connection_cycle, (PACKET.replace(b"\x00\x01\x01\x00", b"\x00\x01\x00\x00", 1),)),
+    (connection_cycle, (POSTED,)),  # a body fed
+    (connection_cycle, (PACKET, "protocol error")),  # _protocol_failed
+    (connection_cycle, (PACKET, "error")),  # RuntimeError
+    (connection_cycle, (PACKET + whole_get(2),)),  # _packets_received
+    (connection_cycle, (PACKET, "", True)),  # multiplexed: write()
+    (connection_cycle, (PACKET, "", False, True)),  # lingering: _packets_received
+    (connection_cycle, (b"~" + PACKET,)),  # a partial record: _records_received
+    (connection_cycle, (PACKET[:-1],)),  # not whole: _records_received
+    (connection_cycle, ("str",)),  # TypeError
     (_speedups.access_logger, ((), _grew, _fallback, 4)),  # TypeError
     (_speedups.access_logger, ([], _grew, _fallback, 0)),  # ValueError
 ]
@@ -283,6 +393,9 @@ assert _probe.written == 8 + len(b"Status: 200 OK\r\na: b\r\n\r\nhi") + 24, "sen
 _probe = StubConnection()
 send_cycle(_probe, START, {"type": "http.response.body", "body": b"hi"})
 assert _probe.written == 8 + len(b"Status: 200 OK\r\na: b\r\n\r\nhi") + 24, "send declined"
+_conn = StepConnection()
+_conn.data_received(PACKET)
+assert _conn.requests_begun == 1 and not _conn.requests and _conn._served_any, "not opened"
 _access_log(ACCESS_SCOPE, 200, 0, 0.0, 1)
 assert _pending_lines and _pending_lines[-1].endswith('" 200'), _pending_lines
 

@@ -96,3 +96,17 @@ async def connect(server: FastCGIServer) -> FastCGIClient:
         return await FastCGIClient.connect(path=config.socket)
     host, port = server.sockets[0].getsockname()[:2]
     return await FastCGIClient.connect(host=host, port=port)
+
+
+def read_available(peer: socket.socket, rounds: int = 100) -> bytes:
+    """What a non-blocking ``peer`` has to read now, up to its EOF."""
+    data = b""
+    for _ in range(rounds):
+        try:
+            chunk = peer.recv(1 << 20)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data

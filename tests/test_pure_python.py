@@ -1,7 +1,7 @@
 """Without the C speedups (no compiler at install, FCGI_ASGI_NO_EXTENSIONS=1)
 the gateway serves the same responses: every module's Python fallback,
-RequestCorePy included, driven end to end over a real unix socket in a
-process where importing ``fcgi_asgi._speedups`` fails."""
+RequestCorePy and ConnectionCorePy included, driven end to end over a real
+unix socket in a process where importing ``fcgi_asgi._speedups`` fails."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ sys.modules["fcgi_asgi._speedups"] = None  # as if it were not built
 from fcgi_asgi import FastCGIServer
 from fcgi_asgi.client import FastCGIClient
 from fcgi_asgi.config import Config
-from fcgi_asgi.protocol import core, head, records
+from fcgi_asgi.protocol import conn_core, core, head, records
 from fcgi_asgi.protocol.request import Request
 from tests import apps
 
@@ -36,6 +36,7 @@ logging.getLogger().addHandler(Seen(logging.WARNING))
 
 async def main(sock):
     assert core.RequestCore is core.RequestCorePy and issubclass(Request, core.RequestCorePy)
+    assert conn_core.ConnectionCore is conn_core.ConnectionCorePy
     assert head._c_encode_head is None and records.request_packets is None
     server = FastCGIServer(Config(app=apps.app, socket=sock, access_log=False))
     await server.start()

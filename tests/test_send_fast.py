@@ -20,7 +20,7 @@ from fcgi_asgi.protocol import core
 from fcgi_asgi.protocol.connection import FastCGIConnection
 from fcgi_asgi.protocol.request import _COALESCE_LIMIT, Request
 from tests import apps
-from tests.conftest import Serve, connect
+from tests.conftest import Serve, connect, read_available
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -212,15 +212,7 @@ async def _run(
         if watch is not None:
             fields["watch"] = watch.result() if watch.done() else "waiting"
             watch.cancel()
-        data = b""
-        for _ in range(50):
-            try:
-                chunk = peer.recv(1 << 20)
-            except BlockingIOError:
-                break
-            if not chunk:
-                break
-            data += chunk
+        data = read_available(peer)
         transport.abort()
         await asyncio.sleep(0)
         return outcomes, fields, data

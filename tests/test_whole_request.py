@@ -254,15 +254,24 @@ async def test_two_whole_requests_in_one_write_are_both_answered(serve: Serve) -
         assert two.status == 200 and two.body == b""
 
 
+def _inside_read() -> bool:
+    """Whether the caller runs inside the connection's read callback: below
+    Request.spawn(), which the read calls (data_received() itself may be C,
+    without a frame)."""
+    frame: Any = sys._getframe()
+    while frame is not None:
+        if frame.f_code.co_name == "spawn":
+            return True
+        frame = frame.f_back
+    return False
+
+
 async def where_am_i(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Answers whether its first step runs inside the connection's read
     callback, and under which task."""
     if scope["type"] != "http":
         return
-    frame, inside = sys._getframe(), False
-    while frame is not None:
-        inside = inside or frame.f_code.co_name == "data_received"
-        frame = frame.f_back  # type: ignore[assignment]
+    inside = _inside_read()
     task = asyncio.current_task()
     body = json.dumps({"inside": inside, "task": task is not None and not task.done()})
     await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -291,10 +300,7 @@ async def reads_then_where_am_i(scope: dict[str, Any], receive: Any, send: Any) 
     if scope["type"] != "http":
         return
     message = await receive()
-    frame, inside = sys._getframe(), False
-    while frame is not None:
-        inside = inside or frame.f_code.co_name == "data_received"
-        frame = frame.f_back  # type: ignore[assignment]
+    inside = _inside_read()
     body = json.dumps({"inside": inside, "body": len(message["body"])})
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": body.encode()})

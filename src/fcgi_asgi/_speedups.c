@@ -2,9 +2,10 @@
  * and spotting a whole request in one read (records.py), decoding nginx's 25
  * name-value pairs (5.7 us in Python, 1.4 us here) into the ASGI scope
  * (asgi/scope.py), the response head (protocol/head.py), a small response's
- * records, the default access-log line (accesslog.py), and RequestCore, the
+ * records, the default access-log line (accesslog.py), RequestCore, the
  * response fields of a request with the fast path of an ASGI send
- * (protocol/core.py). Each module falls back to its Python version when this
+ * (protocol/core.py), and ConnectionCore, a connection's per-request steps
+ * (protocol/conn_core.py). Each module falls back to its Python version when this
  * one is not built (no compiler, or FCGI_ASGI_NO_EXTENSIONS=1 at install
  * time); the tests check both give the same results and the same errors.
  *
@@ -51,6 +52,13 @@ typedef struct {
     PyObject *sent, *sent_type, *k_send_fast, *k_asgi_send;
     PyObject *k_trailers, *k_status, *k_body, *k_more_body, *k_ctx, *k_pending_heads,
         *k_turn_end_due, *k_at_turn_end, *k_write_last, *k_request_ended, *k_wake, *k_loop, *k_time;
+    /* ConnectionCore: records.ProtocolError (imported on first need), 1, and
+     * the names it calls on the connection, its context and requests. */
+    PyObject *protocol_error, *one;
+    PyObject *k_request_class, *k_params, *k_feed_body, *k_stdin_done, *k_start,
+        *k_protocol_failed, *k_check_write_backlog, *k_records_received, *k_packets_received,
+        *k_write, *k_stats, *k_requests_served, *k_retire_at, *k_on_retire, *k_forget_params,
+        *k_close, *k_linger;
     PyObject *record_type; /* the record type parse_records last checked */
     PyObject *s_content_type, *s_content_length, *h_content_type, *h_content_length;
     PyObject *k_type, *k_asgi, *k_http_version, *k_method, *k_scheme, *k_path, *k_raw_path,
@@ -1694,35 +1702,52 @@ static PyMemberDef core_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
+/* GC support of a type whose object fields are n PyObject * in a row. */
 static int
-core_traverse(PyObject *op, visitproc visit, void *arg)
+fields_traverse(PyObject *op, PyObject **fields, size_t n, visitproc visit, void *arg)
 {
-    PyObject **fields = core_fields((RequestCore *)op);
-    for (size_t i = 0; i < N_CORE_FIELDS; i++) {
+    for (size_t i = 0; i < n; i++) {
         Py_VISIT(fields[i]);
     }
     Py_VISIT(Py_TYPE(op));
     return 0;
 }
 
+static void
+fields_clear(PyObject **fields, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        Py_CLEAR(fields[i]);
+    }
+}
+
+static void
+fields_dealloc(PyObject *op, inquiry clear)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    clear(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static int
+core_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    return fields_traverse(op, core_fields((RequestCore *)op), N_CORE_FIELDS, visit, arg);
+}
+
 static int
 core_clear(PyObject *op)
 {
-    PyObject **fields = core_fields((RequestCore *)op);
-    for (size_t i = 0; i < N_CORE_FIELDS; i++) {
-        Py_CLEAR(fields[i]);
-    }
+    fields_clear(core_fields((RequestCore *)op), N_CORE_FIELDS);
     return 0;
 }
 
 static void
 core_dealloc(PyObject *op)
 {
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    core_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    fields_dealloc(op, core_clear);
 }
 
 /* RequestCore(conn, request_id, keep_conn): a request as the connection opens
@@ -2117,6 +2142,540 @@ static PyType_Spec core_spec = {
     .slots = core_slots,
 };
 
+/* ---- ConnectionCore: a connection's per-request steps ---------------------- */
+
+/* The fields of protocol/conn_core.py's ConnectionCorePy, as members, and
+ * its three steps in C: data_received() for a read holding one whole request
+ * alone on its connection, write_last() and request_ended(). Whatever else
+ * they meet goes to the connection's Python methods, as the Python version
+ * calls them. All PyObject * in a row (traverse and clear walk them). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *close_when_idle, *held, *hold, *idle_since, *linger_id, *max_params_size,
+        *multiplexed, *on_idle, *params_buffered, *served_any, *unparsed, *closing, *ctx, *loop,
+        *requests, *requests_begun, *transport, *write_paused;
+} ConnectionCore;
+
+#define N_CONN_FIELDS \
+    ((sizeof(ConnectionCore) - offsetof(ConnectionCore, close_when_idle)) / sizeof(PyObject *))
+
+static PyObject **
+conn_fields(ConnectionCore *self)
+{
+    return &self->close_when_idle;
+}
+
+#define CONN_MEMBER(field, name) \
+    {name, T_OBJECT_EX, offsetof(ConnectionCore, field), 0, NULL}
+
+static PyMemberDef conn_members[] = {
+    CONN_MEMBER(close_when_idle, "_close_when_idle"),
+    CONN_MEMBER(held, "_held"),
+    CONN_MEMBER(hold, "_hold"),
+    CONN_MEMBER(idle_since, "_idle_since"),
+    CONN_MEMBER(linger_id, "_linger_id"),
+    CONN_MEMBER(max_params_size, "_max_params_size"),
+    CONN_MEMBER(multiplexed, "_multiplexed"),
+    CONN_MEMBER(on_idle, "_on_idle"),
+    CONN_MEMBER(params_buffered, "_params_buffered"),
+    CONN_MEMBER(served_any, "_served_any"),
+    CONN_MEMBER(unparsed, "_unparsed"),
+    CONN_MEMBER(closing, "closing"),
+    CONN_MEMBER(ctx, "ctx"),
+    CONN_MEMBER(loop, "loop"),
+    CONN_MEMBER(requests, "requests"),
+    CONN_MEMBER(requests_begun, "requests_begun"),
+    CONN_MEMBER(transport, "transport"),
+    CONN_MEMBER(write_paused, "write_paused"),
+    {NULL, 0, 0, 0, NULL},
+};
+
+static int
+conn_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    return fields_traverse(op, conn_fields((ConnectionCore *)op), N_CONN_FIELDS, visit, arg);
+}
+
+static int
+conn_clear(PyObject *op)
+{
+    fields_clear(conn_fields((ConnectionCore *)op), N_CONN_FIELDS);
+    return 0;
+}
+
+static void
+conn_dealloc(PyObject *op)
+{
+    fields_dealloc(op, conn_clear);
+}
+
+/* Every field set (FastCGIConnection.__init__ sets them all); else an error. */
+static int
+conn_check(ConnectionCore *self)
+{
+    PyObject **fields = conn_fields(self);
+    for (size_t i = 0; i < N_CONN_FIELDS; i++) {
+        if (fields[i] == NULL) {
+            PyErr_Format(PyExc_AttributeError, "%s: field %s not set", Py_TYPE(self)->tp_name,
+                         conn_members[i].name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* o's truth, as Python's `if o:`; -1 on error. */
+static inline int
+truth(PyObject *o)
+{
+    if (o == Py_True) {
+        return 1;
+    }
+    if (o == Py_False || o == Py_None) {
+        return 0;
+    }
+    Py_INCREF(o); /* its __bool__ or __len__ may drop the field's reference */
+    int r = PyObject_IsTrue(o);
+    Py_DECREF(o);
+    return r;
+}
+
+/* A Py_ssize_t from an exact int field; -1 (error cleared) for anything else. */
+static Py_ssize_t
+field_size(PyObject *o)
+{
+    if (o == NULL || !PyLong_CheckExact(o)) {
+        return -1;
+    }
+    Py_ssize_t v = PyLong_AsSsize_t(o);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+    }
+    return v;
+}
+
+/* The pending exception as one object (NULL when none), cleared. */
+static PyObject *
+take_exception(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (type == NULL) {
+        return NULL;
+    }
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+static void
+restore_exception(PyObject *exc)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+#endif
+}
+
+/* records.ProtocolError, imported on first need (records.py imports us). */
+static PyObject *
+protocol_error_class(speedups_state *st)
+{
+    if (st->protocol_error == NULL) {
+        PyObject *records = PyImport_ImportModule("fcgi_asgi.protocol.records");
+        if (records == NULL) {
+            return NULL;
+        }
+        st->protocol_error = PyObject_GetAttrString(records, "ProtocolError");
+        Py_DECREF(records);
+    }
+    return st->protocol_error;
+}
+
+/* The lone request of packet (rid, flags, params, body), opened and started
+ * as ConnectionCorePy.data_received does: 1 done, 0 not alone here (nothing
+ * done: the general path takes it), -1 error. */
+static int
+conn_open_lone(ConnectionCore *self, speedups_state *st, PyObject *packet)
+{
+    if (!PyTuple_CheckExact(packet) || PyTuple_GET_SIZE(packet) != 4) {
+        return 0;
+    }
+    PyObject *rid = PyTuple_GET_ITEM(packet, 0), *flags = PyTuple_GET_ITEM(packet, 1);
+    PyObject *params = PyTuple_GET_ITEM(packet, 2), *body = PyTuple_GET_ITEM(packet, 3);
+    if (!PyBytes_CheckExact(params) || !PyBytes_CheckExact(body) || !PyLong_CheckExact(flags) ||
+        !PyDict_CheckExact(self->requests) || PyDict_GET_SIZE(self->requests) != 0 ||
+        self->linger_id != Py_None) {
+        return 0;
+    }
+    Py_ssize_t buffered = field_size(self->params_buffered);
+    Py_ssize_t limit = field_size(self->max_params_size);
+    Py_ssize_t begun = field_size(self->requests_begun);
+    if (buffered < 0 || limit < 0 || begun < 0 || begun == PY_SSIZE_T_MAX ||
+        buffered > limit - PyBytes_GET_SIZE(params)) {
+        return 0;
+    }
+    long fl = PyLong_AsLong(flags);
+    if (fl == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *keep_conn = (fl & 1) ? Py_True : Py_False; /* FCGI_KEEP_CONN */
+    PyObject *count = PyLong_FromSsize_t(begun + 1);
+    if (count == NULL) {
+        return -1;
+    }
+    if (keep_conn == Py_False) {
+        set_field(&self->hold, Py_False);
+    }
+    Py_XSETREF(self->requests_begun, count);
+    PyObject *cls = PyObject_GetAttr(self->ctx, st->k_request_class);
+    if (cls == NULL) {
+        return -1;
+    }
+    PyObject *argv[3] = {(PyObject *)self, rid, keep_conn};
+    PyObject *lone = PyObject_Vectorcall(cls, argv, 3, NULL);
+    Py_DECREF(cls);
+    if (lone == NULL) {
+        return -1;
+    }
+    int done = -1;
+    PyObject *requests = Py_NewRef(self->requests), *r = NULL;
+    if (PyObject_SetItem(requests, rid, lone) < 0) {
+        goto out;
+    }
+    set_field(&self->idle_since, Py_None);
+    if (PyObject_TypeCheck(lone, (PyTypeObject *)st->core_type)) {
+        set_field(&((RequestCore *)lone)->params, Py_None);
+    } else if (PyObject_SetAttr(lone, st->k_params, Py_None) < 0) {
+        goto out;
+    }
+    if (PyBytes_GET_SIZE(body) > 0) {
+        if ((r = PyObject_CallMethodOneArg(lone, st->k_feed_body, body)) == NULL) {
+            goto out;
+        }
+        Py_CLEAR(r);
+    }
+    if (PyObject_TypeCheck(lone, (PyTypeObject *)st->core_type)) {
+        set_field(&((RequestCore *)lone)->stdin_done, Py_True);
+    } else if (PyObject_SetAttr(lone, st->k_stdin_done, Py_True) < 0) {
+        goto out;
+    }
+    if ((r = PyObject_CallMethodOneArg(lone, st->k_start, params)) == NULL) {
+        /* A ProtocolError (malformed params) fails the connection, as in Python. */
+        PyObject *exc = take_exception();
+        PyObject *cls_error = exc != NULL ? protocol_error_class(st) : NULL;
+        if (cls_error == NULL) {
+            if (exc != NULL) {
+                if (PyErr_Occurred()) {
+                    Py_DECREF(exc); /* the import's error replaces it */
+                } else {
+                    restore_exception(exc);
+                }
+            }
+            goto out;
+        }
+        int is = PyObject_IsInstance(exc, cls_error);
+        if (is <= 0) {
+            if (is == 0) {
+                restore_exception(exc);
+            } else {
+                Py_DECREF(exc);
+            }
+            goto out;
+        }
+        r = PyObject_CallMethodOneArg((PyObject *)self, st->k_protocol_failed, exc);
+        Py_DECREF(exc);
+        if (r == NULL) {
+            goto out;
+        }
+        Py_CLEAR(r);
+        done = 1;
+        goto out;
+    }
+    Py_CLEAR(r);
+    if (self->write_paused != NULL && self->write_paused != Py_False) {
+        int paused = truth(self->write_paused);
+        if (paused < 0) {
+            goto out;
+        }
+        if (paused) {
+            if ((r = PyObject_CallMethodNoArgs((PyObject *)self, st->k_check_write_backlog)) ==
+                NULL) {
+                goto out;
+            }
+            Py_CLEAR(r);
+        }
+    }
+    done = 1;
+out:
+    Py_DECREF(requests);
+    Py_DECREF(lone);
+    return done;
+}
+
+/* data_received(data): see ConnectionCorePy.data_received. */
+static PyObject *
+conn_data_received(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
+                   Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "data_received(data)");
+        return NULL;
+    }
+    ConnectionCore *self = (ConnectionCore *)op;
+    PyObject *module = PyType_GetModule(defining_class);
+    if (module == NULL || conn_check(self) < 0) {
+        return NULL;
+    }
+    speedups_state *st = get_state(module);
+    PyObject *data = args[0];
+    int partial = PyByteArray_CheckExact(self->unparsed) ? PyByteArray_GET_SIZE(self->unparsed) != 0
+                                                          : truth(self->unparsed);
+    if (partial < 0) {
+        return NULL;
+    }
+    if (partial) {
+        return PyObject_CallMethodOneArg(op, st->k_records_received, data);
+    }
+    PyObject *packets = request_packets(module, data);
+    if (packets == NULL) {
+        return NULL;
+    }
+    if (packets == Py_None) {
+        Py_DECREF(packets);
+        return PyObject_CallMethodOneArg(op, st->k_records_received, data);
+    }
+    if (PyList_CheckExact(packets) && PyList_GET_SIZE(packets) == 1) {
+        PyObject *packet = Py_NewRef(PyList_GET_ITEM(packets, 0));
+        int done = conn_check(self) < 0 ? -1 : conn_open_lone(self, st, packet);
+        Py_DECREF(packet);
+        if (done != 0) {
+            Py_DECREF(packets);
+            return done < 0 ? NULL : Py_NewRef(Py_None);
+        }
+    }
+    PyObject *r = PyObject_CallMethodOneArg(op, st->k_packets_received, packets);
+    Py_DECREF(packets);
+    return r;
+}
+
+/* write_last(data): see ConnectionCorePy.write_last. */
+static PyObject *
+conn_write_last(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
+                Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "write_last(data)");
+        return NULL;
+    }
+    ConnectionCore *self = (ConnectionCore *)op;
+    speedups_state *st = (speedups_state *)PyType_GetModuleState(defining_class);
+    if (st == NULL || conn_check(self) < 0) {
+        return NULL;
+    }
+    PyObject *data = args[0];
+    int shared = truth(self->multiplexed);
+    if (shared == 0) {
+        shared = PyList_CheckExact(self->held) ? PyList_GET_SIZE(self->held) != 0
+                                                : truth(self->held);
+    }
+    if (shared < 0) {
+        return NULL;
+    }
+    if (shared) {
+        PyObject *pieces = PyList_New(1);
+        if (pieces == NULL) {
+            return NULL;
+        }
+        PyList_SET_ITEM(pieces, 0, Py_NewRef(data));
+        PyObject *r = PyObject_CallMethodOneArg(op, st->k_write, pieces);
+        Py_DECREF(pieces);
+        return r;
+    }
+    if (self->transport == NULL || self->transport == Py_None) {
+        Py_RETURN_NONE;
+    }
+    int closing = truth(self->closing);
+    if (closing != 0) {
+        return closing < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *transport = Py_NewRef(self->transport);
+    PyObject *r = PyObject_CallMethodOneArg(transport, st->k_write, data);
+    Py_DECREF(transport);
+    return r;
+}
+
+/* request_ended(cycle): see ConnectionCorePy.request_ended. */
+static PyObject *
+conn_request_ended(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
+                   Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "request_ended(cycle)");
+        return NULL;
+    }
+    ConnectionCore *self = (ConnectionCore *)op;
+    speedups_state *st = (speedups_state *)PyType_GetModuleState(defining_class);
+    if (st == NULL || conn_check(self) < 0) {
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(args[0], (PyTypeObject *)st->core_type)) {
+        PyErr_SetString(PyExc_TypeError, "request_ended(cycle): cycle must be a RequestCore");
+        return NULL;
+    }
+    RequestCore *cycle = (RequestCore *)Py_NewRef(args[0]);
+    PyObject *ctx = Py_NewRef(self->ctx), *requests = Py_NewRef(self->requests);
+    PyObject *stats = NULL, *served = NULL, *retire_at = NULL, *rid = NULL, *r = NULL;
+    PyObject *result = NULL;
+    set_field(&cycle->ended, Py_True);
+    /* ctx.count_served(), inline */
+    if ((stats = PyObject_GetAttr(ctx, st->k_stats)) == NULL ||
+        (r = PyObject_GetAttr(stats, st->k_requests_served)) == NULL) {
+        goto out;
+    }
+    served = PyNumber_Add(r, st->one);
+    Py_CLEAR(r);
+    if (served == NULL || PyObject_SetAttr(stats, st->k_requests_served, served) < 0 ||
+        (retire_at = PyObject_GetAttr(ctx, st->k_retire_at)) == NULL) {
+        goto out;
+    }
+    int retire = PyObject_RichCompareBool(served, retire_at, Py_EQ);
+    if (retire < 0) {
+        goto out;
+    }
+    if (retire) {
+        PyObject *on_retire = PyObject_GetAttr(ctx, st->k_on_retire);
+        if (on_retire == NULL) {
+            goto out;
+        }
+        if (on_retire != Py_None) {
+            r = PyObject_CallNoArgs(on_retire);
+        } else {
+            r = Py_NewRef(Py_None);
+        }
+        Py_DECREF(on_retire);
+        if (r == NULL) {
+            goto out;
+        }
+        Py_CLEAR(r);
+    }
+    if (cycle->request_id == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "request_id");
+        goto out;
+    }
+    rid = Py_NewRef(cycle->request_id);
+    if (PyDict_CheckExact(requests)) {
+        PyObject *cur = PyDict_GetItemWithError(requests, rid);
+        if (cur == NULL && PyErr_Occurred()) {
+            goto out;
+        }
+        if (cur == (PyObject *)cycle && PyDict_DelItem(requests, rid) < 0) {
+            goto out;
+        }
+    } else {
+        PyErr_SetString(PyExc_TypeError, "requests must be a dict");
+        goto out;
+    }
+    if (cycle->params != NULL && cycle->params != Py_None) { /* aborted before its PARAMS ended */
+        if ((r = PyObject_CallMethodOneArg(op, st->k_forget_params, (PyObject *)cycle)) == NULL) {
+            goto out;
+        }
+        Py_CLEAR(r);
+    }
+    if (PyDict_GET_SIZE(requests) == 0) {
+        PyObject *loop = Py_NewRef(self->loop);
+        PyObject *now = PyObject_CallMethodNoArgs(loop, st->k_time);
+        Py_DECREF(loop);
+        if (now == NULL) {
+            goto out;
+        }
+        Py_XSETREF(self->idle_since, now);
+        set_field(&self->served_any, Py_True);
+    }
+    int keep = cycle->keep_conn == NULL ? 0 : truth(cycle->keep_conn);
+    if (keep < 0) {
+        goto out;
+    }
+    if (!keep) {
+        int stdin_done = cycle->stdin_done == NULL ? 0 : truth(cycle->stdin_done);
+        if (stdin_done < 0) {
+            goto out;
+        }
+        r = stdin_done ? PyObject_CallMethodNoArgs(op, st->k_close)
+                       : PyObject_CallMethodOneArg(op, st->k_linger, rid);
+    } else {
+        int idle_close = self->close_when_idle == NULL ? 0 : truth(self->close_when_idle);
+        if (idle_close < 0) {
+            goto out;
+        }
+        if (idle_close && PyDict_GET_SIZE(requests) == 0) {
+            if (self->on_idle != NULL && self->on_idle != Py_None) {
+                PyObject *on_idle = Py_NewRef(self->on_idle);
+                r = PyObject_CallOneArg(on_idle, op);
+                Py_DECREF(on_idle);
+            } else {
+                r = PyObject_CallMethodNoArgs(op, st->k_close);
+            }
+        } else {
+            r = Py_NewRef(Py_None);
+        }
+    }
+    if (r == NULL) {
+        goto out;
+    }
+    Py_CLEAR(r);
+    result = Py_NewRef(Py_None);
+out:
+    Py_XDECREF(rid);
+    Py_XDECREF(retire_at);
+    Py_XDECREF(served);
+    Py_XDECREF(stats);
+    Py_DECREF(requests);
+    Py_DECREF(ctx);
+    Py_DECREF(cycle);
+    return result;
+}
+
+static PyMethodDef conn_methods[] = {
+    {"data_received", (PyCFunction)(void (*)(void))conn_data_received,
+     METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
+     "Open and start the one whole request a read holds, alone here; else the general path."},
+    {"write_last", (PyCFunction)(void (*)(void))conn_write_last,
+     METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
+     "Write a request's last records: now, unless another write may join them this turn."},
+    {"request_ended", (PyCFunction)(void (*)(void))conn_request_ended,
+     METH_METHOD | METH_FASTCALL | METH_KEYWORDS,
+     "The request wrote its END_REQUEST: free its id, count it, close if not kept."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot conn_slots[] = {
+    {Py_tp_doc, "A connection's per-request steps and the fields they use."},
+    {Py_tp_members, conn_members},
+    {Py_tp_methods, conn_methods},
+    {Py_tp_traverse, conn_traverse},
+    {Py_tp_clear, conn_clear},
+    {Py_tp_dealloc, conn_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec conn_spec = {
+    .name = "fcgi_asgi._speedups.ConnectionCore",
+    .basicsize = sizeof(ConnectionCore),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = conn_slots,
+};
+
 /* ---- Sent: an awaitable already finished ------------------------------------ */
 
 /* What RequestCore.send() returns for a message it has done: awaiting it
@@ -2320,6 +2879,23 @@ speedups_exec(PyObject *module)
         S(k_time, "time"),
         S(k_send_fast, "send_fast"),
         S(k_asgi_send, "asgi_send"),
+        S(k_request_class, "request_class"),
+        S(k_params, "params"),
+        S(k_feed_body, "feed_body"),
+        S(k_stdin_done, "stdin_done"),
+        S(k_start, "start"),
+        S(k_protocol_failed, "_protocol_failed"),
+        S(k_check_write_backlog, "_check_write_backlog"),
+        S(k_records_received, "_records_received"),
+        S(k_packets_received, "_packets_received"),
+        S(k_write, "write"),
+        S(k_stats, "stats"),
+        S(k_requests_served, "requests_served"),
+        S(k_retire_at, "retire_at"),
+        S(k_on_retire, "on_retire"),
+        S(k_forget_params, "_forget_params"),
+        S(k_close, "_close"),
+        S(k_linger, "_linger"),
         S(s_http, "http"),
         S(s_https, "https"),
         S(s_empty, ""),
@@ -2358,9 +2934,10 @@ speedups_exec(PyObject *module)
     }
     st->name_cache = PyDict_New();
     st->zero = PyLong_FromLong(0);
+    st->one = PyLong_FromLong(1);
     st->empty_tuple = PyTuple_New(0);
     st->zero_float = PyFloat_FromDouble(0.0);
-    if (st->name_cache == NULL || st->zero == NULL || st->empty_tuple == NULL ||
+    if (st->name_cache == NULL || st->zero == NULL || st->one == NULL || st->empty_tuple == NULL ||
         st->zero_float == NULL) {
         return -1;
     }
@@ -2369,6 +2946,12 @@ speedups_exec(PyObject *module)
         PyModule_AddIntConstant(module, "WHOLE_BODY_LIMIT", WHOLE_BODY_LIMIT) < 0) {
         return -1;
     }
+    PyObject *conn_type = PyType_FromModuleAndSpec(module, &conn_spec, NULL);
+    if (conn_type == NULL || PyModule_AddObjectRef(module, "ConnectionCore", conn_type) < 0) {
+        Py_XDECREF(conn_type);
+        return -1;
+    }
+    Py_DECREF(conn_type);
     st->sent_type = PyType_FromModuleAndSpec(module, &sent_spec, NULL);
     if (st->sent_type == NULL ||
         (st->sent = PyType_GenericAlloc((PyTypeObject *)st->sent_type, 0)) == NULL ||

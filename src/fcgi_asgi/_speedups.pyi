@@ -38,3 +38,5 @@ SENT: Coroutine[Any, Any, None]
 
 # RequestCore, the C base type of protocol/request.py's Request, is typed as
 # protocol/core.py's RequestCorePy (the same fields, __init__, send_fast and send).
+# ConnectionCore, the C base type of protocol/connection.py's FastCGIConnection,
+# is typed as protocol/conn_core.py's ConnectionCorePy (the same fields and steps).
