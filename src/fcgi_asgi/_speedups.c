@@ -2515,7 +2515,9 @@ conn_write_last(PyObject *op, PyTypeObject *defining_class, PyObject *const *arg
     return r;
 }
 
-/* request_ended(cycle): see ConnectionCorePy.request_ended. */
+/* request_ended(cycle): see ConnectionCorePy.request_ended. Unlike it, this
+ * takes only a RequestCore (every request class is one) and a connection
+ * whose requests are a dict (FastCGIConnection's always are): TypeError. */
 static PyObject *
 conn_request_ended(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
                    Py_ssize_t nargs, PyObject *kwnames)
