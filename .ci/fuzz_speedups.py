@@ -28,9 +28,11 @@ with atheris.instrument_imports(include=["fcgi_asgi"]):
     from fcgi_asgi.accesslog import render_default_py
     from fcgi_asgi.asgi.scope import ASGI_VERSION, build_scope, request_headers_py
     from fcgi_asgi.errors import AppProtocolError
+    from fcgi_asgi.protocol.conn_core import ConnectionCorePy
     from fcgi_asgi.protocol.head import _STATUS_LINES, encode_head_py
     from fcgi_asgi.protocol.records import (
         MalformedPairs,
+        ProtocolError,
         Record,
         RecordReader,
         UnsupportedVersion,
@@ -124,7 +126,7 @@ def check_parse_records(fdp: atheris.FuzzedDataProvider) -> None:
     assert c == py, (blob, c, py)
 
 
-def check_request_packets(fdp: atheris.FuzzedDataProvider) -> None:
+def request_blob(fdp: atheris.FuzzedDataProvider) -> bytes:
     """Mostly whole requests back to back (1-3; their ids often repeat; a
     body in 0-3 STDIN records), each field sometimes off (type, id, version,
     role, lengths, padding, a tail)."""
@@ -155,7 +157,11 @@ def check_request_packets(fdp: atheris.FuzzedDataProvider) -> None:
             blob += bytes((plen, 0)) + content + bytes(plen)
     if fdp.ConsumeIntInRange(0, 3) == 0:
         blob += fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 12))
-    blob = bytes(blob)
+    return bytes(blob)
+
+
+def check_request_packets(fdp: atheris.FuzzedDataProvider) -> None:
+    blob = request_blob(fdp)
     c = outcome(_speedups.request_packets, as_source(fdp, blob))
     assert c == outcome(request_packets_py, blob), (blob, c)
 
@@ -375,9 +381,135 @@ def check_send_fast(fdp: atheris.FuzzedDataProvider) -> None:
         assert conn.written == [] and conn.ended == 0 and not conn.ctx.pending_heads
 
 
+class _StepsContext:
+    """What a connection's steps read on its context; the request class records."""
+
+    def __init__(self, start: str, log: list[Any]) -> None:
+        self.request_class = _StepRequest
+        self.stats = _Stats()
+        self.retire_at = 1
+        self.on_retire = lambda: log.append("retire")
+        self.start = start
+        self.log = log
+
+
+class _Stats:
+    requests_served = 0
+
+
+class _StepRequest(_speedups.RequestCore):  # type: ignore[misc]
+    __slots__ = ()
+
+    def feed_body(self, body: bytes) -> None:
+        self.conn.ctx.log.append(("feed_body", body))
+
+    def start(self, params: bytes) -> None:
+        ctx = self.conn.ctx
+        ctx.log.append(("start", self.request_id, self.keep_conn, params, self.stdin_done))
+        if ctx.start == "protocol error":
+            raise ProtocolError("bad params")
+        if ctx.start == "error":
+            raise RuntimeError("start failed")
+        if ctx.start == "end":
+            self.conn.write_last(b"last")
+            self.conn.request_ended(self)
+
+
+class _Hooks:
+    """The connection's methods the steps call, recorded."""
+
+    ctx: Any
+
+    def _records_received(self, data: bytes) -> None:
+        self.ctx.log.append(("records", data))
+
+    def _packets_received(self, packets: Any) -> None:
+        self.ctx.log.append(("packets", packets))
+
+    def _protocol_failed(self, exc: Exception) -> None:
+        self.ctx.log.append(("protocol failed", str(exc)))
+
+    def _check_write_backlog(self) -> None:
+        self.ctx.log.append("backlog")
+
+    def _forget_params(self, cycle: Any) -> None:
+        self.ctx.log.append("forget params")
+
+    def _close(self) -> None:
+        self.ctx.log.append("close")
+
+    def _linger(self, rid: int) -> None:
+        self.ctx.log.append(("linger", rid))
+
+    def write(self, pieces: list[Any]) -> None:
+        self.ctx.log.append(("write", pieces))
+
+
+class _CSteps(_Hooks, _speedups.ConnectionCore):  # type: ignore[misc]
+    pass
+
+
+class _PySteps(_Hooks, ConnectionCorePy):
+    __slots__ = ()
+
+
+class _Transport:
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+
+    def write(self, data: bytes) -> None:
+        self.log.append(("transport", data))
+
+
+def check_connection_steps(fdp: atheris.FuzzedDataProvider) -> None:
+    """A connection's three steps on any read and any state of its fields
+    with the gateway's types: the C steps call the same methods with the
+    same arguments and leave the same fields as the Python steps."""
+    blob = request_blob(fdp)
+    start = ["", "end", "end", "protocol error", "error"][fdp.ConsumeIntInRange(0, 4)]
+    fields: dict[str, Any] = {
+        "requests": {} if fdp.ConsumeIntInRange(0, 3) else {7: None},
+        "requests_begun": fdp.ConsumeIntInRange(0, 3),
+        "write_paused": fdp.ConsumeIntInRange(0, 3) == 0,
+        "closing": fdp.ConsumeIntInRange(0, 7) == 0,
+        "_unparsed": bytearray(fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 1))),
+        "_hold": True,
+        "_held": [b"h"] * (fdp.ConsumeIntInRange(0, 3) == 0),
+        "_multiplexed": fdp.ConsumeIntInRange(0, 3) == 0,
+        "_linger_id": None if fdp.ConsumeIntInRange(0, 3) else 1,
+        "_params_buffered": fdp.ConsumeIntInRange(0, 100),
+        "_max_params_size": fdp.ConsumeIntInRange(0, 1 << 20),
+        "_idle_since": 5.0,
+        "_served_any": False,
+        "_close_when_idle": fdp.ConsumeBool(),
+        "_on_idle": None,
+    }
+    results = []
+    for cls in (_CSteps, _PySteps):
+        log: list[Any] = []
+        conn = cls()
+        conn.ctx = _StepsContext(start, log)
+        conn.loop = _Loop()
+        conn.transport = _Transport(log)
+        for name, value in fields.items():
+            setattr(
+                conn, name, value.copy() if isinstance(value, dict | list | bytearray) else value
+            )
+        try:
+            conn.data_received(blob)
+            error = None
+        except RuntimeError as exc:
+            error = str(exc)
+        log.append(error)
+        state = {name: getattr(conn, name) for name in fields}
+        state["requests"] = sorted(state["requests"])
+        results.append((log, state, conn.ctx.stats.requests_served))
+    assert results[0] == results[1], (blob, fields, results)
+
+
 CHECKS = [check_decode_params, check_parse_records, check_scope, check_request_headers]
 CHECKS += [check_encode_head, check_request_packets, check_whole_response, check_access_line]
-CHECKS += [check_send_fast]
+CHECKS += [check_send_fast, check_connection_steps]
 
 
 def one_input(data: bytes) -> None:
