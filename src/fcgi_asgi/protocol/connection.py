@@ -349,25 +349,8 @@ class FastCGIConnection(ConnectionCore, asyncio.Protocol):
         ``params``, its whole ``body`` already fed (so an app started at
         once, Python 3.12+, reads it without waiting), as the records one by
         one would open it; None when refused."""
-        requests = self.requests
-        if (
-            not requests
-            and self._linger_id is None
-            and self._params_buffered + len(params) <= self.config.max_params_size
-        ):
-            # What _open() does for the commonest request, the only one on
-            # its connection, inline (one call fewer a request).
-            keep_conn = bool(flags & KEEP_CONN)
-            if not keep_conn:
-                self._hold = False
-            self.requests_begun += 1
-            requests[rid] = lone = self.ctx.request_class(self, rid, keep_conn)
-            self._idle_since = None
-            lone.params = None
-            if body:
-                lone.feed_body(body)
-            lone.stdin_done = True
-            return lone
+        # The commonest one, alone on its connection, data_received() opens
+        # itself (conn_core.py).
         cycle = self._open(rid, RESPONDER, flags)
         if cycle is None:
             if rid == self._linger_id:
