@@ -7,6 +7,7 @@ SIGKILL after a grace period). Only the standard library is used.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.client
 import os
@@ -500,13 +501,43 @@ _FASTCGI_PARAMS = """\
 """
 
 
+#: nginx's upstream ``keepalive``: the idle connections it keeps for reuse
+#: (run.py --upstream-keepalive). Fewer than wrk's connections, and a fast
+#: backend gets the surplus as a connection per request (RESULTS.md).
+UPSTREAM_KEEPALIVE = 32
+
+
+def add_load_options(ap: argparse.ArgumentParser) -> None:
+    """wrk's connections and nginx's upstream keepalive, as run.py and cpu_split.py take them."""
+    ap.add_argument("--connections", type=int, default=32, help="wrk -c (default 32)")
+    ap.add_argument(
+        "--upstream-keepalive",
+        type=int,
+        default=UPSTREAM_KEEPALIVE,
+        metavar="N",
+        help=f"nginx's upstream keepalive, idle connections kept (default {UPSTREAM_KEEPALIVE})",
+    )
+
+
+def apply_load_options(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Check the options of :func:`add_load_options` and set the keepalive for nginx_conf."""
+    global UPSTREAM_KEEPALIVE
+    if not 1 <= args.connections <= 10000 or not 1 <= args.upstream_keepalive <= 65535:
+        ap.error("--connections must be 1..10000 and --upstream-keepalive 1..65535")
+    UPSTREAM_KEEPALIVE = args.upstream_keepalive
+
+
 def nginx_conf(
     prefix: str, port: int, backend: Backend, sock: str, keepalive: bool, buffering: bool
 ) -> str:
     """One config per run; only the upstream protocol differs between backends."""
     buf = "on" if buffering else "off"
     module = "fastcgi" if backend.proto == "fastcgi" else "proxy"
-    pool = "        keepalive 32;\n        keepalive_requests 1000000;\n" if keepalive else ""
+    pool = (
+        f"        keepalive {UPSTREAM_KEEPALIVE};\n        keepalive_requests 1000000;\n"
+        if keepalive
+        else ""
+    )
     if backend.proto == "fastcgi":
         location = "            fastcgi_pass backend;\n"
         if keepalive:

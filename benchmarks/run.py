@@ -387,7 +387,7 @@ def report(
     log("")
     log(
         f"== medians of valid runs: wrk -t1 -c{args.connections} -d{args.duration}s, "
-        f"{args.rounds} round(s), interleaved =="
+        f"nginx keepalive {args.upstream_keepalive}, {args.rounds} round(s), interleaved =="
     )
     log(
         f"{'scenario':12s} {'backend':20s} {'req/s':>8s} {'min-max':>13s} {'ok':>5s} "
@@ -598,7 +598,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--duration", type=int, default=5, help="seconds of wrk per run (default 5)")
     ap.add_argument("--warmup", type=int, default=1, help="seconds of wrk before each run")
-    ap.add_argument("--connections", type=int, default=32, help="wrk -c (default 32)")
+    h.add_load_options(ap)
     ap.add_argument("--port", type=int, default=28950, help="nginx port on 127.0.0.1")
     ap.add_argument(
         "--max-other",
@@ -633,6 +633,7 @@ def parse_args() -> argparse.Namespace:
         args.rounds, args.duration, args.warmup, args.stream_seconds = 1, 3, 1, 5.0
     if not 1 <= args.duration <= 120 or not 1 <= args.rounds <= 20:
         ap.error("--duration must be 1..120 and --rounds 1..20")
+    h.apply_load_options(ap, args)
     return args
 
 
