@@ -224,7 +224,12 @@ def setup_access_log(mode: str, path: str) -> None:
 
 
 async def measure(
-    app: Any, requests: int, access: str, threads: int = 16, request: bytes = REQUEST
+    app: Any,
+    requests: int,
+    access: str,
+    threads: int = 16,
+    request: bytes = REQUEST,
+    new_connections: bool = False,
 ) -> float:
     config = Config(
         app=app,
@@ -233,17 +238,28 @@ async def measure(
         threads=threads,
         access_log_format="json" if access == "json" else None,
     )
-    ctx = ServerContext(app=app, config=config, state={})
+    # unix: as the server on a unix socket (no peer name to ask for).
+    ctx = ServerContext(app=app, config=config, state={}, unix=new_connections)
     wsgi = app is apps.wsgi
     if wsgi:
         ctx.request_class = WSGIRequest
     transport = StubTransport()
-    conns = [FastCGIConnection(ctx) for _ in range(32)]
+    loop = asyncio.get_running_loop()  # as the server's listener passes it
+    conns = [FastCGIConnection(ctx, None, loop) for _ in range(32)]
     for conn in conns:
         conn.connection_made(transport)  # type: ignore[arg-type]
     rounds = max(1, requests // len(conns))
 
     async def one_round() -> None:
+        if new_connections:
+            # nginx without keep-conn: a connection per request, closed by
+            # the gateway after END_REQUEST (the stub's close() does nothing,
+            # so connection_lost() is called here, as uvloop would).
+            for conn in conns:
+                conn.connection_lost(None)
+            conns[:] = [FastCGIConnection(ctx, None, loop) for _ in conns]
+            for conn in conns:
+                conn.connection_made(transport)  # type: ignore[arg-type]
         if wsgi:
             transport.enough = asyncio.Event()
             transport.want = transport.ends + len(conns)
@@ -324,6 +340,12 @@ def main() -> None:
         help="POST 64 KiB to /echo (run.py's post scenario) instead of GET /",
     )
     ap.add_argument(
+        "--new-connections",
+        action="store_true",
+        help="each request on a new connection without keep-conn (run.py's noka), "
+        "the connection's own Python counted too",
+    )
+    ap.add_argument(
         "--server",
         choices=("fcgi-asgi", "uvicorn"),
         default="fcgi-asgi",
@@ -341,13 +363,15 @@ def main() -> None:
 
     app = getattr(apps, args.app)
     request = POST_REQUEST if args.post else REQUEST
+    if args.new_connections:  # BEGIN_REQUEST's flags byte: no FCGI_KEEP_CONN
+        request = request[:10] + b"\x00" + request[11:]
 
     def run_one(app: Any, requests: int, access: str, threads: int) -> Any:
-        return measure(app, requests, access, threads, request)
+        return measure(app, requests, access, threads, request, args.new_connections)
 
     if args.server == "uvicorn":
-        if args.app == "wsgi" or args.access_log != "off" or args.post:
-            ap.error("--server uvicorn: an ASGI app's GET, access log off")
+        if args.app == "wsgi" or args.access_log != "off" or args.post or args.new_connections:
+            ap.error("--server uvicorn: an ASGI app's GET, access log off, kept connections")
 
         def run_one(app: Any, requests: int, access: str, threads: int) -> Any:
             return measure_uvicorn(app, requests)

@@ -34,7 +34,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def instructions(
-    app: str, requests: int, src: str | None, access: str, server: str, threads: int, seed: int
+    app: str,
+    requests: int,
+    src: str | None,
+    access: str,
+    server: str,
+    threads: int,
+    seed: int,
+    extra: list[str],
 ) -> int:
     env = dict(os.environ)
     env["PYTHONHASHSEED"] = str(seed)
@@ -57,6 +64,7 @@ def instructions(
         server,
         "--threads",
         str(threads),
+        *extra,
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=True)
     found = re.search(r"Collected : (\d+)", done.stderr)
@@ -77,19 +85,28 @@ def main() -> None:
     ap.add_argument(
         "--seeds", type=int, default=1, help="count under PYTHONHASHSEED 0..N-1 (default 1)"
     )
+    ap.add_argument(
+        "--new-connections",
+        action="store_true",
+        help="each request on a new connection without keep-conn (hotpath.py's)",
+    )
     args = ap.parse_args()
+    extra = ["--new-connections"] if args.new_connections else []
     low, high = 1600, 4800
     results = []
     for seed in range(max(1, args.seeds)):
         counts = [
-            instructions(args.app, n, args.src, args.access_log, args.server, args.threads, seed)
+            instructions(
+                args.app, n, args.src, args.access_log, args.server, args.threads, seed, extra
+            )
             for n in (low, high)
         ]
         results.append((counts[1] - counts[0]) / (high - low))
     where = f"src {args.src or 'this checkout'}" if args.server == "fcgi-asgi" else "uvicorn"
     spread = f" (seeds 0-{len(results) - 1}: {min(results):,.0f}-{max(results):,.0f})"
+    kind = ", a new connection each" if args.new_connections else ""
     print(
-        f"{args.app}, access log {args.access_log}, {where}: "
+        f"{args.app}{kind}, access log {args.access_log}, {where}: "
         f"{sum(results) / len(results):,.0f} instructions per request"
         + (spread if len(results) > 1 else " (PYTHONHASHSEED=0)")
     )

@@ -89,6 +89,29 @@ async def test_whole_gets_are_answered_and_the_connection_goes_on(serve: Serve) 
         assert r.body == b"abc"
 
 
+async def test_a_connection_makes_its_reader_only_for_a_read_of_records(serve: Serve) -> None:
+    """nginx's whole GETs need no record reader and no write scheduler (two
+    objects fewer per connection); the first read that is not whole requests
+    makes the reader, over the buffer the fast path checks for held bytes."""
+    server = await serve(apps.app)
+    async with await connect(server) as client:
+        for rid in (1, 1):
+            req = expect(client, rid)
+            await client.send_raw(whole_get(rid, "/scope"))
+            assert (await asyncio.wait_for(req.response(), 5)).status == 200
+        (conn,) = server.ctx.connections
+        assert conn._reader is None and conn.scheduler is None
+        req = expect(client, 1)
+        blob = whole_get(1, "/scope")
+        await client.send_raw(blob[:13])  # a partial record: held back
+        await asyncio.sleep(0.05)
+        assert conn._reader is not None and conn._reader.pending is conn._unparsed
+        assert bytes(conn._unparsed) == blob[:13]  # the BEGIN_REQUEST record, cut
+        await client.send_raw(blob[13:])
+        assert (await asyncio.wait_for(req.response(), 5)).status == 200
+        assert not conn._unparsed and conn.scheduler is None
+
+
 @pytest.mark.parametrize("interface", ["asgi", "wsgi-threads", "wsgi-on-loop"])
 async def test_the_app_sees_the_empty_body_end_at_once(serve: Serve, interface: str) -> None:
     """The empty STDIN came in the same read: an app reading its body gets

@@ -112,7 +112,8 @@ class FastCGIServer:
             ctx = self.ctx
 
             def factory() -> FastCGIConnection:
-                return FastCGIConnection(ctx, loop=loop)
+                # Positional: a keyword argument to a class call costs 0.2 us.
+                return FastCGIConnection(ctx, None, loop)
 
             backlog = effective_backlog(config.backlog)
             if listener.sock.family == socket.AF_UNIX:

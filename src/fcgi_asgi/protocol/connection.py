@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ..logconfig import TRACE
 from ..scoreboard import REFUSED_ALLOW, REFUSED_PER_CONNECTION
@@ -63,6 +63,8 @@ MUX_SOCKET_BUFFER = 64 << 10
 #: Bytes of small writes a connection holds back until the end of the loop
 #: turn; a larger write goes out at once, after what was held.
 HOLD_LIMIT = 16 << 10
+#: Whether writelines() keeps flow control, per transport class (_watch_writes).
+_GATHERS: dict[type, bool] = {}
 _RECORD_NAMES = {
     1: "BEGIN_REQUEST",
     2: "ABORT_REQUEST",
@@ -98,18 +100,22 @@ class FastCGIConnection(ConnectionCore, asyncio.Protocol):
         self.loop = loop if loop is not None else asyncio.get_running_loop()
         self.transport = None
         self.peer = "-"
+        self._traced = False
         self.requests = {}
         self.requests_begun = 0
         self.write_paused = False
         self.closing = False
-        self._reader = RecordReader()
-        self._unparsed = self._reader.pending
+        # The reader comes with the first read that is not whole requests
+        # (_records_received); nginx's GETs and buffered POSTs never need one.
+        self._reader: RecordReader | None = None
+        self._unparsed = bytearray()
         self._gather_writes = False
         self._hold = True
         self._held = []
         self._held_size = 0
-        #: Streaming responses' chunks waiting for the peer to read, in turns.
-        self.scheduler = WriteScheduler()
+        #: Streaming responses' chunks waiting for the peer to read, in turns;
+        #: made by take_turns() when a response first has to wait.
+        self.scheduler: WriteScheduler | None = None
         # Reading pauses for either of two reasons: too much unread request body,
         # or a peer that keeps sending while it reads none of what we write
         # (replies to GET_VALUES or refused requests must not pile up).
@@ -139,16 +145,36 @@ class FastCGIConnection(ConnectionCore, asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; same interface.
-        self.transport = transport = cast(asyncio.Transport, transport)
+        # (No typing.cast(): a call per connection.)
+        tr: asyncio.Transport = transport  # type: ignore[assignment]
+        self.transport = tr
         ctx = self.ctx
         if self._adopted is not None:
-            self._connection_adopted(transport, self._adopted)
+            self._connection_adopted(tr, self._adopted)
             return
         ctx.stats.accepted_connections += 1
-        # A web server's end of a unix socket is unnamed: not asking saves a
-        # getpeername() and a socket object per connection (uvloop; about 2 us
-        # of the 45 us a request costs without keep-conn).
-        peer = "unix" if ctx.unix else transport.get_extra_info("peername")
+        if ctx.unix:
+            # A web server's end of a unix socket is unnamed: not asking saves a
+            # getpeername() and a socket object per connection (uvloop; about 2 us
+            # of the 45 us a request costs without keep-conn).
+            self.peer = "unix"
+        elif not self._peer_allowed(tr):
+            return
+        limit = self.config.max_connections
+        if limit and len(ctx.connections) >= limit:
+            self._refuse_over_limit(limit)
+            return
+        self._watch_writes(tr)
+        ctx.connections.add(self)
+        self._traced = traced = logger.isEnabledFor(TRACE)
+        if traced:
+            logger.log(TRACE, "connection from %s opened", self.peer)
+
+    def _peer_allowed(self, transport: asyncio.Transport) -> bool:
+        """Name the peer of a TCP connection; False (and the connection
+        aborted) when --allow does not let it in."""
+        ctx = self.ctx
+        peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = f"{peer[0]}:{peer[1]}"
             if ctx.allow and not ctx.allow.allows(peer[0]):
@@ -158,37 +184,43 @@ class FastCGIConnection(ConnectionCore, asyncio.Protocol):
                 ctx.stats.refused[REFUSED_ALLOW] += 1
                 self.closing = True
                 transport.abort()
-                return
+                return False
         elif peer:
             self.peer = str(peer)
         else:
             self.peer = "unix"
-        limit = self.config.max_connections
-        if limit and len(ctx.connections) >= limit:
-            # Closed rather than left waiting: a web server with several
-            # backends (nginx fastcgi_next_upstream) then tries another one.
-            ctx.refused_connections += 1
-            now = self.loop.time()
-            if now - ctx.last_refusal_log >= 1.0:
-                ctx.last_refusal_log = now
-                logger.warning(
-                    "refused connection from %s: --max-connections %d reached (%d refused so far)",
-                    self.peer,
-                    limit,
-                    ctx.refused_connections,
-                )
-            self.closing = True
-            transport.abort()
-            return
+        return True
+
+    def _refuse_over_limit(self, limit: int) -> None:
+        # Closed rather than left waiting: a web server with several
+        # backends (nginx fastcgi_next_upstream) then tries another one.
+        ctx = self.ctx
+        ctx.refused_connections += 1
+        now = self.loop.time()
+        if now - ctx.last_refusal_log >= 1.0:
+            ctx.last_refusal_log = now
+            logger.warning(
+                "refused connection from %s: --max-connections %d reached (%d refused so far)",
+                self.peer,
+                limit,
+                ctx.refused_connections,
+            )
+        self.closing = True
+        assert self.transport is not None
+        self.transport.abort()
+
+    def _watch_writes(self, transport: asyncio.Transport) -> None:
+        """Set the write buffer's limits, and how writes go out on this transport."""
         size = self.config.write_buffer_size
-        transport.set_write_buffer_limits(high=size, low=size // 4)
+        transport.set_write_buffer_limits(size, size // 4)
         # writelines() only where it keeps flow control: asyncio's own transport
         # on Python 3.12 buffers without ever calling pause_writing() (and on
         # 3.11 it joins the pieces anyway), so there the pieces are joined here.
-        self._gather_writes = type(transport).__module__.startswith("uvloop")
-        ctx.connections.add(self)
-        if logger.isEnabledFor(TRACE):
-            logger.log(TRACE, "connection from %s opened", self.peer)
+        kind = type(transport)
+        gathers = _GATHERS.get(kind)
+        if gathers is None:
+            gathers = _GATHERS[kind] = kind.__module__.startswith("uvloop")
+        self._gather_writes = gathers
 
     def _connection_adopted(self, transport: asyncio.Transport, carried: bytes) -> None:
         # Counted, checked against the allow list and the connection limit
@@ -198,29 +230,31 @@ class FastCGIConnection(ConnectionCore, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = f"{peer[0]}:{peer[1]}"
-        size = self.config.write_buffer_size
-        transport.set_write_buffer_limits(high=size, low=size // 4)
-        self._gather_writes = type(transport).__module__.startswith("uvloop")
+        self._watch_writes(transport)
         self.ctx.connections.add(self)
+        self._traced = logger.isEnabledFor(TRACE)
         if carried:
             self.data_received(carried)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if logger.isEnabledFor(TRACE):
+        if self._traced:
             logger.log(TRACE, "connection from %s closed (%s)", self.peer, exc or "cleanly")
         self.closing = True
         self.ctx.connections.discard(self)
-        self._held.clear()
-        self._held_size = 0
+        if self._held:
+            self._held.clear()
+            self._held_size = 0
         if self._linger_timer is not None:
             self._linger_timer.cancel()
         requests = self.requests
-        self.requests = {}
-        for cycle in requests.values():
-            cycle.ended = True
-            cycle.disconnect()
+        if requests:
+            self.requests = {}
+            for cycle in requests.values():
+                cycle.ended = True
+                cycle.disconnect()
         self.write_paused = False
-        self.scheduler.release_all()
+        if self.scheduler is not None:
+            self.scheduler.release_all()
         self.transport = None
 
     def pause_writing(self) -> None:
@@ -228,11 +262,20 @@ class FastCGIConnection(ConnectionCore, asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.scheduler:
-            self.scheduler.run(self)
+        scheduler = self.scheduler
+        if scheduler:
+            scheduler.run(self)
         if self._paused_for_write:
             self._paused_for_write = False
             self._update_reading()
+
+    def take_turns(self) -> WriteScheduler:
+        """The scheduler of this connection's waiting response chunks (made now
+        if none had to wait yet)."""
+        scheduler = self.scheduler
+        if scheduler is None:
+            scheduler = self.scheduler = WriteScheduler()
+        return scheduler
 
     def eof_received(self) -> bool | None:
         # Web servers abort requests by closing the connection; none half-closes
@@ -267,7 +310,10 @@ class FastCGIConnection(ConnectionCore, asyncio.Protocol):
     def _records_received(self, data: bytes) -> None:
         """A read that is not whole requests: its records one by one."""
         try:
-            for rtype, rid, content in self._reader.feed(data):
+            reader = self._reader
+            if reader is None:
+                reader = self._reader = RecordReader(self._unparsed)
+            for rtype, rid, content in reader.feed(data):
                 if rid == 0:
                     self._management(rtype, content)
                     continue
@@ -665,7 +711,7 @@ class FastCGIConnection(ConnectionCore, asyncio.Protocol):
             return
         config = self.config
         if self.scheduler:
-            self._check_send_stalls(now)
+            self._check_send_stalls(now, self.scheduler)
         since = self._params_since
         if since is not None and now - since > config.params_timeout:
             self.fail(
@@ -683,7 +729,7 @@ class FastCGIConnection(ConnectionCore, asyncio.Protocol):
                     )
                 self._close()
 
-    def _check_send_stalls(self, now: float) -> None:
+    def _check_send_stalls(self, now: float, scheduler: WriteScheduler) -> None:
         """Name the requests whose responses wait for the web server to read, while
         they hold up others on this connection; cut them after --send-timeout."""
         config = self.config
@@ -693,9 +739,9 @@ class FastCGIConnection(ConnectionCore, asyncio.Protocol):
             # The web server read some of the buffer since the last check: a
             # slow reader, not a stalled one (nginx's send_timeout also counts
             # from the last progress).
-            self.scheduler.progressed(now)
+            scheduler.progressed(now)
         self._unsent_at_check = unsent
-        for item in self.scheduler.waiting():
+        for item in scheduler.waiting():
             cycle = item.cycle
             if item.future.done() or cycle.ended:
                 continue
@@ -820,7 +866,8 @@ class FastCGIConnection(ConnectionCore, asyncio.Protocol):
         assert transport is not None and self.detachable
         sock = transport.get_extra_info("socket")
         fd = os.dup(sock.fileno())
-        carried = self._reader.take_buffered()
+        carried = bytes(self._unparsed)  # what a reader would hold back
+        self._unparsed.clear()
         self.closing = True
         transport.close()  # stops reading now; the write buffer is empty
         return fd, carried

@@ -444,8 +444,10 @@ class RecordReader:
 
     __slots__ = ("_buf",)
 
-    def __init__(self) -> None:
-        self._buf = bytearray()
+    def __init__(self, buf: bytearray | None = None) -> None:
+        #: ``buf``: the bytearray to keep held-back bytes in (a connection
+        #: makes it before it needs a reader; most never do).
+        self._buf = bytearray() if buf is None else buf
 
     @property
     def pending(self) -> bytearray:

@@ -335,7 +335,7 @@ class Request(RequestCore):
             if (conn.write_paused or conn.scheduler) and wait:
                 # The web server is not reading, or other streams of this
                 # connection wait for it: take turns (write_scheduler.py).
-                await conn.scheduler.wait_turn(conn, self, pieces)
+                await conn.take_turns().wait_turn(conn, self, pieces)
                 if self.disconnected:
                     raise ClientDisconnected(GONE)
                 self._unyielded = 0
