@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/hotpath.py [raw|starlette_app|wsgi] [--requests N] [--profile]
         [--threads N] [--post]
-        [--access-log off|on|json|handler] [--server fcgi-asgi|uvicorn]
+        [--access-log off|on|json|handler] [--server fcgi-asgi|uvicorn] [--new-connections]
 
 Feeds the bytes nginx sends for a GET (BEGIN_REQUEST with keep-conn, 25
 params, empty STDIN) to 32 FastCGIConnection objects over a stub transport,
